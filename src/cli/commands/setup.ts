@@ -1,0 +1,16 @@
+import { ensureTemporalBinary } from '../../common/temporal-bin';
+import { commonOptions, configFrom, say } from '../context';
+import { parse } from '../args';
+
+export const help = 'ferry setup   install what ferry needs (the Temporal dev server, built from source with Go)';
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parse(argv, { ...commonOptions }, false);
+  const cfg = configFrom(values);
+  if (cfg.temporalAddress) {
+    say(`ferry: using Temporal at ${cfg.temporalAddress}; the dev server is built only for tests and demos`);
+  }
+  const bin = await ensureTemporalBinary(cfg.temporalBin);
+  say(`ferry: temporal dev server: ${bin}`);
+  return 0;
+}

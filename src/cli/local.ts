@@ -1,0 +1,68 @@
+/**
+ * A whole ferry on one machine: the embedded dev server (unless FERRY_TEMPORAL_ADDRESS is
+ * set), a controller process and host-agent processes. `ferry demo` and `ferry bench` use it.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { startDevServer, type DevServer } from '../common/dev-server';
+import { ensureTemporalBinary } from '../common/temporal-bin';
+import type { FerryConfig } from '../common/config';
+import { spawnFerry, type FerryProcess } from './processes';
+
+export interface LocalCluster {
+  address: string;
+  uiUrl: string | null;
+  controller: FerryProcess;
+  agents: Map<string, FerryProcess>;
+  stop(): Promise<void>;
+}
+
+export interface LocalClusterOptions {
+  cfg: FerryConfig;
+  hosts: string[];
+  memoryCapacity?: string;
+  log: (line: string) => void;
+  /** Echo the processes' own log lines. */
+  verbose?: boolean;
+}
+
+export async function startLocalCluster(opts: LocalClusterOptions): Promise<LocalCluster> {
+  const { cfg, log } = opts;
+  let server: DevServer | null = null;
+  let address = cfg.temporalAddress;
+  let uiUrl: string | null = null;
+  const started: FerryProcess[] = [];
+  const stopAll = async (): Promise<void> => {
+    await Promise.all(started.map((p) => p.stop()));
+    await server?.stop();
+  };
+  try {
+    if (!address) {
+      const bin = await ensureTemporalBinary(cfg.temporalBin, log);
+      fs.mkdirSync(cfg.stateDir, { recursive: true });
+      server = await startDevServer({ bin, port: 0, headless: true, dbFile: null, logFile: path.join(cfg.stateDir, 'demo-server.log') });
+      address = server.address;
+      uiUrl = server.uiUrl;
+      log(`ferry: Temporal dev server on ${address} (in memory)`);
+    } else {
+      log(`ferry: using Temporal at ${address}`);
+    }
+    const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_NAMESPACE: cfg.namespace, FERRY_STORAGE_DIR: cfg.storageDir };
+    const echo = opts.verbose ? (l: string) => log(`  ${l}`) : undefined;
+    const controller = spawnFerry('controller', ['controller'], { env, echo });
+    started.push(controller);
+    const agents = new Map<string, FerryProcess>();
+    for (const host of opts.hosts) {
+      const args = ['agent', '--host', host];
+      if (opts.memoryCapacity) args.push('--memory-capacity', opts.memoryCapacity);
+      const p = spawnFerry(`agent ${host}`, args, { env, echo });
+      started.push(p);
+      agents.set(host, p);
+    }
+    for (const p of started) log(`ferry: ${(await p.ready).replace(/^ferry /, '')}`);
+    return { address, uiUrl, controller, agents, stop: stopAll };
+  } catch (e) {
+    await stopAll();
+    throw e;
+  }
+}

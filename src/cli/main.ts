@@ -1,0 +1,54 @@
+/**
+ * `ferry` entry: one module per command. User errors print one line and exit 2; anything
+ * else is a bug or an outage and keeps its stack.
+ */
+import { UsageError } from '../common/errors';
+import { TemporalBinaryError } from '../common/temporal-bin';
+
+type Command = { help: string; run: (argv: string[]) => Promise<number> };
+
+const commands: Record<string, () => Promise<Command>> = {
+  setup: () => import('./commands/setup'),
+  server: () => import('./commands/server'),
+  controller: () => import('./commands/controller'),
+  agent: () => import('./commands/agent'),
+  inventory: () => import('./commands/inventory'),
+  demo: () => import('./commands/demo'),
+};
+
+async function usage(): Promise<string> {
+  const lines = ['usage: ferry <command> [options]', ''];
+  for (const load of Object.values(commands)) lines.push(`  ${(await load()).help}`);
+  return lines.join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(`${await usage()}\n`);
+    return name ? 0 : 2;
+  }
+  const load = commands[name];
+  if (!load) {
+    process.stderr.write(`ferry: unknown command '${name}' (try: ${Object.keys(commands).join(', ')})\n`);
+    return 2;
+  }
+  try {
+    const cmd = await load();
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(`${cmd.help}\n`);
+      return 0;
+    }
+    return await cmd.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`ferry ${name}: ${e.message}\n`);
+      return 2;
+    }
+    if (e instanceof TemporalBinaryError) {
+      process.stderr.write(`ferry ${name}: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * Running ferry's own processes (agents, controller) as real OS processes, the way the
+ * demo and the integration tests do: each one logs a ready line on start.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { REPO_ROOT } from '../common/paths';
+
+export const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.mjs');
+
+export interface FerryProcess {
+  name: string;
+  child: ChildProcess;
+  /** The ready line ("… polling ferry-… on …"). */
+  ready: Promise<string>;
+  /** Everything the process wrote to stderr so far. */
+  output(): string;
+  /** SIGTERM, then SIGKILL after graceMs. Resolves on exit. */
+  stop(graceMs?: number): Promise<number | null>;
+  kill(signal?: NodeJS.Signals): void;
+  exited: Promise<number | null>;
+}
+
+export function spawnFerry(
+  name: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; echo?: (line: string) => void; readyTimeoutMs?: number; cwd?: string } = {},
+): FerryProcess {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], {
+    env: { ...process.env, ...opts.env },
+    cwd: opts.cwd ?? process.cwd(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let resolveReady!: (line: string) => void;
+  let rejectReady!: (e: Error) => void;
+  const ready = new Promise<string>((res, rej) => {
+    resolveReady = res;
+    rejectReady = rej;
+  });
+  ready.catch(() => undefined);
+  let buf = '';
+  const onData = (d: Buffer): void => {
+    const text = d.toString();
+    out += text;
+    if (out.length > 200_000) out = out.slice(-100_000);
+    buf += text;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      opts.echo?.(line);
+      if (/\bpolling ferry-/.test(line)) resolveReady(line);
+    }
+  };
+  child.stderr!.on('data', onData);
+  child.stdout!.on('data', onData);
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code, signal) => {
+      rejectReady(new Error(`${name} exited (${code ?? signal}) before it was ready:\n${out.slice(-4000)}`));
+      resolve(code);
+    });
+  });
+  const t = setTimeout(() => rejectReady(new Error(`${name} was not ready within ${opts.readyTimeoutMs ?? 60_000} ms:\n${out.slice(-4000)}`)), opts.readyTimeoutMs ?? 60_000);
+  void ready.finally(() => clearTimeout(t)).catch(() => undefined);
+  return {
+    name,
+    child,
+    ready,
+    output: () => out,
+    exited,
+    kill: (signal = 'SIGKILL') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+    stop: async (graceMs = 10_000) => {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const t2 = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      const code = await exited;
+      clearTimeout(t2);
+      return code;
+    },
+  };
+}
+
+/** "… data 127.0.0.1:40123 …" from an agent's ready line. */
+export function dataAddressFromReadyLine(line: string): string | null {
+  return /\bdata (\S+?)[,)]/.exec(line)?.[1] ?? null;
+}

@@ -1,0 +1,49 @@
+/**
+ * One place where the environment becomes typed configuration (like zx's resolveDefaults).
+ * Everything else receives config as arguments. Flags win over the environment.
+ */
+import path from 'node:path';
+import { UsageError } from './errors';
+
+export interface FerryConfig {
+  /** host:port of a Temporal frontend; null = the embedded dev server. */
+  temporalAddress: string | null;
+  namespace: string;
+  storageDir: string;
+  temporalBin: string | null;
+  apiToken: string | null;
+  /** Working state of the embedded server and agents. */
+  stateDir: string;
+}
+
+export interface ConfigFlags {
+  temporalAddress?: string;
+  namespace?: string;
+  storage?: string;
+  temporalBin?: string;
+  apiToken?: string;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd = process.cwd()): FerryConfig {
+  const pick = (flag: string | undefined, name: string): string | null => {
+    const v = flag ?? env[name];
+    return v === undefined || v === '' ? null : v;
+  };
+  const temporalAddress = pick(flags.temporalAddress, 'FERRY_TEMPORAL_ADDRESS');
+  if (temporalAddress !== null && !/^[^\s:]+:\d{1,5}$/.test(temporalAddress)) {
+    throw new UsageError(`FERRY_TEMPORAL_ADDRESS / --temporal-address: '${temporalAddress}' is not host:port`);
+  }
+  const namespace = pick(flags.namespace, 'FERRY_NAMESPACE') ?? 'default';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(namespace)) {
+    throw new UsageError(`FERRY_NAMESPACE / --namespace: '${namespace}' is not a valid namespace name`);
+  }
+  const stateDir = path.resolve(cwd, '.ferry');
+  return {
+    temporalAddress,
+    namespace,
+    storageDir: path.resolve(cwd, pick(flags.storage, 'FERRY_STORAGE_DIR') ?? path.join('.ferry', 'storage')),
+    temporalBin: pick(flags.temporalBin, 'FERRY_TEMPORAL_BIN'),
+    apiToken: pick(flags.apiToken, 'FERRY_API_TOKEN'),
+    stateDir,
+  };
+}

@@ -1,0 +1,2 @@
+// Bundle entry for the controller's workflow worker.
+export { inventoryWorkflow } from './inventory';

@@ -1,0 +1,35 @@
+/**
+ * One real Temporal dev server (in memory) for the whole test run, started from the binary
+ * built from source. If it cannot start, every test fails with the reason; nothing skips.
+ */
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { TestProject } from 'vitest/node';
+import { FERRY_SEARCH_ATTRIBUTES } from '../src/common/search-attributes';
+import { ensureTemporalBinary } from '../src/common/temporal-bin';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    temporalAddress: string;
+    temporalBin: string;
+  }
+}
+
+let env: TestWorkflowEnvironment | undefined;
+
+export async function setup(project: TestProject): Promise<void> {
+  const bin = await ensureTemporalBinary();
+  env = await TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: { type: 'existing-path', path: bin },
+      ip: '127.0.0.1',
+      searchAttributes: FERRY_SEARCH_ATTRIBUTES,
+      log: { format: 'pretty', level: 'error' },
+    },
+  });
+  project.provide('temporalAddress', env.address);
+  project.provide('temporalBin', bin);
+}
+
+export async function teardown(): Promise<void> {
+  await env?.teardown();
+}
