@@ -58,8 +58,10 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     args.push('--db-filename', opts.dbFile);
   }
   if (opts.namespace && opts.namespace !== 'default') args.push('--namespace', opts.namespace);
+  if (opts.logFile) fs.mkdirSync(path.dirname(opts.logFile), { recursive: true });
   const out = opts.logFile ? fs.openSync(opts.logFile, 'a') : 'ignore';
   const child = spawn(opts.bin, args, { stdio: ['ignore', out, out] });
+  if (typeof out === 'number') fs.closeSync(out);
   const address = `${ip}:${port}`;
   let exited: string | null = null;
   child.on('exit', (code, signal) => {

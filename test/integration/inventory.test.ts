@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FerryProcess } from '../../src/cli/processes';
 import { CONTROL_QUEUE } from '../../src/common/names';
 import type { InventoryResult } from '../../src/workflows/inventory';
+import { maybeRecordHistory } from '../helpers/history';
 import { startAgentProcess, startTestController, uniqueHost, type TestController } from '../helpers/cluster';
 
 describe('inventory across real agent processes on the real server', () => {
@@ -27,11 +28,13 @@ describe('inventory across real agent processes on the real server', () => {
   });
 
   it('runs one activity on each agent, each on its own task queue', async () => {
+    const workflowId = `inventory-${randomUUID()}`;
     const result = (await controller.client.workflow.execute('inventoryWorkflow', {
       taskQueue: CONTROL_QUEUE,
-      workflowId: `inventory-${randomUUID()}`,
+      workflowId,
       args: [{ hosts: [hostA, hostB], timeoutMs: 10_000 }],
     })) as InventoryResult;
+    await maybeRecordHistory(controller.client, workflowId, 'inventory');
     expect(result.hosts.map((h) => h.host)).toEqual([hostA, hostB]);
     const [a, b] = result.hosts;
     if (!a?.ok || !b?.ok) throw new Error(`inventory failed: ${JSON.stringify(result)}`);
