@@ -3,8 +3,9 @@
  * release page: the binary is built from source with the Go toolchain, through the Go
  * module proxy, into a git-ignored cache in the checkout.
  *
- * Order: --temporal-bin flag, FERRY_TEMPORAL_BIN, the cache, `temporal` on PATH, the Go bin
- * dir; else build. v1.5.1 is the newest tag that `go install` accepts (later tags carry a
+ * Order: --temporal-bin flag, FERRY_TEMPORAL_BIN, the checkout's cache, `temporal` on PATH,
+ * the Go bin dir; else build into the Go bin dir (shared by every checkout on the machine),
+ * or into the checkout's cache when the Go bin dir is not writable. v1.5.1 is the newest tag that `go install` accepts (later tags carry a
  * `replace` directive).
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -80,9 +81,10 @@ export async function ensureTemporalBinary(
         'or set FERRY_TEMPORAL_ADDRESS to use a running Temporal cluster',
     );
   }
-  fs.mkdirSync(TEMPORAL_CACHE_DIR, { recursive: true });
-  const lock = path.join(TEMPORAL_CACHE_DIR, '..', 'build.lock');
-  const target = path.join(TEMPORAL_CACHE_DIR, 'temporal');
+  const binDir = writableDir(goBinDir()) ?? TEMPORAL_CACHE_DIR;
+  fs.mkdirSync(binDir, { recursive: true });
+  const lock = path.join(binDir, '.ferry-temporal-build.lock');
+  const target = path.join(binDir, 'temporal');
   // One build at a time: a second caller waits for the first.
   for (;;) {
     try {
@@ -102,11 +104,11 @@ export async function ensureTemporalBinary(
   try {
     if (isExecutable(target)) return target;
     log(`ferry: building the Temporal dev server from source (go install ${TEMPORAL_CLI_MODULE}@${TEMPORAL_CLI_VERSION}).`);
-    log(`ferry: first time only; this takes a few minutes. Cache: ${TEMPORAL_CACHE_DIR}`);
+    log(`ferry: first time only; this takes a few minutes. Into: ${binDir}`);
     const started = Date.now();
     await new Promise<void>((resolve, reject) => {
       const child = spawn(go, ['install', `${TEMPORAL_CLI_MODULE}@${TEMPORAL_CLI_VERSION}`], {
-        env: { ...process.env, GOBIN: TEMPORAL_CACHE_DIR },
+        env: { ...process.env, GOBIN: binDir },
         stdio: ['ignore', 'inherit', 'pipe'],
       });
       let tail = '';
@@ -131,6 +133,17 @@ export async function ensureTemporalBinary(
     return target;
   } finally {
     fs.rmSync(lock, { force: true });
+  }
+}
+
+function writableDir(dir: string | null): string | null {
+  if (!dir) return null;
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.accessSync(dir, fs.constants.W_OK);
+    return dir;
+  } catch {
+    return null;
   }
 }
 

@@ -19,9 +19,18 @@ export interface PageSink {
   writePage(pfn: number, src: Uint8Array): void;
 }
 
-/** True when every byte of the page is zero (zero-page elision). */
+/**
+ * True when every byte of the page is zero (zero-page elision). Works at any byteOffset
+ * (pages are often views into a frame buffer at unaligned offsets): a native memcmp
+ * against a shared zero buffer, after a cheap check of the first and last bytes.
+ */
 export function isZeroPage(page: Uint8Array): boolean {
-  const words = new BigUint64Array(page.buffer, page.byteOffset, page.byteLength >>> 3);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
-  return true;
+  const n = page.byteLength;
+  if (n === 0) return true;
+  if (page[0] !== 0 || page[n - 1] !== 0) return false;
+  if (ZEROS.length < n) ZEROS = Buffer.alloc(Math.max(n, ZEROS.length * 2));
+  const view = Buffer.from(page.buffer, page.byteOffset, n);
+  return view.equals(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n));
 }
+
+let ZEROS = Buffer.alloc(64 * 1024);
