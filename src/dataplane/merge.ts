@@ -163,14 +163,24 @@ async function follow(
     // Manifest first: when it exists, its chunk list is authoritative and complete.
     const m = await reader.manifest();
     const names = m ? m.chunks.map((c) => c.name) : await reader.committedChunks();
-    let progressed = false;
-    for (const name of names) {
-      if (done.has(name)) continue;
+    // Read chunk j+1 (I/O in the thread pool) while chunk j is applied.
+    const todo = names.filter((n) => !done.has(n));
+    const read = (j: number): Promise<Chunk> | undefined => {
+      const name = todo[j];
+      if (name === undefined) return undefined;
+      const p = reader.readChunk(name);
+      p.catch(() => undefined); // handled when awaited; never an unhandled rejection
+      return p;
+    };
+    let next = read(0);
+    for (let j = 0; next; j++) {
       signal?.throwIfAborted();
-      await apply(await reader.readChunk(name));
-      applied(name);
-      progressed = true;
+      const chunk = await next;
+      next = read(j + 1);
+      await apply(chunk);
+      applied(chunk.name);
     }
+    const progressed = todo.length > 0;
     if (m) return m;
     if (!progressed) {
       const left = deadline - performance.now();

@@ -266,13 +266,15 @@ export class SnapshotWriter {
     if (this.busy) throw new Error(`snapshot ${this.dir}: writePages already running`);
     if (source.pageSize !== this.pageSize) throw new UsageError(`source page size ${source.pageSize} != snapshot page size ${this.pageSize}`);
     this.busy = true;
+    // Two buffers: chunk k+1 is built (pages copied, zero check, CRC) while chunk k is
+    // written and fsynced. Renames stay in chunk order.
+    const bufs = [new Uint8Array(chunkSize(this.chunkPages, this.chunkPages, this.pageSize)), new Uint8Array(chunkSize(this.chunkPages, this.chunkPages, this.pageSize))];
+    const batch = new Uint32Array(this.chunkPages);
+    let pending: Promise<void> | undefined;
+    let failed: { error: unknown } | undefined;
     try {
-      const ps = this.pageSize;
-      const buf = new Uint8Array(chunkSize(this.chunkPages, this.chunkPages, ps));
-      const dv = new DataView(buf.buffer);
-      const batch = new Uint32Array(this.chunkPages);
       const it = pfns[Symbol.iterator]();
-      for (;;) {
+      for (let k = 0; ; k++) {
         signal?.throwIfAborted();
         let n = 0;
         while (n < this.chunkPages) {
@@ -283,48 +285,65 @@ export class SnapshotWriter {
           batch[n++] = pfn;
         }
         if (n === 0) break;
-        // Build the chunk: pfns, zero flags, data (pages read from the source now).
-        const flagsOff = HEADER + 4 * n;
-        const dataOff = align8(flagsOff + n);
-        buf.fill(0, 0, dataOff);
-        let stored = 0;
-        for (let i = 0; i < n; i++) {
-          const pfn = batch[i] ?? 0;
-          dv.setUint32(HEADER + 4 * i, pfn, true);
-          const slot = buf.subarray(dataOff + stored * ps, dataOff + (stored + 1) * ps);
-          source.readPage(pfn, slot);
-          if (this.elide && isZeroPage(slot)) buf[flagsOff + i] = 1;
-          else stored++;
-        }
+        const buf = bufs[k & 1] ?? bufs[0] ?? new Uint8Array(0);
         const seq = this.nextSeq++;
-        dv.setUint32(0, MAGIC, true);
-        dv.setUint16(4, VERSION, true);
-        dv.setUint16(6, 0, true);
-        dv.setUint32(8, ps, true);
-        dv.setUint32(12, this.pageCount, true);
-        dv.setUint32(16, seq, true);
-        dv.setUint32(20, n, true);
-        dv.setUint32(24, stored, true);
-        dv.setUint32(28, 0, true);
-        const end = dataOff + stored * ps;
-        const crc = crc32(buf.subarray(0, end));
-        dv.setUint32(end, crc, true);
-        const bytes = end + 4;
-
-        await this.bucket.take(bytes, signal);
-        const name = chunkName(seq);
-        await this.atomicWrite(name, buf.subarray(0, bytes));
-        if (this.state !== 'open') throw new Error(`snapshot ${this.dir} was ${this.state} while writing`);
-        for (let i = 0; i < n; i++) this.covered.set(batch[i] ?? 0);
-        this.chunks.push({ name, pages: n, zeroPages: n - stored, bytes, crc32: crc });
-        this.s.bytesWritten += bytes;
-        this.s.pages += n;
-        this.s.zeroPages += n - stored;
-        this.s.chunks++;
+        const entry = this.buildChunk(buf, batch.subarray(0, n), seq, source);
+        const chunkPfns = batch.slice(0, n);
+        await this.bucket.take(entry.bytes, signal);
+        await pending;
+        if (failed) throw failed.error;
+        pending = this.atomicWrite(entry.name, buf.subarray(0, entry.bytes)).then(
+          () => {
+            if (this.state !== 'open') throw new Error(`snapshot ${this.dir} was ${this.state} while writing`);
+            for (const p of chunkPfns) this.covered.set(p);
+            this.chunks.push(entry);
+            this.s.bytesWritten += entry.bytes;
+            this.s.pages += entry.pages;
+            this.s.zeroPages += entry.zeroPages;
+            this.s.chunks++;
+          },
+        ).catch((error: unknown) => {
+          failed ??= { error };
+        });
       }
+      await pending;
+      if (failed) throw failed.error;
     } finally {
+      await pending;
       this.busy = false;
     }
+  }
+
+  /** Lay out one chunk in `buf` (pages read from the source now); returns its manifest entry. */
+  private buildChunk(buf: Uint8Array, pfns: Uint32Array, seq: number, source: PageSource): ManifestChunk {
+    const ps = this.pageSize;
+    const n = pfns.length;
+    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    const flagsOff = HEADER + 4 * n;
+    const dataOff = align8(flagsOff + n);
+    buf.fill(0, 0, dataOff);
+    let stored = 0;
+    for (let i = 0; i < n; i++) {
+      const pfn = pfns[i] ?? 0;
+      dv.setUint32(HEADER + 4 * i, pfn, true);
+      const slot = buf.subarray(dataOff + stored * ps, dataOff + (stored + 1) * ps);
+      source.readPage(pfn, slot);
+      if (this.elide && isZeroPage(slot)) buf[flagsOff + i] = 1;
+      else stored++;
+    }
+    dv.setUint32(0, MAGIC, true);
+    dv.setUint16(4, VERSION, true);
+    dv.setUint16(6, 0, true);
+    dv.setUint32(8, ps, true);
+    dv.setUint32(12, this.pageCount, true);
+    dv.setUint32(16, seq, true);
+    dv.setUint32(20, n, true);
+    dv.setUint32(24, stored, true);
+    dv.setUint32(28, 0, true);
+    const end = dataOff + stored * ps;
+    const crc = crc32(buf.subarray(0, end));
+    dv.setUint32(end, crc, true);
+    return { name: chunkName(seq), pages: n, zeroPages: n - stored, bytes: end + 4, crc32: crc };
   }
 
   /** Write the manifest last (temp + fsync + rename + fsync dir). Idempotent once committed. */

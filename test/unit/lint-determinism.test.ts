@@ -13,6 +13,7 @@ const probes: string[] = [];
 async function lintProbe(dir: string, code: string): Promise<string[]> {
   const file = path.join(REPO_ROOT, dir, `__lint_probe_${process.pid}_${probes.length}.ts`);
   probes.push(file);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, code);
   const eslint = new ESLint({ cwd: REPO_ROOT });
   const [result] = await eslint.lintFiles([file]);
