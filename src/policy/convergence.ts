@@ -1,0 +1,38 @@
+/**
+ * Convergence arithmetic of MECHANISM.md: bandwidth B(i) = pages(i)/T(i) and the convergence
+ * factor λ(i) = pages(i+1)/pages(i), with λ(1) = 1. Sampled at iteration boundaries only.
+ */
+import type { IterationStat } from './types';
+
+export function lambdaOf(it: IterationStat): number {
+  if (it.index === 1) return 1;
+  if (it.pages === 0) return it.dirtyAfter === 0 ? 0 : Infinity;
+  return it.dirtyAfter / it.pages;
+}
+
+export function lambdas(iterations: readonly IterationStat[]): number[] {
+  return iterations.map(lambdaOf);
+}
+
+/**
+ * Measured bandwidth in bytes/s: the last iteration that moved enough to measure (a few
+ * pages in a few milliseconds say nothing), else the configured cap.
+ */
+export function measuredBandwidth(iterations: readonly IterationStat[], pageSize: number, fallbackBytesPerSec: number): number {
+  for (let i = iterations.length - 1; i >= 0; i--) {
+    const it = iterations[i]!;
+    if (it.pages >= 64 && it.durationMs >= 5) return (it.pages * pageSize * 1000) / it.durationMs;
+  }
+  return fallbackBytesPerSec;
+}
+
+/** Time to send `pages` at `bytesPerSec`, in ms. */
+export function transferMs(pages: number, pageSize: number, bytesPerSec: number): number {
+  if (!(bytesPerSec > 0) || !Number.isFinite(bytesPerSec)) return 0;
+  return (pages * pageSize * 1000) / bytesPerSec;
+}
+
+export function fmt(n: number): string {
+  if (!Number.isFinite(n)) return '∞';
+  return n.toFixed(2);
+}
