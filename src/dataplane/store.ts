@@ -120,6 +120,8 @@ export interface Chunk {
   name: string;
   seq: number;
   pageSize: number;
+  /** Pages of guest memory the writer declared (every pfn is below it). */
+  memoryPages: number;
   pfns: Uint32Array;
   bytes: number;
   crc32: number;
@@ -226,7 +228,9 @@ export class SnapshotWriter {
         await fsp.rm(path.join(this.dir, name), { force: true }); // rewritten by the caller
         continue;
       }
-      if (chunk.pageSize !== this.pageSize) throw new StorageCorruptError(path.join(this.dir, name), `page size ${chunk.pageSize}, writer expects ${this.pageSize}`);
+      if (chunk.pageSize !== this.pageSize || chunk.memoryPages !== this.pageCount) {
+        throw new StorageCorruptError(path.join(this.dir, name), `written for ${chunk.memoryPages} pages of ${chunk.pageSize} bytes, writer has ${this.pageCount} of ${this.pageSize}`);
+      }
       let zero = 0;
       for (let i = 0; i < chunk.pfns.length; i++) {
         this.covered.set(chunk.pfns[i] ?? 0);
@@ -268,8 +272,10 @@ export class SnapshotWriter {
     this.busy = true;
     // Two buffers: chunk k+1 is built (pages copied, zero check, CRC) while chunk k is
     // written and fsynced. Renames stay in chunk order.
-    const bufs = [new Uint8Array(chunkSize(this.chunkPages, this.chunkPages, this.pageSize)), new Uint8Array(chunkSize(this.chunkPages, this.chunkPages, this.pageSize))];
-    const batch = new Uint32Array(this.chunkPages);
+    const known = (pfns as { length?: unknown }).length;
+    const cap = typeof known === 'number' ? Math.max(1, Math.min(this.chunkPages, known)) : this.chunkPages;
+    const bufs = [0, 1].map(() => new Uint8Array(chunkSize(cap, cap, this.pageSize)));
+    const batch = new Uint32Array(cap);
     let pending: Promise<void> | undefined;
     let failed: { error: unknown } | undefined;
     try {
@@ -277,7 +283,7 @@ export class SnapshotWriter {
       for (let k = 0; ; k++) {
         signal?.throwIfAborted();
         let n = 0;
-        while (n < this.chunkPages) {
+        while (n < cap) {
           const r = it.next();
           if (r.done) break;
           const pfn = r.value;
@@ -493,7 +499,9 @@ export class SnapshotReader {
       if (entry.bytes !== raw.length) throw new StorageCorruptError(file, `size ${raw.length} bytes, ${MANIFEST} says ${entry.bytes}`);
       const crc = raw.readUInt32LE(raw.length - 4);
       if (entry.crc32 !== crc) throw new StorageCorruptError(file, `crc32 ${crc} disagrees with ${MANIFEST} (${entry.crc32})`);
-      if (chunk.pageSize !== m.pageSize) throw new StorageCorruptError(file, `page size ${chunk.pageSize}, ${MANIFEST} says ${m.pageSize}`);
+      if (chunk.pageSize !== m.pageSize || chunk.memoryPages !== m.pageCount) {
+        throw new StorageCorruptError(file, `written for ${chunk.memoryPages} pages of ${chunk.pageSize} bytes, ${MANIFEST} says ${m.pageCount} of ${m.pageSize}`);
+      }
     }
     return chunk;
   }
@@ -540,6 +548,7 @@ function decodeChunk(raw: Buffer, file: string, name: string, seq: number): Chun
     name,
     seq,
     pageSize,
+    memoryPages: memPages,
     pfns,
     bytes: raw.length,
     crc32: want,
