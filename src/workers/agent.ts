@@ -3,9 +3,12 @@
  * its host through a hypervisor driver and serves channel-2 for incoming migrations.
  */
 import { Worker } from '@temporalio/worker';
-import { createHostActivities, type HostContext } from '../activities/host';
+import os from 'node:os';
+import { createHostActivities } from '../activities/host';
+import { createMigrationActivities, type MigrationContext } from '../activities/migration';
+import { PageChannelServer } from '../dataplane/channel';
+import { SharedStore } from '../dataplane/store';
 import { hostQueue } from '../common/names';
-import type { HypervisorDriver } from '../hypervisor/driver';
 import { EmulatedDriver } from '../hypervisor/emulated';
 import { connectNative, installRuntime } from './runtime';
 
@@ -16,6 +19,8 @@ export interface AgentOptions {
   driver: 'emulated' | 'qemu';
   /** host:port for the channel-2 listener (port 0 = any). */
   dataAddr: string;
+  /** host:port other agents use to reach this one (default: the bound address). */
+  dataAdvertise?: string;
   storageDir: string;
   memoryCapacityBytes: number;
   log?: (line: string) => void;
@@ -33,15 +38,21 @@ export interface RunningAgent {
 export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   installRuntime();
   const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
-  const driver: HypervisorDriver = new EmulatedDriver({ hostId: opts.hostId });
-  const dataAddress = opts.dataAddr;
-  const ctx: HostContext = {
+  const driver = new EmulatedDriver({ hostId: opts.hostId });
+  const [bindHost, bindPort] = splitHostPort(opts.dataAddr);
+  const channels = await PageChannelServer.listen({ host: bindHost, port: bindPort });
+  const bound = channels.address;
+  const advertisedHost = bound.host === '0.0.0.0' || bound.host === '::' ? os.hostname() : bound.host;
+  const dataAddress = opts.dataAdvertise ?? `${advertisedHost}:${bound.port}`;
+  const ctx: MigrationContext = {
     hostId: opts.hostId,
     driver,
     memoryCapacityBytes: opts.memoryCapacityBytes,
     dataAddress,
     storageDir: opts.storageDir,
     startedAtMs: Date.now(),
+    channels,
+    store: new SharedStore(opts.storageDir),
   };
   const connection = await connectNative(opts.temporalAddress);
   const taskQueue = hostQueue(opts.hostId);
@@ -49,11 +60,12 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     connection,
     namespace: opts.namespace,
     taskQueue,
-    activities: { ...createHostActivities(ctx) },
+    activities: { ...createHostActivities(ctx), ...createMigrationActivities(ctx) },
     // Migrations of several VMs may run on one host at once; page work is I/O bound.
     maxConcurrentActivityTaskExecutions: 32,
   });
   const done = worker.run().finally(async () => {
+    await channels.close();
     await driver.close();
     await connection.close();
   });
@@ -68,4 +80,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       await done;
     },
   };
+}
+
+function splitHostPort(addr: string): [string, number] {
+  const i = addr.lastIndexOf(':');
+  return [addr.slice(0, i).replace(/^\[|\]$/g, ''), Number(addr.slice(i + 1))];
 }

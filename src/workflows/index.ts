@@ -1,2 +1,4 @@
 // Bundle entry for the controller's workflow worker.
 export { inventoryWorkflow } from './inventory';
+export { migrationWorkflow } from './migration';
+export { vmCommandWorkflow } from './vm';

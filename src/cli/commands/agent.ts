@@ -18,6 +18,7 @@ export async function run(argv: string[]): Promise<number> {
       host: { type: 'string' },
       driver: { type: 'string' },
       'data-addr': { type: 'string' },
+      'data-advertise': { type: 'string' },
       storage: { type: 'string' },
       'memory-capacity': { type: 'string' },
     },
@@ -38,6 +39,7 @@ export async function run(argv: string[]): Promise<number> {
     namespace: cfg.namespace,
     driver,
     dataAddr,
+    dataAdvertise: str(values['data-advertise']),
     storageDir: cfg.storageDir,
     memoryCapacityBytes: capacity,
   });

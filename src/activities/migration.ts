@@ -1,0 +1,657 @@
+/**
+ * Migration steps on the host agents. Thin: each step calls the guest, channel-2 or the
+ * shared store and reports what it measured. Every step is idempotent on
+ * (migrationId, step): a retried step returns its recorded result instead of sending twice,
+ * and a retry of a step still running joins it.
+ *
+ * Source side: describeVm, prepareSource, saveStatic, runIteration, stopAndCopy,
+ * switchToPostcopy, writePbData, pushPostcopy, releaseSource, rollbackSource, setBandwidth.
+ * Target side: prepareTarget, mergeStatic, resumeTarget, drainPostcopy, verifyTarget,
+ * abortTarget, cleanupStorage.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { Context, activityInfo } from '@temporalio/activity';
+import { Bitmap } from '../dataplane/bitmap';
+import { PageChannel, type PageChannelServer, type Registration } from '../dataplane/channel';
+import { loadPbData, mergeStatic, type MergeProgress } from '../dataplane/merge';
+import type { SharedStore } from '../dataplane/store';
+import { EmulatedGuest } from '../guest';
+import type { GuestDeviceState } from '../guest/guest';
+import type { GuestMemory } from '../guest/memory';
+import type { EmulatedDriver } from '../hypervisor/emulated';
+import { usesParMigrate, type StrategyName } from '../policy/types';
+import { userError } from './errors';
+import type { HostContext } from './host';
+import type {
+  DrainResult,
+  IterationInput,
+  IterationResult,
+  MigrationOptions,
+  PbDataResult,
+  PrepareSourceInput,
+  PrepareSourceResult,
+  PrepareTargetInput,
+  PrepareTargetResult,
+  PushResult,
+  ReleaseResult,
+  ResumeResult,
+  RollbackResult,
+  StaticMergeResult,
+  StaticSaveResult,
+  StepRef,
+  StopAndCopyResult,
+  SwitchResult,
+  VerifyResult,
+  VmDescription,
+} from './types';
+
+export interface MigrationContext extends HostContext {
+  driver: EmulatedDriver;
+  channels: PageChannelServer;
+  store: SharedStore;
+}
+
+/** Recorded results per step; a retry of a running step awaits the same promise. */
+class Journal {
+  private readonly steps = new Map<string, Promise<unknown>>();
+  once<T>(step: string, fn: () => Promise<T>): Promise<T> {
+    const known = this.steps.get(step);
+    if (known) return known as Promise<T>;
+    const p = fn();
+    this.steps.set(step, p);
+    p.catch(() => this.steps.delete(step));
+    return p;
+  }
+}
+
+interface SourceSession {
+  kind: 'source';
+  migrationId: string;
+  vm: string;
+  guest: EmulatedGuest;
+  memory: GuestMemory;
+  strategy: StrategyName;
+  options: MigrationOptions;
+  address: string;
+  secret: string;
+  channel: PageChannel | null;
+  /** Wire bytes of channels already closed (reconnects). */
+  closedChannelBytes: number;
+  /** Pages collected from the dirty log but not yet acknowledged by the target. */
+  unacked: Bitmap;
+  /** Every page has reached the target once (bulk round or StaticData). */
+  baselineSent: boolean;
+  /** Post-copy: the pages missing on the target. */
+  missing: Bitmap | null;
+  storageBytesWritten: number;
+  pausedAtMs: number | null;
+  journal: Journal;
+}
+
+interface TargetSession {
+  kind: 'target';
+  migrationId: string;
+  vm: string;
+  source: string;
+  memory: GuestMemory;
+  hasDynamic: Bitmap;
+  registration: Registration;
+  deviceState: GuestDeviceState | null;
+  missing: Bitmap | null;
+  guest: EmulatedGuest | null;
+  postcopy: boolean;
+  /** Pages installed from channel-2 during post-copy (pushes and fault answers). */
+  pushedPages: number;
+  channelLost: Error | null;
+  /** Fault requests sent and not answered yet: pfn → time asked. */
+  outstanding: Map<number, number>;
+  wake: () => void;
+  journal: Journal;
+}
+
+const DEFAULT_FAULT_TIMEOUT_MS = 2000;
+
+function heartbeatEvery<T>(ms: number, details: () => unknown, work: Promise<T>): Promise<T> {
+  const ctx = Context.current();
+  const t = setInterval(() => ctx.heartbeat(details()), ms);
+  return work.finally(() => clearInterval(t));
+}
+
+function digestOf(memory: GuestMemory): string {
+  const h = createHash('sha256');
+  for (let pfn = 0; pfn < memory.pageCount; pfn++) h.update(memory.page(pfn));
+  return h.digest('hex');
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function createMigrationActivities(ctx: MigrationContext) {
+  const sessions = new Map<string, SourceSession | TargetSession>();
+
+  const sourceSession = (ref: StepRef): SourceSession => {
+    const s = sessions.get(`src:${ref.migrationId}`);
+    if (!s || s.kind !== 'source') {
+      throw userError('NotFound', `migration ${ref.migrationId} is unknown on source host ${ctx.hostId} (was its agent restarted?)`);
+    }
+    return s;
+  };
+  const targetSession = (ref: StepRef): TargetSession => {
+    const s = sessions.get(`tgt:${ref.migrationId}`);
+    if (!s || s.kind !== 'target') {
+      throw userError('NotFound', `migration ${ref.migrationId} is unknown on target host ${ctx.hostId} (was its agent restarted?)`);
+    }
+    return s;
+  };
+
+  /** The open channel-2 connection of a source session, reconnecting if it broke. */
+  const channelOf = async (s: SourceSession): Promise<PageChannel> => {
+    if (s.channel?.isOpen) return s.channel;
+    if (s.channel) s.closedChannelBytes += s.channel.stats().sent.wireBytes;
+    s.channel = await PageChannel.connect({
+      address: s.address,
+      migrationId: s.migrationId,
+      secret: s.secret,
+      pageCount: s.memory.pageCount,
+      pageSize: s.memory.pageSize,
+      rateBytesPerSec: s.options.bandwidthBytesPerSec,
+      compression: s.options.compression,
+      zeroElision: s.options.zeroElision,
+      handlers: {
+        onFaultRequest: (pfns) => {
+          // Post-copy: the target's vCPU waits for these; they overtake the background push.
+          s.channel?.sendPages(pfns, s.memory, { lane: 'priority' }).catch(() => undefined);
+        },
+      },
+    });
+    return s.channel;
+  };
+
+  const sourceChannelBytes = (s: SourceSession): number => s.closedChannelBytes + (s.channel?.stats().sent.wireBytes ?? 0);
+
+  /** Send pages and wait until the target applied them; they stay "unacked" until then. */
+  const sendAndConfirm = async (s: SourceSession, pfns: Uint32Array): Promise<number> => {
+    for (const p of pfns) s.unacked.set(p);
+    const ch = await channelOf(s);
+    const before = ch.stats().sent.wireBytes;
+    await ch.sendPages(pfns, s.memory, { lane: 'bulk' });
+    await ch.barrier();
+    s.unacked.clearAll();
+    return ch.stats().sent.wireBytes - before;
+  };
+
+  /** Dirty log ∪ pages sent but not confirmed (a failed attempt's pages are sent again). */
+  const pendingPages = (s: SourceSession): Uint32Array => {
+    const set = s.unacked.clone();
+    for (const p of s.memory.collectDirty()) set.set(p);
+    return set.toPfns();
+  };
+
+  const verifyPaused = async (guest: EmulatedGuest, wasRunning: boolean): Promise<VerifyResult> => {
+    await guest.pause();
+    try {
+      const r = guest.verify();
+      return {
+        ok: r.ok,
+        pagesChecked: r.pagesChecked,
+        mismatches: r.mismatches,
+        method: r.method,
+        firstMismatches: r.firstMismatches.slice(0, 5).map((m) => `pfn ${m.pfn}: ${m.problem}`),
+      };
+    } finally {
+      if (wasRunning) await guest.resume();
+    }
+  };
+
+  return {
+    // ---------------------------------------------------------------- source side
+    async describeVm(input: { vm: string }): Promise<VmDescription> {
+      const info = ctx.driver.describe(input?.vm);
+      const guest = ctx.driver.guest(input?.vm);
+      if (!info || !guest || info.state === 'incoming') throw userError('NotFound', `vm ${String(input?.vm)} is not on host ${ctx.hostId}`);
+      return {
+        vm: info.name,
+        host: ctx.hostId,
+        memoryBytes: info.memoryBytes,
+        pageSize: guest.memory.pageSize,
+        pageCount: guest.memory.pageCount,
+        vcpus: info.vcpus,
+        workload: info.workload,
+        state: info.state,
+      };
+    },
+
+    async prepareSource(input: PrepareSourceInput): Promise<PrepareSourceResult> {
+      const key = `src:${input.migrationId}`;
+      const existing = sessions.get(key);
+      if (existing?.kind === 'source') return existing.journal.once('prepare', async () => ({ startedAtMs: Date.now(), pageCount: existing.memory.pageCount, pageSize: existing.memory.pageSize }));
+      const guest = ctx.driver.guest(input.vm);
+      if (!guest) throw userError('NotFound', `vm ${input.vm} is not on host ${ctx.hostId}`);
+      for (const s of sessions.values()) {
+        if (s.kind === 'source' && s.vm === input.vm) throw userError('Conflict', `vm ${input.vm} is already migrating (${s.migrationId})`);
+      }
+      if (guest.state !== 'running') throw userError('Conflict', `vm ${input.vm} is ${guest.state}, not running`);
+      const s: SourceSession = {
+        kind: 'source',
+        migrationId: input.migrationId,
+        vm: input.vm,
+        guest,
+        memory: guest.memory,
+        strategy: input.strategy,
+        options: input.options,
+        address: input.dataAddress,
+        secret: input.secret,
+        channel: null,
+        closedChannelBytes: 0,
+        unacked: new Bitmap(guest.memory.pageCount),
+        baselineSent: false,
+        missing: null,
+        storageBytesWritten: 0,
+        pausedAtMs: null,
+        journal: new Journal(),
+      };
+      sessions.set(key, s);
+      return s.journal.once('prepare', async () => {
+        // Dirty logging starts before any page is read: every later write is caught.
+        s.memory.clearDirty();
+        const startedAtMs = Date.now();
+        await channelOf(s);
+        ctx.driver.setState(input.vm, 'migrating');
+        return { startedAtMs, pageCount: s.memory.pageCount, pageSize: s.memory.pageSize };
+      });
+    },
+
+    async saveStatic(ref: StepRef): Promise<StaticSaveResult> {
+      const s = sourceSession(ref);
+      return s.journal.once('save-static', async () => {
+        const t0 = Date.now();
+        const writer = await ctx.store.openWriter(s.migrationId, 'static', {
+          pageSize: s.memory.pageSize,
+          pageCount: s.memory.pageCount,
+          rateBytesPerSec: s.options.storageBandwidthBytesPerSec,
+          resume: true,
+        });
+        const todo: number[] = [];
+        for (let p = 0; p < s.memory.pageCount; p++) if (!writer.covered.get(p)) todo.push(p);
+        const signal = Context.current().cancellationSignal;
+        await heartbeatEvery(1000, () => writer.stats(), writer.writePages(Uint32Array.from(todo), s.memory, signal));
+        await writer.commit();
+        const st = writer.stats();
+        s.storageBytesWritten += st.bytesWritten;
+        s.baselineSent = true;
+        return { pages: s.memory.pageCount, zeroPages: st.zeroPages, bytesWritten: st.bytesWritten, saveMs: Date.now() - t0 };
+      });
+    },
+
+    async runIteration(input: IterationInput): Promise<IterationResult> {
+      const s = sourceSession(input);
+      return s.journal.once(`iteration-${input.index}`, async () => {
+        const t0 = performance.now();
+        let pfns: Uint32Array;
+        if (input.bulk) {
+          // The bulk round sends every page; what it dirties meanwhile goes next round.
+          s.memory.collectDirty();
+          pfns = new Uint32Array(s.memory.pageCount);
+          for (let i = 0; i < pfns.length; i++) pfns[i] = i;
+        } else {
+          pfns = pendingPages(s);
+        }
+        let sent = 0;
+        const bytes = await heartbeatEvery(1000, () => ({ pages: pfns.length, sent }), sendAndConfirm(s, pfns));
+        sent = pfns.length;
+        if (input.bulk) s.baselineSent = true;
+        const durationMs = performance.now() - t0;
+        return {
+          index: input.index,
+          pages: pfns.length,
+          durationMs: Math.round(durationMs * 1000) / 1000,
+          bytes,
+          dirtyAfter: s.memory.dirtyCount(),
+          finishedAtMs: Date.now(),
+        };
+      });
+    },
+
+    async stopAndCopy(ref: StepRef): Promise<StopAndCopyResult> {
+      const s = sourceSession(ref);
+      return s.journal.once('stop-and-copy', async () => {
+        await s.guest.pause();
+        s.pausedAtMs ??= Date.now();
+        const t0 = performance.now();
+        const pfns = pendingPages(s);
+        const ch = await channelOf(s);
+        const before = ch.stats().sent.wireBytes;
+        for (const p of pfns) s.unacked.set(p);
+        await ch.sendPages(pfns, s.memory, { lane: 'bulk' });
+        await ch.sendControl({ type: 'device-state', state: s.guest.saveDeviceState() });
+        await ch.barrier();
+        s.unacked.clearAll();
+        const bytes = ch.stats().sent.wireBytes - before;
+        const durationMs = performance.now() - t0;
+        return { pausedAtMs: s.pausedAtMs, pages: pfns.length, bytes, durationMs, digest: null };
+      });
+    },
+
+    async switchToPostcopy(ref: StepRef): Promise<SwitchResult> {
+      const s = sourceSession(ref);
+      return s.journal.once('switch', async () => {
+        await s.guest.pause();
+        s.pausedAtMs ??= Date.now();
+        // D: the pages the target does not have — all of them if nothing was sent yet.
+        const missing = s.baselineSent ? Bitmap.fromPfns(s.memory.pageCount, pendingPages(s)) : Bitmap.full(s.memory.pageCount);
+        s.memory.collectDirty();
+        s.missing = missing;
+        const ch = await channelOf(s);
+        const before = ch.stats().sent.wireBytes;
+        await ch.sendControl({ type: 'device-state', state: s.guest.saveDeviceState() });
+        await ch.sendControl({ type: 'postcopy', missing: missing.encode() });
+        await ch.barrier();
+        s.unacked.clearAll();
+        return {
+          pausedAtMs: s.pausedAtMs,
+          missingPages: missing.count(),
+          bytes: ch.stats().sent.wireBytes - before,
+          digest: null,
+        };
+      });
+    },
+
+    async writePbData(ref: StepRef): Promise<PbDataResult> {
+      const s = sourceSession(ref);
+      return s.journal.once('pbdata', async () => {
+        if (!s.missing) throw new Error(`migration ${s.migrationId}: PbData before the switch`);
+        const t0 = Date.now();
+        const writer = await ctx.store.openWriter(s.migrationId, 'pbdata', {
+          pageSize: s.memory.pageSize,
+          pageCount: s.memory.pageCount,
+          rateBytesPerSec: s.options.storageBandwidthBytesPerSec,
+          resume: true,
+        });
+        const todo = s.missing.toPfns().filter((p) => !writer.covered.get(p));
+        await heartbeatEvery(1000, () => writer.stats(), writer.writePages(todo, s.memory, Context.current().cancellationSignal));
+        await writer.commit();
+        const st = writer.stats();
+        s.storageBytesWritten += st.bytesWritten;
+        return { pages: s.missing.count(), bytesWritten: st.bytesWritten, ms: Date.now() - t0, committedAtMs: Date.now() };
+      });
+    },
+
+    async pushPostcopy(ref: StepRef): Promise<PushResult> {
+      const s = sourceSession(ref);
+      return s.journal.once('push', async () => {
+        if (!s.missing) throw new Error(`migration ${s.migrationId}: push before the switch`);
+        const all = s.missing.toPfns();
+        let pushed = 0;
+        const before = sourceChannelBytes(s);
+        const work = (async (): Promise<boolean> => {
+          try {
+            const ch = await channelOf(s);
+            const batch = 1024;
+            for (let i = 0; i < all.length; i += batch) {
+              // Bounded: wait for each batch to reach the kernel so fault answers overtake.
+              await ch.sendPages(all.subarray(i, i + batch), s.memory, { lane: 'bulk' });
+              pushed = Math.min(all.length, i + batch);
+            }
+            await ch.barrier();
+            return false;
+          } catch {
+            return true;
+          }
+        })();
+        const channelLost = await heartbeatEvery(1000, () => ({ pushed, of: all.length }), work);
+        const prio = s.channel?.stats().sent.priority.pages ?? 0;
+        return { pushedPages: pushed, faultPagesServed: prio, bytes: sourceChannelBytes(s) - before, channelLost };
+      });
+    },
+
+    async releaseSource(ref: StepRef): Promise<ReleaseResult> {
+      const s = sessions.get(`src:${ref.migrationId}`);
+      if (!s || s.kind !== 'source') {
+        // Already released (a retry after success): nothing left to do.
+        return { releasedAtMs: Date.now(), channelBytes: -1, storageBytesWritten: 0, digest: null };
+      }
+      return s.journal.once('release', async () => {
+        const channelBytes = sourceChannelBytes(s);
+        // The guest has stayed paused since the switch: its memory is the state at the pause.
+        const digest = s.options.digest ? digestOf(s.memory) : null;
+        await s.channel?.close().catch(() => undefined);
+        await ctx.driver.destroyVm(s.vm);
+        sessions.delete(`src:${ref.migrationId}`);
+        return { releasedAtMs: Date.now(), channelBytes, storageBytesWritten: s.storageBytesWritten, digest };
+      });
+    },
+
+    async rollbackSource(ref: StepRef): Promise<RollbackResult> {
+      const s = sessions.get(`src:${ref.migrationId}`);
+      const guest = ctx.driver.guest(ref.vm);
+      if (s?.kind === 'source') {
+        s.channel?.destroy();
+        sessions.delete(`src:${ref.migrationId}`);
+      }
+      if (!guest) return { guestRunning: false, verification: null, note: `vm ${ref.vm} is not on ${ctx.hostId}` };
+      // The guest keeps (or goes back to) running here; check it while we are at it.
+      const verification = await verifyPaused(guest, true);
+      ctx.driver.setState(ref.vm, 'running');
+      return { guestRunning: guest.state === 'running', verification, note: `vm ${ref.vm} runs on ${ctx.hostId}` };
+    },
+
+    async setBandwidth(input: StepRef & { bandwidthBytesPerSec: number }): Promise<{ applied: boolean }> {
+      const s = sessions.get(`src:${input.migrationId}`);
+      if (!s || s.kind !== 'source') return { applied: false };
+      s.options = { ...s.options, bandwidthBytesPerSec: input.bandwidthBytesPerSec };
+      s.channel?.setRate(input.bandwidthBytesPerSec);
+      return { applied: true };
+    },
+
+    // ---------------------------------------------------------------- target side
+    async prepareTarget(input: PrepareTargetInput): Promise<PrepareTargetResult> {
+      const key = `tgt:${input.migrationId}`;
+      const existing = sessions.get(key);
+      if (existing?.kind === 'target') {
+        return { dataAddress: ctx.dataAddress, secret: (existing as TargetSession & { secret: string }).secret, atMs: Date.now() };
+      }
+      if (ctx.driver.describe(input.vm)) throw userError('Conflict', `host ${ctx.hostId} already has a vm named ${input.vm}`);
+      const free = ctx.memoryCapacityBytes - ctx.driver.allocatedBytes();
+      if (input.memoryBytes > free) {
+        throw userError('InsufficientCapacity', `target ${ctx.hostId} has ${free} bytes free; vm ${input.vm} needs ${input.memoryBytes}`);
+      }
+      const memory = ctx.driver.reserveIncoming(
+        { name: input.vm, memoryBytes: input.memoryBytes, vcpus: input.vcpus, workload: input.workload, seed: 0 },
+        input.pageSize,
+      );
+      if (memory.pageCount !== input.pageCount) {
+        ctx.driver.dropIncoming(input.vm);
+        throw userError('InvalidInput', `page count mismatch: source ${input.pageCount}, target ${memory.pageCount}`);
+      }
+      const secret = randomBytes(32).toString('hex');
+      let wakeFn = (): void => undefined;
+      const s: TargetSession & { secret: string } = {
+        kind: 'target',
+        migrationId: input.migrationId,
+        vm: input.vm,
+        source: input.source,
+        memory,
+        hasDynamic: new Bitmap(memory.pageCount),
+        registration: null as unknown as Registration,
+        deviceState: null,
+        missing: null,
+        guest: null,
+        postcopy: false,
+        pushedPages: 0,
+        channelLost: null,
+        outstanding: new Map(),
+        wake: () => wakeFn(),
+        journal: new Journal(),
+        secret,
+      };
+      s.registration = ctx.channels.expect({
+        migrationId: input.migrationId,
+        secret,
+        pageCount: memory.pageCount,
+        pageSize: memory.pageSize,
+        handlers: {
+          onPages: (pfn, data) => {
+            if (s.postcopy) {
+              // Post-copy: install only what is still missing; the guest may have written
+              // the rest since it resumed.
+              if (memory.installPage(pfn, data)) s.pushedPages++;
+              s.outstanding.delete(pfn);
+            } else {
+              memory.writePage(pfn, data);
+              s.hasDynamic.set(pfn);
+            }
+          },
+          onControl: (msg) => {
+            const m = msg as { type?: string; state?: GuestDeviceState; missing?: { size: number; bits: string } };
+            if (m?.type === 'device-state' && m.state) s.deviceState = m.state;
+            else if (m?.type === 'postcopy' && m.missing) s.missing = Bitmap.decode(m.missing);
+          },
+          onClose: (err) => {
+            if (s.postcopy) {
+              s.channelLost = err ?? new Error('channel-2 closed by the source');
+              s.wake();
+            }
+          },
+        },
+      });
+      sessions.set(key, s);
+      s.wake = () => wakeFn();
+      wakeFn = () => undefined;
+      return { dataAddress: ctx.dataAddress, secret, atMs: Date.now() };
+    },
+
+    async mergeStatic(ref: StepRef): Promise<StaticMergeResult> {
+      const s = targetSession(ref);
+      return s.journal.once('merge-static', async () => {
+        const t0 = Date.now();
+        const reader = ctx.store.openReader(s.migrationId, 'static');
+        const resumeFrom = activityInfo().heartbeatDetails as MergeProgress | undefined;
+        const actx = Context.current();
+        const r = await mergeStatic({
+          reader,
+          sink: s.memory,
+          hasDynamic: (pfn) => s.hasDynamic.get(pfn),
+          signal: actx.cancellationSignal,
+          onProgress: (p) => actx.heartbeat(p),
+          resumeFrom,
+        });
+        return { pages: r.pages, skippedNewer: r.skippedNewer, bytesRead: r.bytesRead, mergeMs: Date.now() - t0 };
+      });
+    },
+
+    async resumeTarget(input: StepRef & { postcopy: boolean; digest: boolean }): Promise<ResumeResult> {
+      const s = targetSession(input);
+      return s.journal.once('resume', async () => {
+        if (!s.deviceState) throw new Error(`migration ${s.migrationId}: device state has not arrived on ${ctx.hostId}`);
+        if (input.postcopy) {
+          if (!s.missing) throw new Error(`migration ${s.migrationId}: the missing-page set has not arrived on ${ctx.hostId}`);
+          s.memory.markMissing(s.missing.toPfns());
+          s.postcopy = true;
+        }
+        const digest = input.digest && !input.postcopy ? digestOf(s.memory) : null;
+        const guest = EmulatedGuest.restore({ memory: s.memory, deviceState: s.deviceState });
+        guest.onFault = (pfn) => {
+          if (s.outstanding.has(pfn)) return;
+          s.outstanding.set(pfn, performance.now());
+          s.registration.channel?.requestPages([pfn]).catch(() => undefined);
+        };
+        s.guest = guest;
+        ctx.driver.adoptIncoming(s.vm, guest);
+        await guest.resume();
+        return { resumedAtMs: Date.now(), digest };
+      });
+    },
+
+    async drainPostcopy(input: StepRef & { pbdata: 'sync' | 'async' | 'off' }): Promise<DrainResult> {
+      const s = targetSession(input);
+      return s.journal.once('drain', async () => {
+        const faultTimeoutMs = DEFAULT_FAULT_TIMEOUT_MS;
+        const actx = Context.current();
+        let fellBack = false;
+        let pbdataPages = 0;
+        let storageBytesRead = 0;
+        const work = (async () => {
+          while (s.memory.missingCount() > 0) {
+            actx.cancellationSignal.throwIfAborted();
+            const now = performance.now();
+            let stale = false;
+            for (const t of s.outstanding.values()) if (now - t > faultTimeoutMs) stale = true;
+            const ch = s.registration.channel;
+            if (s.channelLost || stale || (ch && !ch.isOpen)) {
+              if (input.pbdata === 'off') {
+                throw new Error(`channel-2 of migration ${s.migrationId} is lost in post-copy and PbData is off: ${s.missing ? s.memory.missingCount() : 0} pages wait for the source`);
+              }
+              // Request mode switch: the rest comes from PbData on shared storage.
+              fellBack = true;
+              const reader = ctx.store.openReader(s.migrationId, 'pbdata');
+              const r = await loadPbData({ reader, install: (pfn, data) => s.memory.installPage(pfn, data), signal: actx.cancellationSignal, timeoutMs: 30 * 60_000 });
+              pbdataPages = r.installed;
+              storageBytesRead = r.bytesRead;
+              break;
+            }
+            await sleep(5);
+          }
+        })();
+        await heartbeatEvery(1000, () => ({ missing: s.memory.missingCount() }), work);
+        const completedAtMs = Date.now();
+        s.postcopy = false;
+        const fs = s.guest?.faultStats();
+        const ch = s.registration.channel;
+        return {
+          completedAtMs,
+          faults: fs?.faults ?? 0,
+          faultLatencyMs: { p50: round3(fs?.p50 ?? 0), p99: round3(fs?.p99 ?? 0), max: round3(fs?.max ?? 0) },
+          pushedPages: s.pushedPages,
+          pbdataPages,
+          fellBackToPbData: fellBack,
+          bytesReceived: ch?.stats().received.wireBytes ?? 0,
+          storageBytesRead,
+        };
+      });
+    },
+
+    async verifyTarget(ref: StepRef): Promise<VerifyResult> {
+      const s = sessions.get(`tgt:${ref.migrationId}`);
+      const guest = s?.kind === 'target' ? s.guest : ctx.driver.guest(ref.vm);
+      if (!guest) throw userError('NotFound', `vm ${ref.vm} is not running on ${ctx.hostId}`);
+      const run = async (): Promise<VerifyResult> => {
+        const r = await verifyPaused(guest, true);
+        if (s?.kind === 'target') {
+          ctx.channels.forget(s.migrationId);
+          sessions.delete(`tgt:${ref.migrationId}`);
+        }
+        return r;
+      };
+      return s?.kind === 'target' ? s.journal.once('verify', run) : run();
+    },
+
+    async abortTarget(ref: StepRef): Promise<{ aborted: boolean }> {
+      const s = sessions.get(`tgt:${ref.migrationId}`);
+      ctx.channels.forget(ref.migrationId);
+      sessions.delete(`tgt:${ref.migrationId}`);
+      if (s?.kind === 'target') {
+        if (s.guest) await ctx.driver.destroyVm(s.vm);
+        else ctx.driver.dropIncoming(s.vm);
+        return { aborted: true };
+      }
+      return { aborted: false };
+    },
+
+    async cleanupStorage(ref: StepRef): Promise<{ removed: boolean }> {
+      await ctx.store.remove(ref.migrationId);
+      return { removed: true };
+    },
+  };
+}
+
+function round3(n: number): number {
+  return Math.round(n * 1000) / 1000;
+}
+
+export type MigrationActivities = ReturnType<typeof createMigrationActivities>;
+
+/** Strategies whose first iteration is not a bulk round. */
+export function firstRoundIsBulk(strategy: StrategyName): boolean {
+  return !usesParMigrate(strategy);
+}

@@ -1,0 +1,162 @@
+/**
+ * Inputs and results of the migration activities. JSON-safe: they sit in workflow history.
+ * Every number is measured by the agent that did the work.
+ */
+import type { IterationStat, StrategyName } from '../policy/types';
+
+export type PbDataMode = 'sync' | 'async' | 'off';
+
+export interface MigrationOptions {
+  /** Migration network cap, bytes/s (0 = uncapped). */
+  bandwidthBytesPerSec: number;
+  /** Storage network cap, bytes/s (0 = uncapped). */
+  storageBandwidthBytesPerSec: number;
+  maxDowntimeMs: number;
+  maxIterations: number;
+  pbdata: PbDataMode;
+  compression: boolean;
+  zeroElision: boolean;
+  /** Test aid: digest the source's memory at the pause (hashed at release, off the downtime)
+   * and the target's before it resumes (stop-and-copy only; that hashing adds to downtime). */
+  digest?: boolean;
+  /** Post-copy: a fault request unanswered this long counts as a lost channel (PbData fallback). */
+  faultTimeoutMs?: number;
+}
+
+export interface StepRef {
+  migrationId: string;
+  vm: string;
+}
+
+export interface VmDescription {
+  vm: string;
+  host: string;
+  memoryBytes: number;
+  pageSize: number;
+  pageCount: number;
+  vcpus: number;
+  workload: string;
+  state: string;
+}
+
+export interface PrepareTargetInput extends StepRef {
+  source: string;
+  memoryBytes: number;
+  pageSize: number;
+  pageCount: number;
+  vcpus: number;
+  workload: string;
+}
+
+export interface PrepareTargetResult {
+  dataAddress: string;
+  /** Per-migration channel-2 secret. */
+  secret: string;
+  atMs: number;
+}
+
+export interface PrepareSourceInput extends StepRef {
+  target: string;
+  dataAddress: string;
+  secret: string;
+  strategy: StrategyName;
+  options: MigrationOptions;
+}
+
+export interface PrepareSourceResult {
+  startedAtMs: number;
+  pageCount: number;
+  pageSize: number;
+}
+
+export interface StaticSaveResult {
+  pages: number;
+  zeroPages: number;
+  bytesWritten: number;
+  saveMs: number;
+}
+
+export interface StaticMergeResult {
+  pages: number;
+  skippedNewer: number;
+  bytesRead: number;
+  mergeMs: number;
+}
+
+export interface IterationInput extends StepRef {
+  index: number;
+  /** Iteration 1 of a strategy without par-migrate sends every page (the bulk round). */
+  bulk: boolean;
+}
+
+export type IterationResult = IterationStat & { finishedAtMs: number };
+
+export interface StopAndCopyResult {
+  pausedAtMs: number;
+  pages: number;
+  bytes: number;
+  durationMs: number;
+  digest: string | null;
+}
+
+export interface ResumeResult {
+  resumedAtMs: number;
+  digest: string | null;
+}
+
+export interface SwitchResult {
+  pausedAtMs: number;
+  /** Pages not on the target at the pause: they will be missing there. */
+  missingPages: number;
+  bytes: number;
+  digest: string | null;
+}
+
+export interface PbDataResult {
+  pages: number;
+  bytesWritten: number;
+  ms: number;
+  committedAtMs: number;
+}
+
+export interface PushResult {
+  pushedPages: number;
+  faultPagesServed: number;
+  bytes: number;
+  /** The channel was lost before every page was pushed. */
+  channelLost: boolean;
+}
+
+export interface DrainResult {
+  completedAtMs: number;
+  faults: number;
+  faultLatencyMs: { p50: number; p99: number; max: number };
+  pushedPages: number;
+  pbdataPages: number;
+  fellBackToPbData: boolean;
+  bytesReceived: number;
+  storageBytesRead: number;
+}
+
+export interface VerifyResult {
+  ok: boolean;
+  pagesChecked: number;
+  mismatches: number;
+  method: string;
+  firstMismatches: string[];
+}
+
+export interface ReleaseResult {
+  releasedAtMs: number;
+  /** Channel-2 bytes the source sent in all (both lanes), for the report. */
+  channelBytes: number;
+  storageBytesWritten: number;
+  /** Test aid: SHA-256 of the source memory as it was at the pause. */
+  digest: string | null;
+}
+
+export interface RollbackResult {
+  guestRunning: boolean;
+  verification: VerifyResult | null;
+  note: string;
+}

@@ -1,0 +1,469 @@
+/**
+ * MigrationWorkflow: one VM from a source host to a target host, as an operator's runbook.
+ *
+ *   1. describe the VM on the source; prepare the target; prepare the source (dirty log on,
+ *      channel-2 connected)                                   — each step registers its undo
+ *   2. par-migrate: save StaticData to shared storage (source) while the target merges it
+ *   3. dirty-page iterations on channel-2, one activity each; after each, ask the policy
+ *   4a. stop-and-copy: pause, last pages + device state, resume on the target
+ *   4b. or switch to post-copy: pause, device state + missing set, PbData, resume on the
+ *       target, push the rest while the target faults pages in (PbData if channel-2 dies)
+ *   5. release the source, verify the guest on the target
+ *
+ * Before the target runs the guest (the switch), any failure or cancel rolls back: the guest
+ * keeps running on the source, target and storage are cleaned, the reason is recorded. After
+ * it, the migration only moves forward.
+ */
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  ChildWorkflowFailure,
+  condition,
+  isCancellation,
+  proxyActivities,
+  setHandler,
+  sleep,
+  upsertSearchAttributes,
+  workflowInfo,
+  allHandlersFinished,
+} from '@temporalio/workflow';
+import type { MigrationActivities } from '../activities/migration';
+import type {
+  DrainResult,
+  MigrationOptions,
+  PbDataResult,
+  PushResult,
+  StaticMergeResult,
+  StaticSaveResult,
+  VerifyResult,
+} from '../activities/types';
+import { hostQueue } from '../common/names';
+import { Phase as PhaseKey } from '../common/search-attributes';
+import { decide, lambdaOf, measuredBandwidth, transferMs } from '../policy';
+import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
+import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
+import type { MigrationReport, ReportDecision, ReportIteration } from './report';
+
+export interface MigrationInput {
+  vm: string;
+  source: string;
+  target: string;
+  strategy: StrategyName;
+  options: MigrationOptions;
+  ticket?: string | null;
+  requestedBy?: string | null;
+  reason?: string | null;
+}
+
+type Acts = MigrationActivities;
+
+/** Steps before the switch: bounded retries, so a dead host ends in a rollback. */
+function preSwitch(host: string, startToCloseTimeout: string, attempts = 4) {
+  return proxyActivities<Acts>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout,
+    scheduleToStartTimeout: '30s',
+    heartbeatTimeout: '15s',
+    retry: { maximumAttempts: attempts, initialInterval: '500ms', maximumInterval: '5s', nonRetryableErrorTypes: ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'] },
+  });
+}
+
+/** Steps after the switch: retried without limit; the guest lives on the target now. */
+function postSwitch(host: string) {
+  return proxyActivities<Acts>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout: '2h',
+    heartbeatTimeout: '20s',
+    retry: { initialInterval: '1s', maximumInterval: '10s' },
+  });
+}
+
+/** Cleanup: a few tries; a cleanup that fails is reported, it does not hide the reason. */
+function cleanup(host: string) {
+  return proxyActivities<Acts>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout: '2m',
+    scheduleToCloseTimeout: '3m',
+    retry: { maximumAttempts: 5, initialInterval: '500ms', maximumInterval: '5s' },
+  });
+}
+
+export function failureMessage(err: unknown): string {
+  let e: unknown = err;
+  // Unwrap ActivityFailure / ChildWorkflowFailure to the application's own message.
+  while (e instanceof ActivityFailure || e instanceof ChildWorkflowFailure) e = e.cause;
+  if (e instanceof Error) {
+    if (e.name === 'TimeoutFailure') return `timed out (${(err as Error).message})`;
+    return e.message || e.name;
+  }
+  return String(e);
+}
+
+export async function migrationWorkflow(input: MigrationInput): Promise<MigrationReport> {
+  validate(input);
+  const { vm, source, target, strategy, options } = input;
+  const info = workflowInfo();
+  const migrationId = `${info.workflowId}.${info.runId.slice(0, 8)}`;
+  const ref = { migrationId, vm };
+  const startedAt = Date.now();
+  const par = usesParMigrate(strategy);
+  const pbdataMode = mayPostcopy(strategy) ? options.pbdata : 'off';
+
+  const src = preSwitch(source, '10m');
+  const tgt = preSwitch(target, '10m');
+  const srcLong = preSwitch(source, '2h');
+  const tgtLong = preSwitch(target, '2h');
+
+  // ---- state, visible through the progress query --------------------------------------
+  let phase: Phase = 'preparing';
+  let switched = false;
+  let forcedBy: string | null = null;
+  let cancelRequest = null as { by?: string; reason?: string } | null;
+  let bandwidth = options.bandwidthBytesPerSec;
+  let pageCount = 0;
+  let pageSize = 4096;
+  let remainingPages = 0;
+  let staticMerged: boolean | null = par ? false : null;
+  const iterations: ReportIteration[] = [];
+  const decisions: ReportDecision[] = [];
+  const compensations: Array<{ what: string; run: () => Promise<unknown> }> = [];
+  let rollbackVerification: VerifyResult | null = null;
+
+  const setPhase = (p: Phase): void => {
+    phase = p;
+    upsertSearchAttributes([{ key: PhaseKey, value: p }]);
+  };
+  const record = (d: Decision): void => {
+    decisions.push({ atMs: Date.now() - startedAt, iteration: iterations.length + 1, action: d.action, reason: d.reason });
+  };
+  const bytesSent = (): number => iterations.reduce((a, it) => a + it.bytes, 0);
+
+  setHandler(progressQuery, (): Progress => {
+    const bw = measuredBandwidth(iterations, pageSize, bandwidth || Infinity);
+    return {
+      id: info.workflowId,
+      vm,
+      source,
+      target,
+      strategy,
+      phase,
+      switched,
+      iteration: iterations.length,
+      remainingPages,
+      pageCount,
+      bytesSent: bytesSent(),
+      lambdas: iterations.map((i) => i.lambda),
+      staticMerged,
+      bandwidthBytesPerSec: bandwidth,
+      etaMs: Number.isFinite(bw) && remainingPages > 0 ? Math.round(transferMs(remainingPages, pageSize, bw)) : null,
+      elapsedMs: Date.now() - startedAt,
+      lastDecision: decisions[decisions.length - 1] ?? null,
+      iterations,
+    };
+  });
+
+  setHandler(
+    forcePostcopyUpdate,
+    (req) => {
+      forcedBy = req.by ?? 'operator';
+      return { accepted: true as const, atIteration: iterations.length + 1 };
+    },
+    {
+      validator: (_req) => {
+        if (!mayPostcopy(strategy)) throw new Error(`strategy ${strategy} never switches to post-copy; migrate with a hybrid strategy to force one`);
+        if (switched || phase === 'stop-and-copy' || phase === 'switching') throw new Error(`migration of ${vm} is past the switch point (phase ${phase})`);
+        if (phase === 'rolling-back' || phase === 'rolled-back') throw new Error(`migration of ${vm} is ${phase}`);
+      },
+    },
+  );
+
+  setHandler(
+    setBandwidthUpdate,
+    async (rate) => {
+      bandwidth = rate;
+      if (phase !== 'preparing') await cleanup(source).setBandwidth({ ...ref, bandwidthBytesPerSec: rate });
+      return { bandwidthBytesPerSec: rate };
+    },
+    {
+      validator: (rate) => {
+        if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) throw new Error('bandwidth must be a number of bytes/s ≥ 0 (0 = uncapped)');
+        if (rate > 0 && rate < 64 * 1024) throw new Error('bandwidth below 64 KiB/s would never converge; use at least 64KiB/s');
+        if (switched || ['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
+      },
+    },
+  );
+
+  let preSwitchScope: CancellationScope | null = null;
+  setHandler(
+    cancelUpdate,
+    (req) => {
+      cancelRequest = req;
+      preSwitchScope?.cancel();
+      return { accepted: true as const };
+    },
+    {
+      validator: (_req) => {
+        if (switched || phase === 'postcopy' || phase === 'verifying') {
+          throw new Error(`refused: ${vm} already runs on ${target} (phase ${phase}); after the switch a migration only moves forward`);
+        }
+        if (['completed', 'rolled-back', 'failed', 'rolling-back'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}`);
+      },
+    },
+  );
+
+  // ---- report assembly ------------------------------------------------------------------
+  let workload = 'unknown';
+  let memoryBytes = 0;
+  let saveResult: StaticSaveResult | null = null;
+  let mergeResult: StaticMergeResult | null = null;
+  let downtimeMs: number | null = null;
+  let postcopyDurationMs: number | null = null;
+  let drain: DrainResult | null = null;
+  let pbResult: PbDataResult | null = null;
+  let verification: VerifyResult | null = null;
+  let channelBytes = 0;
+  let storageWrite = 0;
+  let startedAtMs = startedAt;
+  let endedAtMs: number | null = null;
+  let postcopyStartMs = 0;
+  const digests = { source: null as string | null, target: null as string | null };
+
+  const report = (outcome: MigrationReport['outcome'], reason: string): MigrationReport => {
+    const storageRead = (mergeResult?.bytesRead ?? 0) + (drain?.storageBytesRead ?? 0);
+    const migrationNetwork = channelBytes;
+    return {
+      id: `${info.workflowId}/${info.runId}`,
+      vm,
+      source,
+      target,
+      strategy,
+      workload,
+      ticket: input.ticket ?? null,
+      requestedBy: input.requestedBy ?? null,
+      outcome,
+      reason,
+      pageSize,
+      memoryBytes,
+      startedAt: new Date(startedAtMs).toISOString(),
+      totalTimeMs: Math.max(0, (endedAtMs ?? Date.now()) - startedAtMs),
+      downtimeMs,
+      postcopyDurationMs,
+      bytes: { migrationNetwork, storageWrite, storageRead, total: migrationNetwork + storageWrite },
+      iterations,
+      decisions,
+      static: saveResult
+        ? { pages: saveResult.pages, saveMs: saveResult.saveMs, mergeMs: mergeResult?.mergeMs ?? 0, skippedNewer: mergeResult?.skippedNewer ?? 0 }
+        : null,
+      postcopy: drain
+        ? {
+            faults: drain.faults,
+            faultLatencyMs: drain.faultLatencyMs,
+            pushedPages: drain.pushedPages,
+            pbdataPages: drain.pbdataPages,
+            fellBackToPbData: drain.fellBackToPbData,
+            pbdata: pbdataMode,
+          }
+        : null,
+      verification: verification
+        ? { ok: verification.ok, pagesChecked: verification.pagesChecked, mismatches: verification.mismatches, method: verification.method, where: 'target' }
+        : rollbackVerification
+          ? { ok: rollbackVerification.ok, pagesChecked: rollbackVerification.pagesChecked, mismatches: rollbackVerification.mismatches, method: rollbackVerification.method, where: 'source' }
+          : null,
+      ...(options.digest ? { digests } : {}),
+    };
+  };
+
+  // ---- 1–4: before the switch (cancellable, compensated) --------------------------------
+  let ending: 'stop-and-copy' | 'switch-to-postcopy' = 'stop-and-copy';
+  let savePromise: Promise<StaticSaveResult> | null = null;
+  try {
+    await CancellationScope.cancellable(async () => {
+      preSwitchScope = CancellationScope.current();
+      const desc = await src.describeVm({ vm });
+      workload = desc.workload;
+      memoryBytes = desc.memoryBytes;
+      pageCount = desc.pageCount;
+      pageSize = desc.pageSize;
+      remainingPages = pageCount;
+
+      compensations.push({ what: `abort on ${target}`, run: () => cleanup(target).abortTarget(ref) });
+      const prepT = await tgt.prepareTarget({ ...ref, source, memoryBytes, pageSize, pageCount, vcpus: desc.vcpus, workload });
+
+      compensations.push({
+        what: `roll back on ${source}`,
+        run: async () => {
+          const r = await cleanup(source).rollbackSource(ref);
+          rollbackVerification = r.verification;
+        },
+      });
+      const prepS = await src.prepareSource({ ...ref, target, dataAddress: prepT.dataAddress, secret: prepT.secret, strategy, options: { ...options, bandwidthBytesPerSec: bandwidth } });
+      startedAtMs = prepS.startedAtMs;
+      setPhase('precopy');
+
+      // par-migrate: channel-1 runs beside the iterations.
+      let mergePromise: Promise<StaticMergeResult> | null = null;
+      if (par) {
+        compensations.push({ what: 'remove StaticData/PbData', run: () => cleanup(target).cleanupStorage(ref) });
+        savePromise = srcLong.saveStatic(ref);
+        mergePromise = tgtLong.mergeStatic(ref);
+        mergePromise.then(
+          (r) => {
+            mergeResult = r;
+            staticMerged = true;
+          },
+          () => undefined,
+        );
+        savePromise.then(
+          (r) => {
+            saveResult = r;
+            storageWrite += r.bytesWritten;
+          },
+          () => undefined,
+        );
+      }
+
+      for (let i = 1; ; i++) {
+        if (i > 1 || strategy === 'postcopy') {
+          const d: Decision = forcedBy
+            ? { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${forcedBy}` }
+            : decide(
+                { iterations: iterations.map(toStat), remainingPages, staticMerged: staticMerged ?? true },
+                { strategy, pageSize, pageCount, maxDowntimeMs: options.maxDowntimeMs, maxIterations: options.maxIterations, bandwidthBytesPerSec: bandwidth || 1e12 },
+              );
+          record(d);
+          if (d.action !== 'continue') {
+            ending = d.action;
+            break;
+          }
+        }
+        const res = await srcLong.runIteration({ ...ref, index: i, bulk: i === 1 && !par });
+        const stat: ReportIteration = {
+          index: res.index,
+          pages: res.pages,
+          durationMs: res.durationMs,
+          bytes: res.bytes,
+          dirtyAfter: res.dirtyAfter,
+          lambda: lambdaOf(res),
+          startedAtMs: res.finishedAtMs - res.durationMs,
+          finishedAtMs: res.finishedAtMs,
+        };
+        iterations.push(stat);
+        remainingPages = res.dirtyAfter;
+        // While the target still merges StaticData, do not spin on tiny rounds: wait for
+        // the merge or a short pause, whichever comes first.
+        if (par && !staticMerged && mergePromise && transferMs(res.pages, pageSize, bandwidth || 1e12) < 100) {
+          await Promise.race([mergePromise.then(() => undefined), sleep(200)]);
+        }
+      }
+      if (par && mergePromise) {
+        mergeResult = await mergePromise;
+        saveResult = await savePromise!;
+      }
+
+      if (ending === 'stop-and-copy') {
+        setPhase('stop-and-copy');
+        const sc = await src.stopAndCopy(ref);
+        digests.source = sc.digest;
+        const resumed = await tgt.resumeTarget({ ...ref, postcopy: false, digest: options.digest === true });
+        digests.target = resumed.digest;
+        downtimeMs = Math.max(0, resumed.resumedAtMs - sc.pausedAtMs);
+        switched = true;
+      } else {
+        setPhase('switching');
+        const sw = await src.switchToPostcopy(ref);
+        digests.source = sw.digest;
+        remainingPages = sw.missingPages;
+        if (pbdataMode === 'sync') pbResult = await srcLong.writePbData(ref);
+        const resumed = await tgt.resumeTarget({ ...ref, postcopy: true, digest: options.digest === true });
+        digests.target = resumed.digest;
+        downtimeMs = Math.max(0, resumed.resumedAtMs - sw.pausedAtMs);
+        switched = true;
+        postcopyStartMs = resumed.resumedAtMs;
+      }
+    });
+  } catch (err) {
+    if (switched) throw err;
+    // ---- rollback: the guest keeps running on the source -----------------------------
+    const cancelled = isCancellation(err);
+    const why = cancelled
+      ? `cancelled by ${cancelRequest?.by ?? 'operator'}${cancelRequest?.reason ? ` (${cancelRequest.reason})` : ''} during ${phase}`
+      : `${phase} failed: ${failureMessage(err)}`;
+    setPhase('rolling-back');
+    const undoErrors: string[] = [];
+    await CancellationScope.nonCancellable(async () => {
+      for (const c of compensations.reverse()) {
+        try {
+          await c.run();
+        } catch (e) {
+          undoErrors.push(`${c.what}: ${failureMessage(e)}`);
+        }
+      }
+    });
+    endedAtMs = Date.now();
+    const ok = undoErrors.length === 0;
+    setPhase(ok ? 'rolled-back' : 'failed');
+    await condition(allHandlersFinished);
+    return report(ok ? 'rolled-back' : 'failed', ok ? `${why}; rolled back, ${vm} runs on ${source}` : `${why}; rollback incomplete: ${undoErrors.join('; ')}`);
+  }
+
+  // ---- 5: after the switch: only forward ------------------------------------------------
+  return CancellationScope.nonCancellable(async () => {
+    const srcFwd = postSwitch(source);
+    const tgtFwd = postSwitch(target);
+    if (ending === 'switch-to-postcopy') {
+      setPhase('postcopy');
+      const pbPromise: Promise<PbDataResult | null> =
+        pbdataMode === 'async' ? srcFwd.writePbData(ref).catch(() => null) : Promise.resolve(pbResult);
+      // The source pushes in the background and answers faults; if it dies, the target
+      // still completes from PbData, so its failure does not stop the migration.
+      const pushPromise: Promise<PushResult | null> = srcFwd.pushPostcopy(ref).catch(() => null);
+      drain = await tgtFwd.drainPostcopy({ ...ref, pbdata: pbdataMode });
+      postcopyDurationMs = Math.max(0, drain.completedAtMs - postcopyStartMs);
+      await pushPromise;
+      pbResult = await pbPromise;
+      if (pbResult) storageWrite += pbResult.bytesWritten;
+    }
+    setPhase('verifying');
+    const released = await postSwitch(source)
+      .releaseSource(ref)
+      .catch(() => ({ releasedAtMs: Date.now(), channelBytes: -1, storageBytesWritten: 0, digest: null }));
+    if (released.digest) digests.source = released.digest;
+    channelBytes = released.channelBytes >= 0 ? released.channelBytes : bytesSent();
+    verification = await tgtFwd.verifyTarget(ref);
+    if (par || pbdataMode !== 'off') await cleanup(target).cleanupStorage(ref).catch(() => undefined);
+    endedAtMs = Math.max(released.releasedAtMs, drain?.completedAtMs ?? 0);
+    await savePromise;
+    const ok = verification.ok;
+    setPhase(ok ? 'completed' : 'failed');
+    await condition(allHandlersFinished);
+    const how = ending === 'stop-and-copy' ? `stop-and-copy after ${iterations.length} iteration(s)` : `post-copy after ${iterations.length} iteration(s)`;
+    return report(
+      ok ? 'completed' : 'failed',
+      ok
+        ? `${vm} runs on ${target}: ${how}, verified`
+        : `${vm} runs on ${target} but verification found ${verification.mismatches} bad page(s): ${verification.firstMismatches.slice(0, 3).join('; ')}`,
+    );
+  });
+}
+
+
+function toStat(it: ReportIteration): IterationStat {
+  return { index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter };
+}
+
+function validate(input: MigrationInput): void {
+  const bad = (m: string): never => {
+    throw ApplicationFailure.nonRetryable(m, 'InvalidInput');
+  };
+  if (!input || typeof input.vm !== 'string' || !input.vm) bad('vm is required');
+  if (typeof input.source !== 'string' || !input.source) bad('source host is required');
+  if (typeof input.target !== 'string' || !input.target) bad('target host is required');
+  if (input.source === input.target) bad(`source and target are the same host (${input.source})`);
+  if (!isStrategy(input.strategy)) bad(`unknown strategy '${String(input.strategy)}'`);
+  const o = input.options;
+  if (!o) bad('options are required');
+  if (!(o.maxIterations >= 1)) bad('maxIterations must be ≥ 1');
+  if (!(o.maxDowntimeMs >= 0)) bad('maxDowntimeMs must be ≥ 0');
+  if (!['sync', 'async', 'off'].includes(o.pbdata)) bad(`pbdata must be sync, async or off`);
+}

@@ -1,0 +1,56 @@
+/** The migration report of CONTRACT.md. Every figure comes from an agent's measurement. */
+import type { Action, StrategyName } from '../policy/types';
+
+export type Outcome = 'completed' | 'rolled-back' | 'failed';
+
+export interface ReportIteration {
+  index: number;
+  pages: number;
+  durationMs: number;
+  lambda: number;
+  bytes: number;
+  dirtyAfter: number;
+  startedAtMs: number;
+  finishedAtMs: number;
+}
+
+export interface ReportDecision {
+  atMs: number;
+  iteration: number;
+  action: Action;
+  reason: string;
+}
+
+export interface MigrationReport {
+  id: string;
+  vm: string;
+  source: string;
+  target: string;
+  strategy: StrategyName;
+  workload: string;
+  ticket: string | null;
+  requestedBy: string | null;
+  outcome: Outcome;
+  reason: string;
+  pageSize: number;
+  memoryBytes: number;
+  startedAt: string;
+  totalTimeMs: number;
+  downtimeMs: number | null;
+  postcopyDurationMs: number | null;
+  bytes: { migrationNetwork: number; storageWrite: number; storageRead: number; total: number };
+  iterations: ReportIteration[];
+  decisions: ReportDecision[];
+  static: { pages: number; saveMs: number; mergeMs: number; skippedNewer: number } | null;
+  postcopy: {
+    faults: number;
+    faultLatencyMs: { p50: number; p99: number; max: number };
+    pushedPages: number;
+    pbdataPages: number;
+    fellBackToPbData: boolean;
+    pbdata: 'sync' | 'async' | 'off';
+  } | null;
+  verification: { ok: boolean; pagesChecked: number; mismatches: number; method: string; where: 'target' | 'source' } | null;
+  /** Test aid (digest option): SHA-256 of guest memory at the source pause and at the target before resume. */
+  digests?: { source: string | null; target: string | null };
+}

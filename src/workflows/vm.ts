@@ -1,0 +1,21 @@
+/**
+ * VM lifecycle on one host, through Temporal like everything else (`ferry vm create|destroy`).
+ */
+import { proxyActivities } from '@temporalio/workflow';
+import type { HostActivities, VmCreateInput } from '../activities/host';
+import type { VmInfo } from '../hypervisor/driver';
+import { hostQueue } from '../common/names';
+
+export type VmCommand = { host: string; op: 'create'; spec: VmCreateInput } | { host: string; op: 'destroy'; name: string };
+
+export async function vmCommandWorkflow(cmd: VmCommand): Promise<{ vm: VmInfo | null; destroyed?: boolean }> {
+  const acts = proxyActivities<HostActivities>({
+    taskQueue: hostQueue(cmd.host),
+    scheduleToCloseTimeout: '60s',
+    startToCloseTimeout: '30s',
+    retry: { maximumAttempts: 3, nonRetryableErrorTypes: ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity'] },
+  });
+  if (cmd.op === 'create') return { vm: await acts.vmCreate(cmd.spec) };
+  const r = await acts.vmDestroy(cmd.name);
+  return { vm: null, destroyed: r.destroyed };
+}

@@ -1,0 +1,49 @@
+import { randomUUID } from 'node:crypto';
+import type { Client } from '@temporalio/client';
+import type { MigrationOptions } from '../../src/activities/types';
+import { CONTROL_QUEUE, migrationWorkflowId } from '../../src/common/names';
+import type { StrategyName } from '../../src/policy/types';
+import type { MigrationInput } from '../../src/workflows/migration';
+import type { MigrationReport } from '../../src/workflows/report';
+
+export const MiB = 1024 ** 2;
+
+export async function createVm(
+  client: Client,
+  host: string,
+  spec: { name: string; memoryBytes: number; workload: string; seed?: number; rate?: number; vcpus?: number },
+): Promise<void> {
+  await client.workflow.execute('vmCommandWorkflow', {
+    taskQueue: CONTROL_QUEUE,
+    workflowId: `vm-create-${spec.name}-${randomUUID()}`,
+    args: [{ host, op: 'create', spec }],
+  });
+}
+
+export function defaultOptions(over: Partial<MigrationOptions> = {}): MigrationOptions {
+  return {
+    bandwidthBytesPerSec: 32 * MiB,
+    storageBandwidthBytesPerSec: 1024 * MiB,
+    maxDowntimeMs: 300,
+    maxIterations: 30,
+    pbdata: 'async',
+    compression: false,
+    zeroElision: true,
+    ...over,
+  };
+}
+
+export async function startMigration(client: Client, input: Omit<MigrationInput, 'options'> & { options?: Partial<MigrationOptions> }) {
+  return client.workflow.start('migrationWorkflow', {
+    taskQueue: CONTROL_QUEUE,
+    workflowId: migrationWorkflowId(input.vm),
+    args: [{ ...input, options: defaultOptions(input.options) } satisfies MigrationInput],
+  });
+}
+
+export async function migrate(client: Client, input: Omit<MigrationInput, 'options'> & { options?: Partial<MigrationOptions> }): Promise<MigrationReport> {
+  const handle = await startMigration(client, input);
+  return (await handle.result()) as MigrationReport;
+}
+
+export type { StrategyName };
