@@ -83,6 +83,8 @@ interface SourceSession {
   baselineSent: boolean;
   /** Post-copy: the pages missing on the target. */
   missing: Bitmap | null;
+  /** The target reported every page present: stop pushing. */
+  allPresent: boolean;
   storageBytesWritten: number;
   pausedAtMs: number | null;
   journal: Journal;
@@ -162,6 +164,9 @@ export function createMigrationActivities(ctx: MigrationContext) {
         onFaultRequest: (pfns) => {
           // Post-copy: the target's vCPU waits for these; they overtake the background push.
           s.channel?.sendPages(pfns, s.memory, { lane: 'priority' }).catch(() => undefined);
+        },
+        onControl: (msg) => {
+          if ((msg as { type?: string })?.type === 'all-present') s.allPresent = true;
         },
       },
     });
@@ -247,6 +252,7 @@ export function createMigrationActivities(ctx: MigrationContext) {
         unacked: new Bitmap(guest.memory.pageCount),
         baselineSent: false,
         missing: null,
+        allPresent: false,
         storageBytesWritten: 0,
         pausedAtMs: null,
         journal: new Journal(),
@@ -388,7 +394,7 @@ export function createMigrationActivities(ctx: MigrationContext) {
           try {
             const ch = await channelOf(s);
             const batch = 1024;
-            for (let i = 0; i < all.length; i += batch) {
+            for (let i = 0; i < all.length && !s.allPresent; i += batch) {
               // Bounded: wait for each batch to reach the kernel so fault answers overtake.
               await ch.sendPages(all.subarray(i, i + batch), s.memory, { lane: 'bulk' });
               pushed = Math.min(all.length, i + batch);
@@ -595,7 +601,9 @@ export function createMigrationActivities(ctx: MigrationContext) {
         })();
         await heartbeatEvery(1000, () => ({ missing: s.memory.missingCount() }), work);
         const completedAtMs = Date.now();
-        s.postcopy = false;
+        // Every page is here: the source can stop pushing. Late frames still in flight are
+        // ignored (post-copy mode installs only missing pages, and none is missing).
+        s.registration.channel?.sendControl({ type: 'all-present' }).catch(() => undefined);
         const fs = s.guest?.faultStats();
         const ch = s.registration.channel;
         return {

@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { UsageError } from '../common/errors';
 import { parseSize } from '../common/units';
 import { Prng } from './core';
-import { computeLayout, formatMemory, verify, type Layout, type VerifyReport } from './layout';
+import { computeLayout, formatMemory, verify, writeDataPage, type Layout, type VerifyReport } from './layout';
 import { GuestMemory } from './memory';
 import type { Trace } from './trace';
 import { resolveWorkload, type ResolvedWorkload, type WorkloadSpec } from './workloads';
@@ -30,6 +30,12 @@ export interface GuestOptions {
   pageSize?: number;
   /** Bytes per SharedArrayBuffer of RAM (default 1 GiB). */
   chunkBytes?: number;
+  /**
+   * Memory in use when the guest "boots": 'region' (default) writes every page of the
+   * workload's region once — memcached's warm cache, lmbench's buffer, the compiler's page
+   * cache — so migration moves real data, not zero pages; 'none' leaves RAM zeroed.
+   */
+  prefill?: 'region' | 'none';
 }
 
 /** One vCPU's workload state (JSON-safe). */
@@ -182,6 +188,11 @@ export class EmulatedGuest {
     const layout = computeLayout(memory.pageSize, memory.pageCount, seed);
     const { resolved, trace } = resolveWorkload(opts.workload ?? 'idle', { pageSize: memory.pageSize, dataPages: layout.dataPages, vcpus });
     formatMemory(memory, layout);
+    if ((opts.prefill ?? 'region') === 'region') {
+      const first = layout.dataStart + resolved.regionStart;
+      for (let pfn = first; pfn < first + resolved.regionPages && pfn < layout.pageCount; pfn++) writeDataPage(memory, layout, pfn);
+      memory.clearDirty();
+    }
     const states = Array.from({ length: vcpus }, (_, id) => initialState(seed, id));
     return new EmulatedGuest(opts.name, memory, layout, vcpus, resolved, trace, states);
   }

@@ -15,15 +15,35 @@ export function lambdas(iterations: readonly IterationStat[]): number[] {
 }
 
 /**
- * Measured bandwidth in bytes/s: the last iteration that moved enough to measure (a few
- * pages in a few milliseconds say nothing), else the configured cap.
+ * Measured bandwidth of the migration network in wire bytes/s: the last iteration that moved
+ * enough to measure (a few pages in a few milliseconds say nothing), else the configured cap.
  */
-export function measuredBandwidth(iterations: readonly IterationStat[], pageSize: number, fallbackBytesPerSec: number): number {
+export function measuredBandwidth(iterations: readonly IterationStat[], fallbackBytesPerSec: number): number {
   for (let i = iterations.length - 1; i >= 0; i--) {
     const it = iterations[i]!;
-    if (it.pages >= 64 && it.durationMs >= 5) return (it.pages * pageSize * 1000) / it.durationMs;
+    if (it.bytes >= 256 * 1024 && it.durationMs >= 5) return (it.bytes * 1000) / it.durationMs;
   }
   return fallbackBytesPerSec;
+}
+
+/**
+ * Wire bytes one dirty page costs: as measured in the last dynamic round (after zero-page
+ * elision and compression), else a whole page. The bulk round is no guide: it carries the
+ * zero pages that dirty rounds never do.
+ */
+export function bytesPerDirtyPage(iterations: readonly IterationStat[], pageSize: number): number {
+  for (let i = iterations.length - 1; i >= 0; i--) {
+    const it = iterations[i]!;
+    if (it.index >= 2 && it.pages >= 64) return Math.max(16, it.bytes / it.pages);
+  }
+  return pageSize;
+}
+
+/** Milliseconds to send `pages` dirty pages now, and the wire rate it assumes. */
+export function estimateSendMs(iterations: readonly IterationStat[], pages: number, pageSize: number, fallbackBytesPerSec: number): { ms: number; bytesPerSec: number } {
+  const bytesPerSec = measuredBandwidth(iterations, fallbackBytesPerSec);
+  const bytes = pages * bytesPerDirtyPage(iterations, pageSize);
+  return { ms: bytesPerSec > 0 && Number.isFinite(bytesPerSec) ? (bytes * 1000) / bytesPerSec : 0, bytesPerSec };
 }
 
 /** Time to send `pages` at `bytesPerSec`, in ms. */

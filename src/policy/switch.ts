@@ -3,7 +3,7 @@
  * rule (Nova's migration.py style), and `decide` that applies the strategy's rules in order.
  * Every result carries the reason with the numbers it was decided on.
  */
-import { fmt, lambdas, measuredBandwidth, transferMs } from './convergence';
+import { estimateSendMs, fmt, lambdas } from './convergence';
 import type { Decision, PolicyConfig, PolicyState } from './types';
 
 const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
@@ -12,8 +12,7 @@ const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
 export function stopAndCopyTest(state: PolicyState, cfg: PolicyConfig): Decision | null {
   const it = state.iterations.length;
   if (state.remainingPages === 0) return { action: 'stop-and-copy', reason: `stop-and-copy at iteration ${it + 1}: no dirty pages left` };
-  const bw = measuredBandwidth(state.iterations, cfg.pageSize, cfg.bandwidthBytesPerSec);
-  const ms = transferMs(state.remainingPages, cfg.pageSize, bw);
+  const { ms, bytesPerSec: bw } = estimateSendMs(state.iterations, state.remainingPages, cfg.pageSize, cfg.bandwidthBytesPerSec);
   if (ms <= cfg.maxDowntimeMs) {
     return {
       action: 'stop-and-copy',

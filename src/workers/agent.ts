@@ -2,7 +2,10 @@
  * A host agent: an activity worker on `ferry-host-<id>` (no workflows) that owns the VMs of
  * its host through a hypervisor driver and serves channel-2 for incoming migrations.
  */
+import { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
+import { CONTROL_QUEUE } from '../common/names';
+import { hostDownSignal, hostUpSignal, REGISTRY_WORKFLOW_ID } from '../workflows/registry';
 import os from 'node:os';
 import { createHostActivities } from '../activities/host';
 import { createMigrationActivities, type MigrationContext } from '../activities/migration';
@@ -64,7 +67,22 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     // Migrations of several VMs may run on one host at once; page work is I/O bound.
     maxConcurrentActivityTaskExecutions: 32,
   });
+  // Announce this host to the registry (created on first use).
+  const clientConnection = await Connection.connect({ address: opts.temporalAddress });
+  const client = new Client({ connection: clientConnection, namespace: opts.namespace });
+  await client.workflow.signalWithStart('hostRegistryWorkflow', {
+    workflowId: REGISTRY_WORKFLOW_ID,
+    taskQueue: CONTROL_QUEUE,
+    args: [{ hosts: [] }],
+    signal: hostUpSignal,
+    signalArgs: [{ hostId: opts.hostId, dataAddress, memoryCapacityBytes: opts.memoryCapacityBytes, driver: driver.kind, pid: process.pid }],
+  });
   const done = worker.run().finally(async () => {
+    await client.workflow
+      .getHandle(REGISTRY_WORKFLOW_ID)
+      .signal(hostDownSignal, { hostId: opts.hostId, pid: process.pid })
+      .catch(() => undefined);
+    await clientConnection.close();
     await channels.close();
     await driver.close();
     await connection.close();

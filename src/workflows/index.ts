@@ -2,3 +2,4 @@
 export { inventoryWorkflow } from './inventory';
 export { migrationWorkflow } from './migration';
 export { vmCommandWorkflow } from './vm';
+export { hostRegistryWorkflow } from './registry';

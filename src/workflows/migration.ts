@@ -40,7 +40,7 @@ import type {
 } from '../activities/types';
 import { hostQueue } from '../common/names';
 import { Phase as PhaseKey } from '../common/search-attributes';
-import { decide, lambdaOf, measuredBandwidth, transferMs } from '../policy';
+import { decide, estimateSendMs, lambdaOf, transferMs } from '../policy';
 import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
 import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
@@ -140,7 +140,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
   const bytesSent = (): number => iterations.reduce((a, it) => a + it.bytes, 0);
 
   setHandler(progressQuery, (): Progress => {
-    const bw = measuredBandwidth(iterations, pageSize, bandwidth || Infinity);
+    const eta = estimateSendMs(iterations, remainingPages, pageSize, bandwidth || Infinity);
     return {
       id: info.workflowId,
       vm,
@@ -156,7 +156,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       lambdas: iterations.map((i) => i.lambda),
       staticMerged,
       bandwidthBytesPerSec: bandwidth,
-      etaMs: Number.isFinite(bw) && remainingPages > 0 ? Math.round(transferMs(remainingPages, pageSize, bw)) : null,
+      etaMs: Number.isFinite(eta.bytesPerSec) && remainingPages > 0 ? Math.round(eta.ms) : null,
       elapsedMs: Date.now() - startedAt,
       lastDecision: decisions[decisions.length - 1] ?? null,
       iterations,
@@ -218,6 +218,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
   let saveResult: StaticSaveResult | null = null;
   let mergeResult: StaticMergeResult | null = null;
   let downtimeMs: number | null = null;
+  let stopCopy: MigrationReport['stopAndCopy'] = null;
   let postcopyDurationMs: number | null = null;
   let drain: DrainResult | null = null;
   let pbResult: PbDataResult | null = null;
@@ -252,6 +253,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       bytes: { migrationNetwork, storageWrite, storageRead, total: migrationNetwork + storageWrite },
       iterations,
       decisions,
+      stopAndCopy: stopCopy,
       static: saveResult
         ? { pages: saveResult.pages, saveMs: saveResult.saveMs, mergeMs: mergeResult?.mergeMs ?? 0, skippedNewer: mergeResult?.skippedNewer ?? 0 }
         : null,
@@ -323,8 +325,11 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
         );
       }
 
+      // After waiting for the merge, the last iteration's dirty count is stale: run one more
+      // round before deciding, so every decision sees the dirty log as it is.
+      let statsStale = false;
       for (let i = 1; ; i++) {
-        if (i > 1 || strategy === 'postcopy') {
+        if ((i > 1 && !statsStale) || strategy === 'postcopy') {
           const d: Decision = forcedBy
             ? { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${forcedBy}` }
             : decide(
@@ -352,8 +357,10 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
         remainingPages = res.dirtyAfter;
         // While the target still merges StaticData, do not spin on tiny rounds: wait for
         // the merge or a short pause, whichever comes first.
+        statsStale = false;
         if (par && !staticMerged && mergePromise && transferMs(res.pages, pageSize, bandwidth || 1e12) < 100) {
           await Promise.race([mergePromise.then(() => undefined), sleep(200)]);
+          statsStale = true;
         }
       }
       if (par && mergePromise) {
@@ -364,7 +371,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       if (ending === 'stop-and-copy') {
         setPhase('stop-and-copy');
         const sc = await src.stopAndCopy(ref);
-        digests.source = sc.digest;
+        stopCopy = { pages: sc.pages, bytes: sc.bytes, sendMs: Math.round(sc.durationMs) };
         const resumed = await tgt.resumeTarget({ ...ref, postcopy: false, digest: options.digest === true });
         digests.target = resumed.digest;
         downtimeMs = Math.max(0, resumed.resumedAtMs - sc.pausedAtMs);
@@ -372,7 +379,6 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       } else {
         setPhase('switching');
         const sw = await src.switchToPostcopy(ref);
-        digests.source = sw.digest;
         remainingPages = sw.missingPages;
         if (pbdataMode === 'sync') pbResult = await srcLong.writePbData(ref);
         const resumed = await tgt.resumeTarget({ ...ref, postcopy: true, digest: options.digest === true });

@@ -42,6 +42,8 @@ export interface MigrationReport {
   iterations: ReportIteration[];
   decisions: ReportDecision[];
   static: { pages: number; saveMs: number; mergeMs: number; skippedNewer: number } | null;
+  /** The last round with the guest paused: pages and bytes moved, and how long that took. */
+  stopAndCopy: { pages: number; bytes: number; sendMs: number } | null;
   postcopy: {
     faults: number;
     faultLatencyMs: { p50: number; p99: number; max: number };

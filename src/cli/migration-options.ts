@@ -1,0 +1,52 @@
+/** Options shared by `ferry demo` and `ferry migrate` (CONTRACT.md). */
+import type { MigrationOptions, PbDataMode } from '../activities/types';
+import { UsageError } from '../common/errors';
+import { parseDuration, parseRate } from '../common/units';
+import { STRATEGIES, type StrategyName } from '../policy/types';
+import { choice, int, str } from './args';
+
+export const migrationOptionSpec = {
+  strategy: { type: 'string' },
+  bandwidth: { type: 'string' },
+  'storage-bandwidth': { type: 'string' },
+  'max-downtime': { type: 'string' },
+  'max-iterations': { type: 'string' },
+  pbdata: { type: 'string' },
+  compression: { type: 'boolean' },
+  'no-zero-elision': { type: 'boolean' },
+} as const;
+
+export const MIGRATION_DEFAULTS = {
+  strategy: 'pa-hybrid' as StrategyName,
+  bandwidth: '32MiB/s',
+  storageBandwidth: '1GiB/s',
+  maxDowntime: '300ms',
+  maxIterations: 30,
+};
+
+export function migrationOptionsFrom(values: Record<string, unknown>): { strategy: StrategyName; options: MigrationOptions } {
+  const strategy = choice(values.strategy, 'strategy', STRATEGIES) ?? MIGRATION_DEFAULTS.strategy;
+  const bandwidth = parseRate(str(values.bandwidth) ?? MIGRATION_DEFAULTS.bandwidth, '--bandwidth');
+  const storage = parseRate(str(values['storage-bandwidth']) ?? MIGRATION_DEFAULTS.storageBandwidth, '--storage-bandwidth');
+  if (bandwidth > 0 && bandwidth < 64 * 1024) throw new UsageError('--bandwidth: below 64KiB/s a migration never converges; use at least 64KiB/s (or 0 for uncapped)');
+  const maxDowntimeMs = parseDuration(str(values['max-downtime']) ?? MIGRATION_DEFAULTS.maxDowntime, '--max-downtime');
+  const maxIterations = int(values['max-iterations'], 'max-iterations', 1, 1000) ?? MIGRATION_DEFAULTS.maxIterations;
+  const pbdata = choice(values.pbdata, 'pbdata', ['sync', 'async', 'off'] as const) ?? defaultPbData(strategy);
+  return {
+    strategy,
+    options: {
+      bandwidthBytesPerSec: bandwidth,
+      storageBandwidthBytesPerSec: storage,
+      maxDowntimeMs,
+      maxIterations,
+      pbdata,
+      compression: values.compression === true,
+      zeroElision: values['no-zero-elision'] !== true,
+    },
+  };
+}
+
+/** PbData is the paper's addition to its own hybrids; the baselines run without it. */
+export function defaultPbData(strategy: StrategyName): PbDataMode {
+  return strategy === 'as-hybrid' || strategy === 'pa-hybrid' ? 'async' : 'off';
+}

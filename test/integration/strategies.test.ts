@@ -1,0 +1,119 @@
+/**
+ * Every strategy of MECHANISM.md, through the real workflow on the real server, between two
+ * agent processes that share a storage directory.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FerryProcess } from '../../src/cli/processes';
+import { STRATEGIES, mayPostcopy, type StrategyName } from '../../src/policy/types';
+import type { MigrationReport } from '../../src/workflows/report';
+import { maybeRecordHistory } from '../helpers/history';
+import { createVm, migrate, MiB } from '../helpers/migrate';
+import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
+
+let controller: TestController;
+const agents: FerryProcess[] = [];
+const hostA = uniqueHost('st-a');
+const hostB = uniqueHost('st-b');
+const storage = tempDir('st-storage');
+let seq = 0;
+
+beforeAll(async () => {
+  const [c, a, b] = await Promise.all([
+    startTestController(),
+    startAgentProcess(hostA, { storageDir: storage, memoryCapacity: '4GiB' }),
+    startAgentProcess(hostB, { storageDir: storage, memoryCapacity: '4GiB' }),
+  ]);
+  controller = c;
+  agents.push(a, b);
+});
+
+afterAll(async () => {
+  await Promise.all(agents.map((a) => a.stop()));
+  await controller?.stop();
+});
+
+async function run(strategy: StrategyName, workload: string, opts: { memory?: number; maxIterations?: number; record?: string } = {}): Promise<MigrationReport> {
+  const vm = `vm-${strategy}-${workload}-${++seq}`;
+  await createVm(controller.client, hostA, { name: vm, memoryBytes: (opts.memory ?? 64) * MiB, workload, seed: 11 + seq });
+  const report = await migrate(controller.client, {
+    vm,
+    source: hostA,
+    target: hostB,
+    strategy,
+    options: { maxIterations: opts.maxIterations ?? 8, digest: true },
+  });
+  if (opts.record) await maybeRecordHistory(controller.client, `migrate-${vm}`, opts.record);
+  return report;
+}
+
+function expectComplete(r: MigrationReport): void {
+  expect(r.outcome, r.reason).toBe('completed');
+  expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+  expect(r.verification!.pagesChecked).toBe(r.memoryBytes / r.pageSize);
+  expect(r.bytes.total).toBe(r.bytes.migrationNetwork + r.bytes.storageWrite);
+  expect(r.bytes.migrationNetwork).toBeGreaterThan(0);
+  expect(r.totalTimeMs).toBeGreaterThan(0);
+  expect(r.downtimeMs).toBeGreaterThanOrEqual(0);
+  const last = r.decisions[r.decisions.length - 1];
+  if (last?.action === 'stop-and-copy') {
+    // Every target page equals the source page at the pause.
+    expect(r.digests?.target).toBeTruthy();
+    expect(r.digests?.target).toBe(r.digests?.source);
+    expect(r.postcopy).toBeNull();
+  } else {
+    expect(last?.action).toBe('switch-to-postcopy');
+    expect(r.postcopy).not.toBeNull();
+    expect(r.postcopyDurationMs).toBeGreaterThanOrEqual(0);
+  }
+}
+
+describe.each(['memcached', 'kernel-compile'])('every strategy under %s', (workload) => {
+  it.each([...STRATEGIES])('%s completes and verifies', async (strategy) => {
+    const r = await run(strategy, workload, { record: workload === 'memcached' && (strategy === 'pa-hybrid' || strategy === 'precopy') ? strategy : undefined });
+    expectComplete(r);
+    expect(r.strategy).toBe(strategy);
+    expect(r.workload).toBe(workload);
+    if (strategy === 'par-migrate' || strategy === 'pa-hybrid') {
+      expect(r.static).not.toBeNull();
+      expect(r.static!.pages).toBe(r.memoryBytes / r.pageSize);
+      expect(r.bytes.storageWrite).toBeGreaterThan(0);
+    } else {
+      expect(r.static).toBeNull();
+    }
+    if (!mayPostcopy(strategy)) expect(r.postcopy).toBeNull();
+    if (strategy === 'postcopy') expect(r.iterations).toEqual([]);
+  });
+});
+
+describe('behaviour the paper predicts', () => {
+  it('precopy on memcached hits max-iterations and reports its long downtime honestly', async () => {
+    const r = await run('precopy', 'memcached', { maxIterations: 6 });
+    expectComplete(r);
+    const last = r.decisions[r.decisions.length - 1]!;
+    expect(last.action).toBe('stop-and-copy');
+    expect(last.reason).toMatch(/max iterations \(6\) reached/);
+    expect(r.iterations).toHaveLength(6);
+    // The downtime is what it was: at least the final round's transfer, above the budget.
+    expect(r.downtimeMs!).toBeGreaterThanOrEqual(r.stopAndCopy!.sendMs);
+    expect(r.downtimeMs!).toBeGreaterThan(300);
+  });
+
+  it('pa-hybrid on memcached switches to post-copy on λ and says so', async () => {
+    const r = await run('pa-hybrid', 'memcached', { memory: 128 });
+    expectComplete(r);
+    const sw = r.decisions.find((d) => d.action === 'switch-to-postcopy');
+    expect(sw?.reason).toMatch(/λ=\[\d+\.\d+, \d+\.\d+, \d+\.\d+\], \d of 3 > 1, mean \d+\.\d+ ≥ 1/);
+    expect(r.postcopy!.pbdata).toBe('async');
+  });
+
+  it('scenario-bursty: as-hybrid completes without switching, hybrid-1 switches', async () => {
+    const as = await run('as-hybrid', 'scenario-bursty');
+    expectComplete(as);
+    expect(as.decisions.some((d) => d.action === 'switch-to-postcopy')).toBe(false);
+    expect(as.postcopy).toBeNull();
+    const h1 = await run('hybrid-1', 'scenario-bursty');
+    expectComplete(h1);
+    expect(h1.decisions.some((d) => d.action === 'switch-to-postcopy')).toBe(true);
+    expect(h1.postcopy).not.toBeNull();
+  });
+});
