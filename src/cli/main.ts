@@ -3,6 +3,8 @@
  * else is a bug or an outage and keeps its stack.
  */
 import { UsageError } from '../common/errors';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { ConflictError, NotFoundError } from '../client/migrations';
 import { TemporalBinaryError } from '../common/temporal-bin';
 
 type Command = { help: string; run: (argv: string[]) => Promise<number> };
@@ -14,7 +16,23 @@ const commands: Record<string, () => Promise<Command>> = {
   agent: () => import('./commands/agent'),
   inventory: () => import('./commands/inventory'),
   demo: () => import('./commands/demo'),
+  vm: () => import('./commands/vm'),
+  migrate: () => import('./commands/migrate'),
+  status: () => import('./commands/status'),
+  watch: async () => {
+    const m = await import('./commands/status');
+    return { help: m.help, run: (argv: string[]) => m.run(argv, true) };
+  },
+  report: () => import('./commands/report'),
+  cancel: () => control('cancel'),
+  'force-postcopy': () => control('force-postcopy'),
+  'set-bandwidth': () => control('set-bandwidth'),
 };
+
+async function control(op: 'cancel' | 'force-postcopy' | 'set-bandwidth'): Promise<Command> {
+  const m = await import('./commands/control');
+  return { help: m.help, run: (argv: string[]) => m.run(argv, op) };
+}
 
 async function usage(): Promise<string> {
   const lines = ['usage: ferry <command> [options]', ''];
@@ -45,7 +63,15 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`ferry ${name}: ${e.message}\n`);
       return 2;
     }
-    if (e instanceof TemporalBinaryError) {
+    if (e instanceof WorkflowFailedError) {
+      process.stderr.write(`ferry ${name}: ${(e.cause?.cause as Error | undefined)?.message ?? e.cause?.message ?? e.message}\n`);
+      return 1;
+    }
+    if (e instanceof WorkflowNotFoundError) {
+      process.stderr.write(`ferry ${name}: no such migration (${e.workflowId ?? e.message})\n`);
+      return 1;
+    }
+    if (e instanceof TemporalBinaryError || e instanceof ConflictError || e instanceof NotFoundError) {
       process.stderr.write(`ferry ${name}: ${e.message}\n`);
       return 1;
     }

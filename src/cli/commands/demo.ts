@@ -1,31 +1,73 @@
+/**
+ * The main job on the embedded default: a local Temporal dev server (unless
+ * FERRY_TEMPORAL_ADDRESS is set), a controller and two host agents as real processes; an
+ * emulated VM running a write-intensive workload boots on host-a and migrates to host-b
+ * with live progress; the report is printed; everything is shut down.
+ */
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
+import { UsageError } from '../../common/errors';
 import { CONTROL_QUEUE } from '../../common/names';
-import type { InventoryResult } from '../../workflows/inventory';
-import { parse } from '../args';
+import { parseSize } from '../../common/units';
+import { reportOf, resolveHandle, startMigration } from '../../client/migrations';
+import { workloadNames } from '../../guest/workloads';
+import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
+import { reportText, watchProgress } from '../display';
 import { startLocalCluster } from '../local';
-import { printInventory } from './inventory';
+import { migrationOptionSpec, migrationOptionsFrom } from '../migration-options';
 
-export const help = 'ferry demo [--json] [--verbose]   the main job on the embedded default';
+export const help =
+  'ferry demo [--strategy S] [--workload W] [--memory 256MiB] [--bandwidth 32MiB/s] [--seed N] [--driver emulated|qemu] [--json] [--verbose]   the main job';
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parse(argv, { ...commonOptions, json: { type: 'boolean' }, verbose: { type: 'boolean' } }, false);
+  const { values } = parse(
+    argv,
+    {
+      ...commonOptions,
+      ...migrationOptionSpec,
+      workload: { type: 'string' },
+      memory: { type: 'string' },
+      seed: { type: 'string' },
+      driver: { type: 'string' },
+      json: { type: 'boolean' },
+      verbose: { type: 'boolean' },
+    },
+    false,
+  );
   const cfg = configFrom(values);
   const json = values.json === true;
+  const { strategy, options } = migrationOptionsFrom(values);
+  const workload = str(values.workload) ?? 'memcached';
+  if (!workload.startsWith('trace:') && !workloadNames().includes(workload)) {
+    throw new UsageError(`--workload: '${workload}' is not one of ${workloadNames().join(', ')}`);
+  }
+  const memoryBytes = parseSize(str(values.memory) ?? '256MiB', '--memory');
+  if (memoryBytes < 4 * 1024 * 1024) throw new UsageError('--memory: at least 4MiB');
+  const seed = int(values.seed, 'seed', 0, 0xffffffff) ?? 1;
+  const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
+  if (driver === 'qemu') throw new UsageError('--driver qemu: the QEMU driver is not available in this build; use --driver emulated');
+
   const cluster = await startLocalCluster({ cfg, hosts: ['host-a', 'host-b'], log: say, verbose: values.verbose === true });
   try {
     const connection = await Connection.connect({ address: cluster.address });
     try {
       const client = new Client({ connection, namespace: cfg.namespace });
-      say('ferry demo: inventory of host-a and host-b through the controller');
-      const result = (await client.workflow.execute('inventoryWorkflow', {
+      const vm = `demo-${randomUUID().slice(0, 8)}`;
+      await client.workflow.execute('vmCommandWorkflow', {
         taskQueue: CONTROL_QUEUE,
-        workflowId: `inventory-${randomUUID()}`,
-        args: [{ hosts: ['host-a', 'host-b'], timeoutMs: 10_000 }],
-      })) as InventoryResult;
-      printInventory(result, json);
-      return result.hosts.every((h) => h.ok) ? 0 : 1;
+        workflowId: `vm-create-${vm}`,
+        args: [{ host: 'host-a', op: 'create', spec: { name: vm, memoryBytes, workload, seed } }],
+      });
+      say(`ferry demo: booted ${vm} on host-a (${workload}, ${str(values.memory) ?? '256MiB'}, seed ${seed}); migrating to host-b with ${strategy}`);
+      // Let the workload run a moment so the guest has a working set when the migration starts.
+      await new Promise((r) => setTimeout(r, 1000));
+      const started = await startMigration(client, { vm, source: 'host-a', target: 'host-b', strategy, options, requestedBy: 'ferry demo', reason: 'demo' });
+      const handle = resolveHandle(client, `${started.workflowId}/${started.runId}`);
+      await watchProgress(handle);
+      const report = await reportOf(handle);
+      process.stdout.write(json ? `${JSON.stringify(report, null, 2)}\n` : `${reportText(report)}\n`);
+      return report.outcome === 'completed' ? 0 : 1;
     } finally {
       await connection.close();
     }
