@@ -9,7 +9,7 @@ export function parse<T extends Options>(argv: string[], options: T, allowPositi
     return parseArgs({ args: argv, options, allowPositionals, strict: true });
   } catch (e) {
     const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, '');
-    throw new UsageError(msg);
+    throw new UsageError(msg.split('\n')[0] ?? msg);
   }
 }
 

@@ -24,6 +24,31 @@ export async function run(argv: string[]): Promise<number> {
   });
   const cfg = configFrom(values);
   if (sub !== 'create' && sub !== 'list' && sub !== 'destroy') throw new UsageError(`vm: '${sub ?? ''}' is not one of create, list, destroy`);
+  const name = positionals[0];
+  let createSpec: { host: string; spec: Record<string, unknown> } | null = null;
+  if (sub !== 'list') {
+    if (!name || !VM_NAME_RE.test(name)) throw new UsageError(`vm ${sub}: a VM name is required (letters, digits, . _ -)`);
+  }
+  if (sub === 'create') {
+    const host = str(values.host);
+    if (!host || !HOST_ID_RE.test(host)) throw new UsageError('--host: required, the host to create the VM on');
+    const memoryBytes = parseSize(str(values.memory) ?? '256MiB', '--memory');
+    const workload = str(values.workload) ?? 'memcached';
+    if (!workload.startsWith('trace:') && !workloadNames().includes(workload)) {
+      throw new UsageError(`--workload: '${workload}' is not one of ${workloadNames().join(', ')}, trace:<file>`);
+    }
+    createSpec = {
+      host,
+      spec: {
+        name,
+        memoryBytes,
+        workload,
+        seed: int(values.seed, 'seed', 0, 0xffffffff) ?? 1,
+        vcpus: int(values.vcpus, 'vcpus', 1, 64) ?? 1,
+        rate: int(values.rate, 'rate', 0, 10_000_000),
+      },
+    };
+  }
   const { client, close } = await connectClient(cfg);
   try {
     if (sub === 'list') {
@@ -37,43 +62,21 @@ export async function run(argv: string[]): Promise<number> {
       }
       return 0;
     }
-    const name = positionals[0];
-    if (!name || !VM_NAME_RE.test(name)) throw new UsageError(`vm ${sub}: a VM name is required (letters, digits, . _ -)`);
-    if (sub === 'create') {
-      const host = str(values.host);
-      if (!host || !HOST_ID_RE.test(host)) throw new UsageError('--host: required, the host to create the VM on');
-      const memoryBytes = parseSize(str(values.memory) ?? '256MiB', '--memory');
-      const workload = str(values.workload) ?? 'memcached';
-      if (!workload.startsWith('trace:') && !workloadNames().includes(workload)) {
-        throw new UsageError(`--workload: '${workload}' is not one of ${workloadNames().join(', ')}, trace:<file>`);
-      }
+    if (createSpec) {
       const result = (await client.workflow.execute('vmCommandWorkflow', {
         taskQueue: CONTROL_QUEUE,
         workflowId: `vm-create-${name}-${randomUUID()}`,
-        args: [
-          {
-            host,
-            op: 'create',
-            spec: {
-              name,
-              memoryBytes,
-              workload,
-              seed: int(values.seed, 'seed', 0, 0xffffffff) ?? 1,
-              vcpus: int(values.vcpus, 'vcpus', 1, 64) ?? 1,
-              rate: int(values.rate, 'rate', 0, 10_000_000),
-            },
-          },
-        ],
+        args: [{ host: createSpec.host, op: 'create', spec: createSpec.spec }],
       })) as { vm: unknown };
       if (values.json) process.stdout.write(`${JSON.stringify(result.vm, null, 2)}\n`);
-      else say(`created ${name} on ${host}`);
+      else say(`created ${name} on ${createSpec.host}`);
       return 0;
     }
-    const where = await locateVm(client, name);
+    const where = await locateVm(client, name!);
     await client.workflow.execute('vmCommandWorkflow', {
       taskQueue: CONTROL_QUEUE,
       workflowId: `vm-destroy-${name}-${randomUUID()}`,
-      args: [{ host: where.hostId, op: 'destroy', name }],
+      args: [{ host: where.hostId, op: 'destroy', name: name! }],
     });
     say(`destroyed ${name} on ${where.hostId}`);
     return 0;

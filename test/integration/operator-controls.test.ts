@@ -1,0 +1,118 @@
+/**
+ * Operator controls on a running migration: cancel before the switch rolls back (guest
+ * running and verified on the source), cancel after it is refused, force-postcopy and
+ * set-bandwidth take effect.
+ */
+import fs from 'node:fs';
+import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FerryProcess } from '../../src/cli/processes';
+import { inventory } from '../../src/client/migrations';
+import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Progress } from '../../src/workflows/messages';
+import type { MigrationReport } from '../../src/workflows/report';
+import { createVm, MiB, startMigration } from '../helpers/migrate';
+import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
+
+let controller: TestController;
+const agents: FerryProcess[] = [];
+const hostA = uniqueHost('op-a');
+const hostB = uniqueHost('op-b');
+const storage = tempDir('op-storage');
+
+beforeAll(async () => {
+  const [c, a, b] = await Promise.all([
+    startTestController(),
+    startAgentProcess(hostA, { storageDir: storage }),
+    startAgentProcess(hostB, { storageDir: storage }),
+  ]);
+  controller = c;
+  agents.push(a, b);
+});
+
+afterAll(async () => {
+  await Promise.all(agents.map((a) => a.stop()));
+  await controller?.stop();
+});
+
+async function until(handle: WorkflowHandle, pred: (p: Progress) => boolean, timeoutMs = 60_000): Promise<Progress> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const p = await handle.query(progressQuery).catch(() => null);
+    if (p && pred(p)) return p;
+    if (Date.now() > deadline) throw new Error(`condition not reached; last progress ${JSON.stringify(p)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function hostVms(host: string): Promise<{ name: string; state: string }[]> {
+  const inv = await inventory(controller.client, [host]);
+  const h = inv.hosts[0];
+  if (!h?.ok) throw new Error(`inventory of ${host} failed`);
+  return h.facts.vms;
+}
+
+describe('operator controls', () => {
+  it('cancel before the switch rolls back: the guest keeps running, verified, on the source', async () => {
+    const vm = 'op-cancel-early';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 3 });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'pa-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1 } });
+    await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 2);
+    await handle.executeUpdate(cancelUpdate, { args: [{ by: 'alice', reason: 'change window closed' }] });
+    const r = (await handle.result()) as MigrationReport;
+    expect(r.outcome).toBe('rolled-back');
+    expect(r.reason).toMatch(/cancelled by alice \(change window closed\) during precopy; rolled back, op-cancel-early runs on/);
+    expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'source' });
+    expect(await hostVms(hostA)).toEqual(expect.arrayContaining([expect.objectContaining({ name: vm, state: 'running' })]));
+    expect((await hostVms(hostB)).some((v) => v.name === vm)).toBe(false);
+    // StaticData of the cancelled migration is gone from shared storage.
+    expect(fs.readdirSync(storage).filter((d) => d.includes(vm))).toEqual([]);
+  });
+
+  it('cancel after the switch is refused with a clear message, and the migration completes', async () => {
+    const vm = 'op-cancel-late';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'kernel-compile', seed: 4 });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'postcopy', options: { bandwidthBytesPerSec: 8 * MiB } });
+    await until(handle, (p) => p.switched);
+    const err = await handle.executeUpdate(cancelUpdate, { args: [{ by: 'bob' }] }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(WorkflowUpdateFailedError);
+    expect((err as WorkflowUpdateFailedError).cause?.message).toMatch(new RegExp(`refused: ${vm} already runs on ${hostB}.*only moves forward`));
+    const r = (await handle.result()) as MigrationReport;
+    expect(r.outcome).toBe('completed');
+    expect(r.verification?.ok).toBe(true);
+    expect(await hostVms(hostB)).toEqual(expect.arrayContaining([expect.objectContaining({ name: vm, state: 'running' })]));
+  });
+
+  it('force-postcopy switches at the next boundary; set-bandwidth re-caps the link', async () => {
+    const vm = 'op-force';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 5 });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'as-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1 } });
+    await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
+    const bw = await handle.executeUpdate(setBandwidthUpdate, { args: [48 * MiB] });
+    expect(bw.bandwidthBytesPerSec).toBe(48 * MiB);
+    await until(handle, (p) => p.iteration >= 3);
+    await handle.executeUpdate(forcePostcopyUpdate, { args: [{ by: 'carol' }] });
+    const r = (await handle.result()) as MigrationReport;
+    expect(r.outcome).toBe('completed');
+    expect(r.decisions.find((d) => d.action === 'switch-to-postcopy')?.reason).toMatch(/forced by carol/);
+    expect(r.postcopy).not.toBeNull();
+    // After the update, rounds ran faster than the 32 MiB/s cap allows.
+    const after = r.iterations.slice(2).filter((i) => i.bytes > 4 * MiB);
+    for (const i of after) expect(i.bytes / (i.durationMs / 1000)).toBeGreaterThan(33 * MiB);
+    const refused = await handle.executeUpdate(forcePostcopyUpdate, { args: [{ by: 'carol' }] }).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(Error);
+  });
+
+  it('rejects a bad bandwidth with a clear message', async () => {
+    const vm = 'op-badbw';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 32 * MiB, workload: 'memcached', seed: 6 });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'precopy', options: { maxIterations: 10, bandwidthBytesPerSec: 16 * MiB } });
+    await until(handle, (p) => p.phase === 'precopy');
+    const e = await handle.executeUpdate(setBandwidthUpdate, { args: [100] }).catch((x: unknown) => x);
+    expect((e as WorkflowUpdateFailedError).cause?.message).toMatch(/at least 64KiB\/s/);
+    const r = (await handle.result()) as MigrationReport;
+    expect(r.outcome).toBe('completed');
+  });
+});
