@@ -107,11 +107,15 @@ interface TargetSession {
   channelLost: Error | null;
   /** Fault requests sent and not answered yet: pfn → time asked. */
   outstanding: Map<number, number>;
+  /** vCPU fault counter carried in the device state (faults of earlier migrations). */
+  faultBase: number;
   wake: () => void;
   journal: Journal;
 }
 
 const DEFAULT_FAULT_TIMEOUT_MS = 2000;
+/** Post-copy push: no byte left the source for this long = the link is silently dead. */
+const PUSH_STALL_MS = 10_000;
 
 function heartbeatEvery<T>(ms: number, details: () => unknown, work: Promise<T>): Promise<T> {
   const ctx = Context.current();
@@ -393,13 +397,31 @@ export function createMigrationActivities(ctx: MigrationContext) {
         const work = (async (): Promise<boolean> => {
           try {
             const ch = await channelOf(s);
-            const batch = 1024;
-            for (let i = 0; i < all.length && !s.allPresent; i += batch) {
-              // Bounded: wait for each batch to reach the kernel so fault answers overtake.
-              await ch.sendPages(all.subarray(i, i + batch), s.memory, { lane: 'bulk' });
-              pushed = Math.min(all.length, i + batch);
+            // A silently dropped link fails no send: the socket just stops draining. Give up
+            // when no byte has left for PUSH_STALL_MS (the target completes from PbData);
+            // without this the push, and the source's release after it, wait forever.
+            let lastBytes = -1;
+            let lastMoveAt = performance.now();
+            const watchdog = setInterval(() => {
+              const b = ch.stats().sent.wireBytes;
+              if (b !== lastBytes) {
+                lastBytes = b;
+                lastMoveAt = performance.now();
+              } else if (performance.now() - lastMoveAt > PUSH_STALL_MS) {
+                ch.destroy(new Error(`channel-2 of migration ${s.migrationId}: nothing sent for ${PUSH_STALL_MS} ms, the link is dead`));
+              }
+            }, 250);
+            try {
+              const batch = 1024;
+              for (let i = 0; i < all.length && !s.allPresent; i += batch) {
+                // Bounded: wait for each batch to reach the kernel so fault answers overtake.
+                await ch.sendPages(all.subarray(i, i + batch), s.memory, { lane: 'bulk' });
+                pushed = Math.min(all.length, i + batch);
+              }
+              await ch.barrier();
+            } finally {
+              clearInterval(watchdog);
             }
-            await ch.barrier();
             return false;
           } catch {
             return true;
@@ -487,6 +509,7 @@ export function createMigrationActivities(ctx: MigrationContext) {
         pushedPages: 0,
         channelLost: null,
         outstanding: new Map(),
+        faultBase: 0,
         wake: () => wakeFn(),
         journal: new Journal(),
         secret,
@@ -563,6 +586,7 @@ export function createMigrationActivities(ctx: MigrationContext) {
           s.registration.channel?.requestPages([pfn]).catch(() => undefined);
         };
         s.guest = guest;
+        s.faultBase = guest.stats().faults;
         ctx.driver.adoptIncoming(s.vm, guest);
         await guest.resume();
         return { resumedAtMs: Date.now(), digest };
@@ -604,6 +628,16 @@ export function createMigrationActivities(ctx: MigrationContext) {
         // Every page is here: the source can stop pushing. Late frames still in flight are
         // ignored (post-copy mode installs only missing pages, and none is missing).
         s.registration.channel?.sendControl({ type: 'all-present' }).catch(() => undefined);
+        // vCPUs report faults by message; some may still be in flight (a page installed
+        // before its 'fault' message was read). Let them land, briefly, so the count and
+        // the latencies cover every fault of this post-copy.
+        const g = s.guest;
+        const settleBy = performance.now() + 250;
+        while (g && performance.now() < settleBy) {
+          const f = g.faultStats();
+          if (f.pending === 0 && g.stats().faults - s.faultBase <= f.faults) break;
+          await sleep(2);
+        }
         const fs = s.guest?.faultStats();
         const ch = s.registration.channel;
         return {
