@@ -507,7 +507,7 @@ export class SnapshotReader {
   }
 }
 
-function decodeChunk(raw: Buffer, file: string, name: string, seq: number): Chunk {
+export function decodeChunk(raw: Buffer, file: string, name: string, seq: number): Chunk {
   const bad = (problem: string): never => {
     throw new StorageCorruptError(file, problem);
   };
@@ -561,7 +561,7 @@ function decodeChunk(raw: Buffer, file: string, name: string, seq: number): Chun
   };
 }
 
-function parseManifest(text: string, file: string, migrationId: string, kind: SnapshotKind): Manifest {
+export function parseManifest(text: string, file: string, migrationId: string, kind: SnapshotKind): Manifest {
   const bad = (problem: string): never => {
     throw new StorageCorruptError(file, `malformed manifest: ${problem}`);
   };
