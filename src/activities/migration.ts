@@ -114,6 +114,7 @@ interface TargetSession {
 }
 
 const DEFAULT_FAULT_TIMEOUT_MS = 2000;
+const STALL_MS = 10_000;
 /** Post-copy push: no byte left the source for this long = the link is silently dead. */
 const PUSH_STALL_MS = 10_000;
 
@@ -457,7 +458,16 @@ export function createMigrationActivities(ctx: MigrationContext) {
         s.channel?.destroy();
         sessions.delete(`src:${ref.migrationId}`);
       }
-      if (!guest) return { guestRunning: false, verification: null, note: `vm ${ref.vm} is not on ${ctx.hostId}` };
+      if (!guest) {
+        const restarted = !s;
+        return {
+          guestRunning: false,
+          verification: null,
+          note: restarted
+            ? `vm ${ref.vm} is gone from ${ctx.hostId}: its agent restarted during the migration (at ${new Date(ctx.startedAtMs).toISOString()}) and an emulated guest lives in its agent's process`
+            : `vm ${ref.vm} is not on ${ctx.hostId}`,
+        };
+      }
       // The guest keeps (or goes back to) running here; check it while we are at it.
       const verification = await verifyPaused(guest, true);
       ctx.driver.setState(ref.vm, 'running');
@@ -593,10 +603,15 @@ export function createMigrationActivities(ctx: MigrationContext) {
       });
     },
 
-    async drainPostcopy(input: StepRef & { pbdata: 'sync' | 'async' | 'off' }): Promise<DrainResult> {
+    async drainPostcopy(input: StepRef & { pbdata: 'sync' | 'async' | 'off'; faultTimeoutMs?: number }): Promise<DrainResult> {
       const s = targetSession(input);
       return s.journal.once('drain', async () => {
-        const faultTimeoutMs = DEFAULT_FAULT_TIMEOUT_MS;
+        const faultTimeoutMs = input.faultTimeoutMs ?? DEFAULT_FAULT_TIMEOUT_MS;
+        // A link that drops silently raises no error; if nothing arrives for this long while
+        // pages are missing, channel-2 counts as lost even when no vCPU is waiting.
+        const stallMs = Math.max(STALL_MS, 2 * faultTimeoutMs);
+        let lastMissing = s.memory.missingCount();
+        let lastProgress = performance.now();
         const actx = Context.current();
         let fellBack = false;
         let pbdataPages = 0;
@@ -607,6 +622,13 @@ export function createMigrationActivities(ctx: MigrationContext) {
             const now = performance.now();
             let stale = false;
             for (const t of s.outstanding.values()) if (now - t > faultTimeoutMs) stale = true;
+            const missing = s.memory.missingCount();
+            if (missing < lastMissing) {
+              lastMissing = missing;
+              lastProgress = now;
+            } else if (now - lastProgress > stallMs) {
+              stale = true;
+            }
             const ch = s.registration.channel;
             if (s.channelLost || stale || (ch && !ch.isOpen)) {
               if (input.pbdata === 'off') {

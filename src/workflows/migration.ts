@@ -83,8 +83,8 @@ function postSwitch(host: string) {
 function cleanup(host: string) {
   return proxyActivities<Acts>({
     taskQueue: hostQueue(host),
-    startToCloseTimeout: '2m',
-    scheduleToCloseTimeout: '3m',
+    startToCloseTimeout: '20s',
+    scheduleToCloseTimeout: '20s',
     retry: { maximumAttempts: 5, initialInterval: '500ms', maximumInterval: '5s' },
   });
 }
@@ -129,6 +129,8 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
   const decisions: ReportDecision[] = [];
   const compensations: Array<{ what: string; run: () => Promise<unknown> }> = [];
   let rollbackVerification: VerifyResult | null = null;
+  let sourceState = null as { guestRunning: boolean; note: string } | null;
+  let sourceTouched = false;
 
   const setPhase = (p: Phase): void => {
     phase = p;
@@ -292,11 +294,13 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       compensations.push({ what: `abort on ${target}`, run: () => cleanup(target).abortTarget(ref) });
       const prepT = await tgt.prepareTarget({ ...ref, source, memoryBytes, pageSize, pageCount, vcpus: desc.vcpus, workload });
 
+      sourceTouched = true;
       compensations.push({
         what: `roll back on ${source}`,
         run: async () => {
           const r = await cleanup(source).rollbackSource(ref);
           rollbackVerification = r.verification;
+          sourceState = { guestRunning: r.guestRunning, note: r.note };
         },
       });
       const prepS = await src.prepareSource({ ...ref, target, dataAddress: prepT.dataAddress, secret: prepT.secret, strategy, options: { ...options, bandwidthBytesPerSec: bandwidth } });
@@ -306,7 +310,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       // par-migrate: channel-1 runs beside the iterations.
       let mergePromise: Promise<StaticMergeResult> | null = null;
       if (par) {
-        compensations.push({ what: 'remove StaticData/PbData', run: () => cleanup(target).cleanupStorage(ref) });
+        compensations.push({ what: 'remove StaticData/PbData', run: () => cleanup(source).cleanupStorage(ref) });
         savePromise = srcLong.saveStatic(ref);
         mergePromise = tgtLong.mergeStatic(ref);
         mergePromise.then(
@@ -407,10 +411,15 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       }
     });
     endedAtMs = Date.now();
-    const ok = undoErrors.length === 0;
-    setPhase(ok ? 'rolled-back' : 'failed');
+    // What matters is the guest: running on the source = rolled back. Leftovers on a dead
+    // target are reported; they went with its agent process.
+    const guestOk = sourceState === null ? !sourceTouched : sourceState.guestRunning;
+    const leftovers = undoErrors.length ? `; cleanup incomplete: ${undoErrors.join('; ')}` : '';
+    setPhase(guestOk ? 'rolled-back' : 'failed');
     await condition(allHandlersFinished);
-    return report(ok ? 'rolled-back' : 'failed', ok ? `${why}; rolled back, ${vm} runs on ${source}` : `${why}; rollback incomplete: ${undoErrors.join('; ')}`);
+    if (guestOk) return report('rolled-back', `${why}; rolled back, ${vm} runs on ${source}${leftovers}`);
+    const lost = sourceState?.note ?? `the source ${source} did not answer the rollback`;
+    return report('failed', `${why}; rollback could not bring ${vm} back: ${lost}${leftovers}`);
   }
 
   // ---- 5: after the switch: only forward ------------------------------------------------
@@ -424,7 +433,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       // The source pushes in the background and answers faults; if it dies, the target
       // still completes from PbData, so its failure does not stop the migration.
       const pushPromise: Promise<PushResult | null> = srcFwd.pushPostcopy(ref).catch(() => null);
-      drain = await tgtFwd.drainPostcopy({ ...ref, pbdata: pbdataMode });
+      drain = await tgtFwd.drainPostcopy({ ...ref, pbdata: pbdataMode, faultTimeoutMs: options.faultTimeoutMs });
       postcopyDurationMs = Math.max(0, drain.completedAtMs - postcopyStartMs);
       await pushPromise;
       pbResult = await pbPromise;

@@ -1,0 +1,127 @@
+/**
+ * Crashes on real processes: the controller SIGKILLed at every stage, the Temporal server
+ * killed and restarted, a target agent killed and a source agent restarted before the switch.
+ * Timing is seeded (FERRY_FAULT_SEED, printed) so a failing run can be repeated.
+ */
+import type { WorkflowHandle } from '@temporalio/client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationOptions } from '../../src/activities/types';
+import { CONTROL_QUEUE, migrationWorkflowId } from '../../src/common/names';
+import type { StrategyName } from '../../src/policy/types';
+import { progressQuery, type Progress } from '../../src/workflows/messages';
+import type { MigrationReport } from '../../src/workflows/report';
+import { defaultOptions, MiB } from '../helpers/migrate';
+import { prng, startIsolated, type Isolated } from '../helpers/isolated';
+
+const seed = Number(process.env.FERRY_FAULT_SEED ?? Date.now() % 100_000);
+const random = prng(seed);
+console.log(`fault timing seed: FERRY_FAULT_SEED=${seed}`);
+
+let iso: Isolated;
+let n = 0;
+
+beforeAll(async () => {
+  iso = await startIsolated(['crash-a', 'crash-b'], { persistent: true });
+}, 120_000);
+
+afterAll(async () => {
+  await iso?.stop();
+});
+
+async function start(strategy: StrategyName, workload: string, options: Partial<MigrationOptions>): Promise<WorkflowHandle> {
+  const vm = `crash-${++n}`;
+  await iso.client.workflow.execute('vmCommandWorkflow', {
+    taskQueue: CONTROL_QUEUE,
+    workflowId: `vm-create-${vm}`,
+    args: [{ host: 'crash-a', op: 'create', spec: { name: vm, memoryBytes: 64 * MiB, workload, seed: n } }],
+  });
+  return iso.client.workflow.start('migrationWorkflow', {
+    taskQueue: CONTROL_QUEUE,
+    workflowId: migrationWorkflowId(vm),
+    args: [{ vm, source: 'crash-a', target: 'crash-b', strategy, options: defaultOptions({ digest: true, ...options }) }],
+  });
+}
+
+async function until(handle: WorkflowHandle, pred: (p: Progress) => boolean, timeoutMs = 60_000): Promise<Progress> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const p = await handle.query(progressQuery).catch(() => null);
+    if (p && pred(p)) return p;
+    if (Date.now() > deadline) throw new Error(`never reached; last progress ${JSON.stringify(p)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Each iteration was scheduled once (a retry is an attempt of the same event, not a new one). */
+async function iterationsScheduledOnce(handle: WorkflowHandle): Promise<void> {
+  const history = await handle.fetchHistory();
+  const indexes: number[] = [];
+  for (const e of history.events ?? []) {
+    const a = e.activityTaskScheduledEventAttributes;
+    if (a?.activityType?.name !== 'runIteration') continue;
+    const payload = a.input?.payloads?.[0]?.data;
+    if (payload) indexes.push((JSON.parse(Buffer.from(payload).toString()) as { index: number }).index);
+  }
+  expect(indexes).toEqual(indexes.map((_, i) => i + 1));
+}
+
+function expectVerified(r: MigrationReport): void {
+  expect(r.outcome, r.reason).toBe('completed');
+  expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+  if (r.postcopy === null) expect(r.digests?.target).toBe(r.digests?.source);
+}
+
+describe('controller SIGKILLed and restarted after a random delay', () => {
+  it.each<[string, StrategyName, string, Partial<MigrationOptions>, (p: Progress) => boolean]>([
+    ['during the static save', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 8 * MiB, pbdata: 'async' }, (p) => p.phase === 'precopy' && p.staticMerged === false && p.iteration >= 1],
+    ['mid-iterations', 'as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 12 }, (p) => p.iteration >= 3],
+    ['at the switch', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1 }, (p) => p.phase === 'switching'],
+    ['during post-copy', 'postcopy', 'kernel-compile', { bandwidthBytesPerSec: 8 * MiB }, (p) => p.phase === 'postcopy'],
+  ])('%s: the migration completes, verified, no iteration twice', async (_when, strategy, workload, options, when) => {
+    const handle = await start(strategy, workload, options);
+    await until(handle, when);
+    iso.controller.kill('SIGKILL');
+    await iso.controller.exited;
+    await new Promise((r) => setTimeout(r, 300 + random() * 1700));
+    await iso.startController();
+    const r = (await handle.result()) as MigrationReport;
+    expectVerified(r);
+    await iterationsScheduledOnce(handle);
+  });
+});
+
+describe('Temporal server', () => {
+  it('killed and restarted mid-migration (SQLite state): the migration continues', async () => {
+    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 10 });
+    await until(handle, (p) => p.iteration >= 2);
+    await iso.restartServer(500 + random() * 1500);
+    const r = (await handle.result()) as MigrationReport;
+    expectVerified(r);
+    await iterationsScheduledOnce(handle);
+  });
+});
+
+describe('agent loss before the switch', () => {
+  it('target agent killed: rolled back, the guest verified on the source', async () => {
+    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 });
+    await until(handle, (p) => p.iteration >= 2);
+    iso.agents.get('crash-b')!.kill('SIGKILL');
+    const r = (await handle.result()) as MigrationReport;
+    expect(r.outcome, r.reason).toBe('rolled-back');
+    expect(r.reason).toMatch(/rolled back, crash-\d+ runs on crash-a/);
+    expect(r.verification).toMatchObject({ ok: true, where: 'source' });
+    await iso.startAgent('crash-b');
+  });
+
+  it('source agent restarted: the migration fails cleanly and says what became of the guest', async () => {
+    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 });
+    await until(handle, (p) => p.iteration >= 2);
+    const a = iso.agents.get('crash-a')!;
+    a.kill('SIGKILL');
+    await a.exited;
+    await iso.startAgent('crash-a');
+    const r = (await handle.result()) as MigrationReport;
+    expect(r.outcome).toBe('failed');
+    expect(r.reason).toMatch(/its agent restarted during the migration .* an emulated guest lives in its agent's process/);
+  });
+});
