@@ -62,6 +62,11 @@ export function createHostActivities(ctx: HostContext) {
       return facts();
     },
 
+    /** Agent wall clock; the overhead bench's floor (pingLoopWorkflow). */
+    async ping(): Promise<number> {
+      return Date.now();
+    },
+
     async vmList(): Promise<VmInfo[]> {
       return ctx.driver.listVms();
     },
