@@ -16,6 +16,7 @@ const commands: Record<string, () => Promise<Command>> = {
   agent: () => import('./commands/agent'),
   inventory: () => import('./commands/inventory'),
   demo: () => import('./commands/demo'),
+  bench: () => import('./commands/bench'),
   vm: () => import('./commands/vm'),
   migrate: () => import('./commands/migrate'),
   status: () => import('./commands/status'),

@@ -1,0 +1,114 @@
+/**
+ * `ferry bench --suite paper`: reproduce the paper's comparisons through the real workflow
+ * and agents, side by side, on one local cluster (a dev server unless FERRY_TEMPORAL_ADDRESS
+ * is set, a controller, two host agents). Writes results.json, results.md and SVG charts.
+ * Progress goes to stderr; --json prints exactly one JSON document (results.json) on stdout.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { machineFacts, parseOnly, planCells, renderExisting, runBench, SCALES, COMPARISON_INFO, type ScaleName } from '../../bench/suite';
+import { UsageError } from '../../common/errors';
+import { formatBytes, parseDuration } from '../../common/units';
+import { choice, int, parse, str } from '../args';
+import { commonOptions, configFrom, say } from '../context';
+import { startLocalCluster } from '../local';
+
+export const help =
+  'ferry bench [--suite paper] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      ...commonOptions,
+      suite: { type: 'string' },
+      scale: { type: 'string' },
+      repeat: { type: 'string' },
+      out: { type: 'string' },
+      only: { type: 'string' },
+      'max-downtime': { type: 'string' },
+      'max-iterations': { type: 'string' },
+      list: { type: 'boolean' },
+      render: { type: 'string' },
+      json: { type: 'boolean' },
+      verbose: { type: 'boolean' },
+    },
+    false,
+  );
+  choice(values.suite, 'suite', ['paper'] as const);
+  // smoke: one tiny cell per comparison, for the test suite.
+  const scaleName: ScaleName = choice(values.scale, 'scale', ['small', 'full', 'smoke'] as const) ?? 'small';
+  const scale = SCALES[scaleName];
+  const repeats = int(values.repeat, 'repeat', 1, 100) ?? scale.repeats;
+  const only = parseOnly(str(values.only));
+  if (typeof only === 'string') throw new UsageError(`--only: ${only}`);
+  const maxDowntimeMs = values['max-downtime'] !== undefined ? parseDuration(str(values['max-downtime'])!, '--max-downtime') : scale.maxDowntimeMs;
+  const maxIterations = int(values['max-iterations'], 'max-iterations', 1, 1000) ?? scale.maxIterations;
+  const json = values.json === true;
+  const renderDir = str(values.render);
+  if (renderDir !== undefined) {
+    if (!fs.existsSync(path.join(renderDir, 'results.json'))) throw new UsageError(`--render: no results.json in ${renderDir}`);
+    const res = await renderExisting(renderDir, say);
+    process.stdout.write(json ? `${JSON.stringify(res)}\n` : `${path.resolve(renderDir)}\n`);
+    return 0;
+  }
+  const plan = { scale, repeats, only, maxDowntimeMs, maxIterations };
+  const cells = planCells(plan);
+
+  if (values.list === true) {
+    const rows = cells.map((c) => ({ id: c.id, strategy: c.strategy, workload: c.workload, memory: formatBytes(c.memoryBytes), seed: c.seed, linkBytesPerSec: c.options.bandwidthBytesPerSec, force: c.forcePostcopyAfterRounds }));
+    if (json) process.stdout.write(`${JSON.stringify({ scale: scaleName, repeats, only, cells: rows }, null, 2)}\n`);
+    else for (const r of rows) process.stdout.write(`${r.id}\t${r.strategy}\t${r.workload}\t${r.memory}\tseed ${r.seed}${r.force !== null ? `\tforce after ${r.force}` : ''}\n`);
+    return 0;
+  }
+  if (cells.length === 0) throw new UsageError('nothing to run');
+
+  const stamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+  const outDir = path.resolve(str(values.out) ?? path.join('bench-results', stamp));
+  const runId = randomBytes(3).toString('hex');
+  const [source, target] = [`bench-${runId}-a`, `bench-${runId}-b`];
+  const biggest = Math.max(...cells.map((c) => c.memoryBytes));
+  // Each host holds one guest at a time (the source, or the incoming one on the target);
+  // room for two lets a cell that leaked its VM not block the next.
+  const capacity = String(biggest * 2 + 256 * 2 ** 20);
+  const storageDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-storage-'));
+  const cfg = { ...configFrom(values), storageDir };
+
+  const machine = machineFacts();
+  say(`ferry bench: ${cells.length} migrations on ${source} → ${target}; comparisons ${only.map((c) => `${COMPARISON_INFO[c].number}=${c}`).join(', ')}`);
+  const cluster = await startLocalCluster({ cfg, hosts: [source, target], memoryCapacity: capacity, log: say, verbose: values.verbose === true });
+  try {
+    const connection = await Connection.connect({ address: cluster.address });
+    try {
+      const client = new Client({ connection, namespace: cfg.namespace });
+      const res = await runBench({
+        ...plan,
+        client,
+        source,
+        target,
+        outDir,
+        command: ['ferry', 'bench', ...argv].join(' '),
+        vmPrefix: `b${runId}`,
+        progressOut: process.stderr,
+        log: say,
+        machine,
+      });
+      const failed = res.cells.filter((c) => c.status !== 'ok');
+      say(
+        `ferry bench: ${res.cells.length - failed.length}/${res.cells.length} migrations completed and verified in ${((res.durationMs ?? 0) / 60000).toFixed(1)} min; ${path.join(outDir, 'results.md')}, results.json, ${res.outputs.charts.length} charts`,
+      );
+      for (const f of failed) say(`  failed: ${f.cell.id}: ${f.error}`);
+      if (json) process.stdout.write(`${JSON.stringify(res)}\n`);
+      else process.stdout.write(`${outDir}\n`);
+      return failed.length === 0 ? 0 : 1;
+    } finally {
+      await connection.close();
+    }
+  } finally {
+    await cluster.stop();
+    fs.rmSync(storageDir, { recursive: true, force: true });
+  }
+}
