@@ -2,6 +2,9 @@
  * One real Temporal dev server (in memory) for the whole test run, started from the binary
  * built from source. If it cannot start, every test fails with the reason; nothing skips.
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { TestProject } from 'vitest/node';
 import { FERRY_SEARCH_ATTRIBUTES } from '../src/common/search-attributes';
@@ -11,10 +14,13 @@ declare module 'vitest' {
   export interface ProvidedContext {
     temporalAddress: string;
     temporalBin: string;
+    /** The audit trail (SQLite) every test controller of this run writes to. */
+    auditDb: string;
   }
 }
 
 let env: TestWorkflowEnvironment | undefined;
+let auditDir: string | undefined;
 
 export async function setup(project: TestProject): Promise<void> {
   const bin = await ensureTemporalBinary();
@@ -28,8 +34,11 @@ export async function setup(project: TestProject): Promise<void> {
   });
   project.provide('temporalAddress', env.address);
   project.provide('temporalBin', bin);
+  auditDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-audit-'));
+  project.provide('auditDb', path.join(auditDir, 'audit.db'));
 }
 
 export async function teardown(): Promise<void> {
   await env?.teardown();
+  if (auditDir) fs.rmSync(auditDir, { recursive: true, force: true });
 }

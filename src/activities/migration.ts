@@ -11,6 +11,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { Context, activityInfo } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
 import { Bitmap } from '../dataplane/bitmap';
 import { PageChannel, type PageChannelServer, type Registration } from '../dataplane/channel';
 import { loadPbData, mergeStatic, type MergeProgress } from '../dataplane/merge';
@@ -117,6 +118,29 @@ const DEFAULT_FAULT_TIMEOUT_MS = 2000;
 const STALL_MS = 10_000;
 /** Post-copy push: no byte left the source for this long = the link is silently dead. */
 const PUSH_STALL_MS = 10_000;
+/**
+ * Channel-2 on the source: with pages or a barrier pending, nothing moved for this long =
+ * the link is cut (a silent cut fails no send; without this an iteration waits on its
+ * barrier until the 2 h start-to-close timeout, heartbeating all along). The step fails,
+ * Temporal retries it, and the retry dials again (channelOf).
+ */
+const CHANNEL_STALL_MS = 8_000;
+/** Dial + handshake of channel-2; a reconnect over a dead link fails this fast. */
+const CONNECT_TIMEOUT_MS = 5_000;
+
+/**
+ * A write to shared storage that retrying will not fix soon: the step fails non-retryably
+ * with the reason ("storage full: …"), and the workflow stops using channel-1.
+ */
+function storageFailure(err: unknown): ApplicationFailure | null {
+  const code = (err as { code?: unknown } | null)?.code;
+  const msg = err instanceof Error ? err.message : String(err);
+  if (code === 'ENOSPC' || code === 'EDQUOT') return ApplicationFailure.create({ type: 'StorageFull', message: `storage full: ${msg}`, nonRetryable: true });
+  if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') return ApplicationFailure.create({ type: 'StorageUnavailable', message: `storage not writable: ${msg}`, nonRetryable: true });
+  // Other I/O errors (EIO of a soft NFS mount, ENOENT of a vanished mount…): retried.
+  if (typeof code === 'string' && code.startsWith('E')) return ApplicationFailure.create({ type: 'StorageError', message: `storage unavailable: ${msg}`, nonRetryable: false });
+  return null;
+}
 
 function heartbeatEvery<T>(ms: number, details: () => unknown, work: Promise<T>): Promise<T> {
   const ctx = Context.current();
@@ -165,6 +189,8 @@ export function createMigrationActivities(ctx: MigrationContext) {
       rateBytesPerSec: s.options.bandwidthBytesPerSec,
       compression: s.options.compression,
       zeroElision: s.options.zeroElision,
+      stallTimeoutMs: CHANNEL_STALL_MS,
+      handshakeTimeoutMs: CONNECT_TIMEOUT_MS,
       handlers: {
         onFaultRequest: (pfns) => {
           // Post-copy: the target's vCPU waits for these; they overtake the background push.
@@ -277,17 +303,25 @@ export function createMigrationActivities(ctx: MigrationContext) {
       const s = sourceSession(ref);
       return s.journal.once('save-static', async () => {
         const t0 = Date.now();
-        const writer = await ctx.store.openWriter(s.migrationId, 'static', {
-          pageSize: s.memory.pageSize,
-          pageCount: s.memory.pageCount,
-          rateBytesPerSec: s.options.storageBandwidthBytesPerSec,
-          resume: true,
-        });
+        const writer = await ctx.store
+          .openWriter(s.migrationId, 'static', {
+            pageSize: s.memory.pageSize,
+            pageCount: s.memory.pageCount,
+            rateBytesPerSec: s.options.storageBandwidthBytesPerSec,
+            resume: true,
+          })
+          .catch((e: unknown) => {
+            throw storageFailure(e) ?? e;
+          });
         const todo: number[] = [];
         for (let p = 0; p < s.memory.pageCount; p++) if (!writer.covered.get(p)) todo.push(p);
         const signal = Context.current().cancellationSignal;
-        await heartbeatEvery(1000, () => writer.stats(), writer.writePages(Uint32Array.from(todo), s.memory, signal));
-        await writer.commit();
+        try {
+          await heartbeatEvery(1000, () => writer.stats(), writer.writePages(Uint32Array.from(todo), s.memory, signal));
+          await writer.commit();
+        } catch (e) {
+          throw storageFailure(e) ?? e;
+        }
         const st = writer.stats();
         s.storageBytesWritten += st.bytesWritten;
         s.baselineSent = true;
@@ -350,7 +384,9 @@ export function createMigrationActivities(ctx: MigrationContext) {
         await s.guest.pause();
         s.pausedAtMs ??= Date.now();
         // D: the pages the target does not have — all of them if nothing was sent yet.
-        const missing = s.baselineSent ? Bitmap.fromPfns(s.memory.pageCount, pendingPages(s)) : Bitmap.full(s.memory.pageCount);
+        // A retried switch (channel-2 failed at the barrier) keeps the first attempt's set:
+        // those pages have left the dirty log, and the guest has stayed paused since.
+        const missing = s.missing ?? (s.baselineSent ? Bitmap.fromPfns(s.memory.pageCount, pendingPages(s)) : Bitmap.full(s.memory.pageCount));
         s.memory.collectDirty();
         s.missing = missing;
         const ch = await channelOf(s);
@@ -373,15 +409,24 @@ export function createMigrationActivities(ctx: MigrationContext) {
       return s.journal.once('pbdata', async () => {
         if (!s.missing) throw new Error(`migration ${s.migrationId}: PbData before the switch`);
         const t0 = Date.now();
-        const writer = await ctx.store.openWriter(s.migrationId, 'pbdata', {
-          pageSize: s.memory.pageSize,
-          pageCount: s.memory.pageCount,
-          rateBytesPerSec: s.options.storageBandwidthBytesPerSec,
-          resume: true,
+        const missing = s.missing;
+        // Storage full or not writable fails at once, not retried: after the switch the
+        // workflow would otherwise wait on it for ever (the target needs PbData only if
+        // channel-2 fails too).
+        const writer = await (async () => {
+          const w = await ctx.store.openWriter(s.migrationId, 'pbdata', {
+            pageSize: s.memory.pageSize,
+            pageCount: s.memory.pageCount,
+            rateBytesPerSec: s.options.storageBandwidthBytesPerSec,
+            resume: true,
+          });
+          const todo = missing.toPfns().filter((p) => !w.covered.get(p));
+          await heartbeatEvery(1000, () => w.stats(), w.writePages(todo, s.memory, Context.current().cancellationSignal));
+          await w.commit();
+          return w;
+        })().catch((e: unknown) => {
+          throw storageFailure(e) ?? e;
         });
-        const todo = s.missing.toPfns().filter((p) => !writer.covered.get(p));
-        await heartbeatEvery(1000, () => writer.stats(), writer.writePages(todo, s.memory, Context.current().cancellationSignal));
-        await writer.commit();
         const st = writer.stats();
         s.storageBytesWritten += st.bytesWritten;
         return { pages: s.missing.count(), bytesWritten: st.bytesWritten, ms: Date.now() - t0, committedAtMs: Date.now() };
@@ -529,6 +574,9 @@ export function createMigrationActivities(ctx: MigrationContext) {
         secret,
         pageCount: memory.pageCount,
         pageSize: memory.pageSize,
+        // The source dials again when it gives up on a silently cut link; our end of the old
+        // connection may still look open.
+        onReconnect: 'replace',
         handlers: {
           onPages: (pfn, data) => {
             if (s.postcopy) {
@@ -567,14 +615,24 @@ export function createMigrationActivities(ctx: MigrationContext) {
         const reader = ctx.store.openReader(s.migrationId, 'static');
         const resumeFrom = activityInfo().heartbeatDetails as MergeProgress | undefined;
         const actx = Context.current();
-        const r = await mergeStatic({
-          reader,
-          sink: s.memory,
-          hasDynamic: (pfn) => s.hasDynamic.get(pfn),
-          signal: actx.cancellationSignal,
-          onProgress: (p) => actx.heartbeat(p),
-          resumeFrom,
-        });
+        // Heartbeat while waiting for chunks too: a cancel (the workflow gave up on StaticData
+        // because the save failed) reaches the activity only through a heartbeat.
+        let progress = resumeFrom;
+        const r = await heartbeatEvery(
+          1000,
+          () => progress,
+          mergeStatic({
+            reader,
+            sink: s.memory,
+            hasDynamic: (pfn) => s.hasDynamic.get(pfn),
+            signal: actx.cancellationSignal,
+            onProgress: (p) => {
+              progress = p;
+              actx.heartbeat(p);
+            },
+            resumeFrom,
+          }),
+        );
         return { pages: r.pages, skippedNewer: r.skippedNewer, bytesRead: r.bytesRead, mergeMs: Date.now() - t0 };
       });
     },

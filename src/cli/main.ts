@@ -25,6 +25,8 @@ const commands: Record<string, () => Promise<Command>> = {
     return { help: m.help, run: (argv: string[]) => m.run(argv, true) };
   },
   report: () => import('./commands/report'),
+  evacuate: () => import('./commands/evacuate'),
+  audit: () => import('./commands/audit'),
   cancel: () => control('cancel'),
   'force-postcopy': () => control('force-postcopy'),
   'set-bandwidth': () => control('set-bandwidth'),

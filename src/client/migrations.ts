@@ -33,6 +33,8 @@ export interface StartRequest {
   ticket?: string | null;
   requestedBy?: string | null;
   reason?: string | null;
+  /** Who or what asked, for the audit trail (`api:<token name>`, `cli`). */
+  via?: string | null;
 }
 
 export interface StartResult {
@@ -104,6 +106,7 @@ export async function startMigration(client: Client, req: StartRequest): Promise
     ticket,
     requestedBy: req.requestedBy ?? null,
     reason: req.reason ?? null,
+    ...(req.via ? { audit: { via: req.via } } : {}),
   };
   const attrs = [
     { key: VmId, value: req.vm },
@@ -136,7 +139,7 @@ export async function startMigration(client: Client, req: StartRequest): Promise
   }
 }
 
-async function findByTicket(client: Client, workflowId: string, ticket: string): Promise<string | null> {
+export async function findByTicket(client: Client, workflowId: string, ticket: string): Promise<string | null> {
   try {
     const desc = await client.workflow.getHandle(workflowId).describe();
     if (desc.typedSearchAttributes.get(TicketId) === ticket) return desc.runId;

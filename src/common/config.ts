@@ -12,6 +12,12 @@ export interface FerryConfig {
   storageDir: string;
   temporalBin: string | null;
   apiToken: string | null;
+  /** A file of API token hashes (`sha256hex [read|write] [name]` per line). */
+  apiTokensFile: string | null;
+  /** The audit trail: a SQLite file (default `.ferry/audit.db`) … */
+  auditDb: string;
+  /** … or PostgreSQL (`postgres://…`) when set. */
+  auditUrl: string | null;
   /** Working state of the embedded server and agents. */
   stateDir: string;
 }
@@ -22,6 +28,9 @@ export interface ConfigFlags {
   storage?: string;
   temporalBin?: string;
   apiToken?: string;
+  apiTokensFile?: string;
+  auditDb?: string;
+  auditUrl?: string;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd = process.cwd()): FerryConfig {
@@ -44,6 +53,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd 
     storageDir: path.resolve(cwd, pick(flags.storage, 'FERRY_STORAGE_DIR') ?? path.join('.ferry', 'storage')),
     temporalBin: pick(flags.temporalBin, 'FERRY_TEMPORAL_BIN'),
     apiToken: pick(flags.apiToken, 'FERRY_API_TOKEN'),
+    apiTokensFile: ((f) => (f === null ? null : path.resolve(cwd, f)))(pick(flags.apiTokensFile, 'FERRY_API_TOKENS_FILE')),
+    auditDb: path.resolve(cwd, pick(flags.auditDb, 'FERRY_AUDIT_DB') ?? path.join('.ferry', 'audit.db')),
+    auditUrl: pick(flags.auditUrl, 'FERRY_AUDIT_URL'),
     stateDir,
   };
 }

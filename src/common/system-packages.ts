@@ -16,7 +16,11 @@ export interface SystemTool {
   why: string;
 }
 
-export const TEST_TOOLS: SystemTool[] = [{ command: 'docker-compose', pkg: 'docker-compose', why: 'validates docker-compose.yml' }];
+export const TEST_TOOLS: SystemTool[] = [
+  { command: 'docker-compose', pkg: 'docker-compose', why: 'validates docker-compose.yml' },
+  { command: 'ip', pkg: 'iproute2', why: 'network namespaces and veth links of the link fault tests' },
+  { command: 'tc', pkg: 'iproute2', why: 'shapes the links of the fault tests' },
+];
 
 export function onPath(command: string): boolean {
   return (process.env.PATH ?? '').split(path.delimiter).some((d) => {

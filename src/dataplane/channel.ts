@@ -90,6 +90,13 @@ export interface SenderOptions {
   zeroElision?: boolean;
   /** Largest PAGES frame this end builds, header included (default 2 MiB, ≤ 8 MiB). */
   frameBytes?: number;
+  /**
+   * Fail the channel (ChannelClosedError 'TIMEOUT') when, with work pending (frames queued
+   * or in the socket, barriers unanswered), no write completes and no byte arrives for this
+   * long. A link that drops silently (cable cut, link down) raises no socket error: TCP just
+   * retransmits for many minutes. 0 or undefined = never (the default).
+   */
+  stallTimeoutMs?: number;
 }
 
 export interface Address {
@@ -177,6 +184,10 @@ export class PageChannel {
   private peerClosed = false;
   private ended = false; // onClose delivered
   private resolveClosed!: (err: Error | undefined) => void;
+  private readonly stallTimeoutMs: number;
+  private stallTimer: NodeJS.Timeout | null = null;
+  /** Last time a write completed or a byte arrived, or the channel went from idle to busy. */
+  private lastProgressAt = performance.now();
 
   /** @internal Use PageChannel.connect or PageChannelServer. */
   constructor(socket: net.Socket, decoder: FrameDecoder, init: ChannelInit) {
@@ -192,7 +203,15 @@ export class PageChannel {
     this.encode = { zeroElision: init.zeroElision ?? true, compression: init.compression ?? false };
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
 
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.stallTimeoutMs = init.stallTimeoutMs && init.stallTimeoutMs > 0 ? init.stallTimeoutMs : 0;
+    if (this.stallTimeoutMs > 0) {
+      this.stallTimer = setInterval(() => this.checkStall(), Math.min(1000, Math.max(50, this.stallTimeoutMs / 4)));
+      this.stallTimer.unref();
+    }
+    socket.on('data', (chunk: Buffer) => {
+      this.lastProgressAt = performance.now();
+      this.onData(chunk);
+    });
     socket.on('drain', () => {
       this.needDrain = false;
       this.wake();
@@ -469,6 +488,7 @@ export class PageChannel {
     s.frames++;
     s.wireBytes += frame.length;
     const ok = this.socket.write(frame, (err) => {
+      this.lastProgressAt = performance.now();
       if (buffer) {
         this.pool.push(buffer);
         this.wake();
@@ -593,7 +613,29 @@ export class PageChannel {
     this.wake();
   }
 
+  /** Work waiting on the peer: queued frames, bytes not yet taken by the kernel, unanswered barriers. */
+  private busy(): boolean {
+    return this.prio.length > 0 || this.bulk.length > 0 || this.barriers.size > 0 || this.socket.writableLength > 0 || this.pool.length < this.poolSize;
+  }
+
+  private checkStall(): void {
+    const now = performance.now();
+    if (this.error || this.ended || !this.busy()) {
+      this.lastProgressAt = now; // the clock runs only while something waits on the peer
+      return;
+    }
+    if (now - this.lastProgressAt < this.stallTimeoutMs) return;
+    this.destroy(
+      new ChannelClosedError(
+        'TIMEOUT',
+        `channel-2 of migration ${this.migrationId} stalled: nothing sent or received for ${this.stallTimeoutMs} ms with ${this.bulk.length + this.prio.length} send(s) and ${this.barriers.size} barrier(s) pending (the link is down or silently dropping)`,
+      ),
+    );
+  }
+
   private finish(err: Error | undefined): void {
+    if (this.stallTimer) clearInterval(this.stallTimer);
+    this.stallTimer = null;
     if (this.ended) return;
     this.ended = true;
     try {
@@ -741,6 +783,14 @@ export interface ExpectOptions extends SenderOptions {
   /** Geometry the source must announce; defaults to handlers.sink's. */
   pageSize?: number;
   pageCount?: number;
+  /**
+   * A second connection for this migration while one is open: 'refuse' it (the default), or
+   * 'replace' the open one once the newcomer has authenticated. After a silent cut the
+   * source gives up on its connection and dials again, but the target's end of the old one
+   * may look open for many minutes (no FIN ever reached it); only a peer that knows the
+   * migration's secret can take over, so a stranger cannot cut a migration this way.
+   */
+  onReconnect?: 'refuse' | 'replace';
 }
 
 export interface Registration {
@@ -759,6 +809,7 @@ interface Expected {
   pageCount: number;
   channel: PageChannel | null;
   handshaking: boolean;
+  replace: boolean;
   resolve(ch: PageChannel): void;
   reject(err: Error): void;
   reg: Registration;
@@ -823,6 +874,7 @@ export class PageChannelServer {
       pageCount,
       channel: null,
       handshaking: false,
+      replace: opts.onReconnect === 'replace',
       resolve,
       reject,
       reg: {
@@ -876,7 +928,7 @@ export class PageChannelServer {
       const clientNonce = nonceField(hello, 'nonce');
       const e = this.expected.get(migrationId);
       if (!e) throw new AuthError('UNKNOWN_MIGRATION', `unknown migration ${migrationId} (not expected on this agent)`);
-      if (e.channel || e.handshaking) throw new AuthError('PROTOCOL', `migration ${migrationId} already has a channel-2 connection`);
+      if (!e.replace && (e.channel || e.handshaking)) throw new AuthError('PROTOCOL', `migration ${migrationId} already has a channel-2 connection`);
       if (hello.pageSize !== e.pageSize || hello.pageCount !== e.pageCount) {
         throw new AuthError('PROTOCOL', `geometry mismatch for migration ${migrationId}: source has ${String(hello.pageCount)} pages of ${String(hello.pageSize)} bytes, target expects ${e.pageCount} of ${e.pageSize}`);
       }
@@ -892,6 +944,9 @@ export class PageChannelServer {
       socket.write(encodeJsonFrame(FrameType.WELCOME, { proof: proof(e.secret, 'server', migrationId, serverNonce, clientNonce).toString('hex') }));
       reader.detach();
       e.handshaking = false;
+      // 'replace': the old connection is dead to its source; drop it before the new one
+      // delivers anything, so frames of the two are never interleaved.
+      e.channel?.destroy(new ChannelClosedError('CLOSED', `channel-2 of migration ${migrationId} replaced by a new authenticated connection from the source`));
       const ch = new PageChannel(socket, reader.decoder, {
         ...e.sender,
         migrationId,
@@ -928,7 +983,7 @@ export class PageChannelServer {
 
 /** Only the sender options: the secret never travels further than the handshake. */
 function senderOptions(o: SenderOptions): SenderOptions {
-  return { rateBytesPerSec: o.rateBytesPerSec, compression: o.compression, zeroElision: o.zeroElision, frameBytes: o.frameBytes };
+  return { rateBytesPerSec: o.rateBytesPerSec, compression: o.compression, zeroElision: o.zeroElision, frameBytes: o.frameBytes, stallTimeoutMs: o.stallTimeoutMs };
 }
 
 function secretBytes(secret: string | Uint8Array): Buffer {

@@ -14,6 +14,8 @@ import { SharedStore } from '../dataplane/store';
 import { hostQueue } from '../common/names';
 import { EmulatedDriver } from '../hypervisor/emulated';
 import { connectNative, installRuntime } from './runtime';
+import { createAgentMetrics } from '../metrics/agent';
+import { serveMetrics, type MetricsServer } from '../metrics/http';
 
 export interface AgentOptions {
   hostId: string;
@@ -26,6 +28,8 @@ export interface AgentOptions {
   dataAdvertise?: string;
   storageDir: string;
   memoryCapacityBytes: number;
+  /** Serve Prometheus metrics on this HOST:PORT (port 0 = any). */
+  metricsAddr?: string;
   log?: (line: string) => void;
 }
 
@@ -33,6 +37,8 @@ export interface RunningAgent {
   hostId: string;
   taskQueue: string;
   dataAddress: string;
+  /** The Prometheus endpoint, when --metrics was given. */
+  metricsUrl: string | null;
   /** Resolves when the worker has stopped. */
   done: Promise<void>;
   shutdown(): Promise<void>;
@@ -57,6 +63,12 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     channels,
     store: new SharedStore(opts.storageDir),
   };
+  const metrics = opts.metricsAddr ? createAgentMetrics({ hostId: opts.hostId, driver, memoryCapacityBytes: opts.memoryCapacityBytes }) : null;
+  let metricsServer: MetricsServer | null = null;
+  if (metrics && opts.metricsAddr) {
+    metricsServer = await serveMetrics(opts.metricsAddr, metrics.registry);
+    log(`ferry agent ${opts.hostId}: metrics on ${metricsServer.url}`);
+  }
   const connection = await connectNative(opts.temporalAddress);
   const taskQueue = hostQueue(opts.hostId);
   const worker = await Worker.create({
@@ -66,6 +78,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     activities: { ...createHostActivities(ctx), ...createMigrationActivities(ctx) },
     // Migrations of several VMs may run on one host at once; page work is I/O bound.
     maxConcurrentActivityTaskExecutions: 32,
+    ...(metrics ? { interceptors: { activity: [metrics.interceptor] } } : {}),
   });
   // Announce this host to the registry (created on first use).
   const clientConnection = await Connection.connect({ address: opts.temporalAddress });
@@ -84,6 +97,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       .catch(() => undefined);
     await clientConnection.close();
     await channels.close();
+    await metricsServer?.close();
     await driver.close();
     await connection.close();
   });
@@ -92,6 +106,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     hostId: opts.hostId,
     taskQueue,
     dataAddress,
+    metricsUrl: metricsServer?.url ?? null,
     done,
     async shutdown() {
       if (worker.getState() === 'RUNNING') worker.shutdown();

@@ -7,6 +7,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { CONTROL_QUEUE } from '../common/names';
+import { createAuditActivities } from '../activities/audit';
+import type { AuditStore } from '../audit/types';
 import { connectNative, installRuntime } from './runtime';
 
 export interface ControllerOptions {
@@ -15,6 +17,8 @@ export interface ControllerOptions {
   log?: (line: string) => void;
   /** A prebuilt bundle (tests build one and share it). */
   workflowBundle?: WorkflowBundleWithSourceMap;
+  /** The audit trail's store: controller-side activities on ferry-control write to it. */
+  audit: AuditStore;
 }
 
 export interface RunningController {
@@ -43,6 +47,7 @@ export async function startController(opts: ControllerOptions): Promise<RunningC
     namespace: opts.namespace,
     taskQueue: CONTROL_QUEUE,
     workflowBundle: opts.workflowBundle ?? (await bundleWorkflows()),
+    activities: createAuditActivities(opts.audit),
   });
   const done = worker.run().finally(() => connection.close());
   log(`ferry controller: polling ${CONTROL_QUEUE} on ${opts.temporalAddress} (pid ${process.pid})`);

@@ -4,3 +4,4 @@ export { migrationWorkflow } from './migration';
 export { vmCommandWorkflow } from './vm';
 export { hostRegistryWorkflow } from './registry';
 export { pingLoopWorkflow } from './ping';
+export { evacuationWorkflow } from './evacuation';

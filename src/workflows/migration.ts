@@ -44,6 +44,7 @@ import { decide, estimateSendMs, lambdaOf, transferMs } from '../policy';
 import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
 import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
+import { audited, type AttemptLink } from './audit';
 
 export interface MigrationInput {
   vm: string;
@@ -54,6 +55,8 @@ export interface MigrationInput {
   ticket?: string | null;
   requestedBy?: string | null;
   reason?: string | null;
+  /** Audit trail: attempt number, the attempt this one retries, who asked (see ./audit). */
+  audit?: AttemptLink;
 }
 
 type Acts = MigrationActivities;
@@ -79,6 +82,25 @@ function postSwitch(host: string) {
   });
 }
 
+/**
+ * The source's steps after the switch (push, release). The guest runs on the target and
+ * completes from PbData without the source, so a dead source host must not hold the
+ * migration open for ever (nor block the VM's next migration): its death shows as a missed
+ * heartbeat, and a step that no agent picks up within 20 s fails (schedule-to-start is not
+ * retried). The push is not retried: its pages live in the agent process that ran it.
+ * Async PbData is bounded the same way: if the source died before committing it, no retry
+ * can write it (if channel-2 fails too, the target cannot complete: that is what sync is for).
+ */
+function afterSwitchOnSource(host: string, attempts: number) {
+  return proxyActivities<Acts>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout: '2h',
+    scheduleToStartTimeout: '20s',
+    heartbeatTimeout: '10s',
+    retry: { maximumAttempts: attempts, initialInterval: '1s', maximumInterval: '5s' },
+  });
+}
+
 /** Cleanup: a few tries; a cleanup that fails is reported, it does not hide the reason. */
 function cleanup(host: string) {
   return proxyActivities<Acts>({
@@ -101,6 +123,10 @@ export function failureMessage(err: unknown): string {
 }
 
 export async function migrationWorkflow(input: MigrationInput): Promise<MigrationReport> {
+  return audited(input, () => runMigration(input));
+}
+
+async function runMigration(input: MigrationInput): Promise<MigrationReport> {
   validate(input);
   const { vm, source, target, strategy, options } = input;
   const info = workflowInfo();
@@ -131,6 +157,9 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
   let rollbackVerification: VerifyResult | null = null;
   let sourceState = null as { guestRunning: boolean; note: string } | null;
   let sourceTouched = false;
+  /** par-migrate: why the static save failed for good, and that the migration went on without it. */
+  let saveError: string | null = null;
+  let staticAbandoned: string | null = null;
 
   const setPhase = (p: Phase): void => {
     phase = p;
@@ -309,10 +338,12 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
 
       // par-migrate: channel-1 runs beside the iterations.
       let mergePromise: Promise<StaticMergeResult> | null = null;
+      let mergeScope: CancellationScope | null = null;
       if (par) {
         compensations.push({ what: 'remove StaticData/PbData', run: () => cleanup(source).cleanupStorage(ref) });
         savePromise = srcLong.saveStatic(ref);
-        mergePromise = tgtLong.mergeStatic(ref);
+        mergeScope = new CancellationScope();
+        mergePromise = mergeScope.run(() => tgtLong.mergeStatic(ref));
         mergePromise.then(
           (r) => {
             mergeResult = r;
@@ -325,14 +356,37 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
             saveResult = r;
             storageWrite += r.bytesWritten;
           },
-          () => undefined,
+          (err) => {
+            saveError = failureMessage(err);
+          },
         );
       }
 
       // After waiting for the merge, the last iteration's dirty count is stale: run one more
       // round before deciding, so every decision sees the dirty log as it is.
       let statsStale = false;
+      let bulkNext = false;
       for (let i = 1; ; i++) {
+        // StaticData failed for good (storage full or not writable): go on without channel-1.
+        // The target stops merging, the partial snapshot is removed (its space is PbData's),
+        // and this round sends every page over channel-2, as as-hybrid's bulk round does.
+        if (saveError !== null && staticAbandoned === null && !staticMerged) {
+          staticAbandoned = `StaticData abandoned (${saveError})`;
+          mergeScope?.cancel();
+          record({ action: 'continue', reason: `continue at iteration ${i}: ${staticAbandoned}; every page goes over channel-2 in this round instead` });
+          await cleanup(source).cleanupStorage(ref).catch(() => undefined);
+          bulkNext = true;
+        }
+        // The max-iterations valve bounds the rounds even while StaticData is still being
+        // merged: no more rounds; wait for the merge (or the save's failure), then decide.
+        if (par && !staticMerged && !bulkNext && iterations.length >= options.maxIterations) {
+          await condition(() => staticMerged === true || saveError !== null);
+          statsStale = false;
+          if (!staticMerged) {
+            i--; // the save failed: redo this boundary (the bulk round comes next)
+            continue;
+          }
+        }
         if ((i > 1 && !statsStale) || strategy === 'postcopy') {
           const d: Decision = forcedBy
             ? { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${forcedBy}` }
@@ -346,7 +400,11 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
             break;
           }
         }
-        const res = await srcLong.runIteration({ ...ref, index: i, bulk: i === 1 && !par });
+        const res = await srcLong.runIteration({ ...ref, index: i, bulk: (i === 1 && !par) || bulkNext });
+        if (bulkNext) {
+          bulkNext = false;
+          staticMerged = true; // every page is on the target: the policy's tests apply
+        }
         const stat: ReportIteration = {
           index: res.index,
           pages: res.pages,
@@ -367,9 +425,11 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
           statsStale = true;
         }
       }
-      if (par && mergePromise) {
-        mergeResult = await mergePromise;
+      if (par && mergePromise && staticAbandoned === null) {
+        // The save first: if it fails now (a forced switch ended the loop early), the merge
+        // would wait for chunks that never come; this way the failure rolls back instead.
         saveResult = await savePromise!;
+        mergeResult = await mergePromise;
       }
 
       if (ending === 'stop-and-copy') {
@@ -423,16 +483,21 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
   }
 
   // ---- 5: after the switch: only forward ------------------------------------------------
+  let pbdataProblem: string | null = null;
   return CancellationScope.nonCancellable(async () => {
-    const srcFwd = postSwitch(source);
     const tgtFwd = postSwitch(target);
     if (ending === 'switch-to-postcopy') {
       setPhase('postcopy');
       const pbPromise: Promise<PbDataResult | null> =
-        pbdataMode === 'async' ? srcFwd.writePbData(ref).catch(() => null) : Promise.resolve(pbResult);
+        pbdataMode === 'async'
+          ? afterSwitchOnSource(source, 3).writePbData(ref).catch((err) => {
+              pbdataProblem = failureMessage(err);
+              return null;
+            })
+          : Promise.resolve(pbResult);
       // The source pushes in the background and answers faults; if it dies, the target
       // still completes from PbData, so its failure does not stop the migration.
-      const pushPromise: Promise<PushResult | null> = srcFwd.pushPostcopy(ref).catch(() => null);
+      const pushPromise: Promise<PushResult | null> = afterSwitchOnSource(source, 1).pushPostcopy(ref).catch(() => null);
       drain = await tgtFwd.drainPostcopy({ ...ref, pbdata: pbdataMode, faultTimeoutMs: options.faultTimeoutMs });
       postcopyDurationMs = Math.max(0, drain.completedAtMs - postcopyStartMs);
       await pushPromise;
@@ -440,15 +505,19 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
       if (pbResult) storageWrite += pbResult.bytesWritten;
     }
     setPhase('verifying');
-    const released = await postSwitch(source)
+    let releaseProblem: string | null = null;
+    const released = await afterSwitchOnSource(source, 3)
       .releaseSource(ref)
-      .catch(() => ({ releasedAtMs: Date.now(), channelBytes: -1, storageBytesWritten: 0, digest: null }));
+      .catch((err) => {
+        releaseProblem = failureMessage(err);
+        return { releasedAtMs: Date.now(), channelBytes: -1, storageBytesWritten: 0, digest: null };
+      });
     if (released.digest) digests.source = released.digest;
     channelBytes = released.channelBytes >= 0 ? released.channelBytes : bytesSent();
     verification = await tgtFwd.verifyTarget(ref);
     if (par || pbdataMode !== 'off') await cleanup(target).cleanupStorage(ref).catch(() => undefined);
     endedAtMs = Math.max(released.releasedAtMs, drain?.completedAtMs ?? 0);
-    await savePromise;
+    if (staticAbandoned === null) await savePromise;
     const ok = verification.ok;
     setPhase(ok ? 'completed' : 'failed');
     await condition(allHandlersFinished);
@@ -456,7 +525,7 @@ export async function migrationWorkflow(input: MigrationInput): Promise<Migratio
     return report(
       ok ? 'completed' : 'failed',
       ok
-        ? `${vm} runs on ${target}: ${how}, verified`
+        ? `${vm} runs on ${target}: ${how}, verified${staticAbandoned ? `; ${staticAbandoned}, every page went over channel-2` : ''}${pbdataProblem ? `; PbData not written (${pbdataProblem})` : ''}${releaseProblem ? `; ${source} did not confirm releasing its paused copy (${releaseProblem}): check that host` : ''}`
         : `${vm} runs on ${target} but verification found ${verification.mismatches} bad page(s): ${verification.firstMismatches.slice(0, 3).join('; ')}`,
     );
   });

@@ -71,7 +71,7 @@ function expectVerified(r: MigrationReport): void {
   if (r.postcopy === null) expect(r.digests?.target).toBe(r.digests?.source);
 }
 
-describe('controller SIGKILLed and restarted after a random delay', () => {
+describe('controller SIGKILLed and restarted after a random delay', { timeout: 240_000 }, () => {
   it.each<[string, StrategyName, string, Partial<MigrationOptions>, (p: Progress) => boolean]>([
     ['during the static save', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 8 * MiB, pbdata: 'async' }, (p) => p.phase === 'precopy' && p.staticMerged === false && p.iteration >= 1],
     ['mid-iterations', 'as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 12 }, (p) => p.iteration >= 3],
@@ -90,7 +90,7 @@ describe('controller SIGKILLed and restarted after a random delay', () => {
   });
 });
 
-describe('Temporal server', () => {
+describe('Temporal server', { timeout: 240_000 }, () => {
   it('killed and restarted mid-migration (SQLite state): the migration continues', async () => {
     const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 10 });
     await until(handle, (p) => p.iteration >= 2);
@@ -101,7 +101,7 @@ describe('Temporal server', () => {
   });
 });
 
-describe('agent loss before the switch', () => {
+describe('agent loss before the switch', { timeout: 240_000 }, () => {
   it('target agent killed: rolled back, the guest verified on the source', async () => {
     const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 });
     await until(handle, (p) => p.iteration >= 2);

@@ -12,6 +12,9 @@ import { spawnFerry, type FerryProcess } from '../../src/cli/processes';
 import { CONTROL_QUEUE } from '../../src/common/names';
 import { bundleWorkflows } from '../../src/workers/controller';
 import { installRuntime } from '../../src/workers/runtime';
+import { createAuditActivities } from '../../src/activities/audit';
+import { SqliteAuditStore } from '../../src/audit/sqlite';
+import type { AuditStore } from '../../src/audit/types';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
@@ -49,6 +52,16 @@ export async function startAgentProcess(
   return p;
 }
 
+/** The audit store every test controller of this run shares (audit activities may run on
+ * any controller polling ferry-control). */
+let auditStore: SqliteAuditStore | undefined;
+// `ferry controller` processes that tests spawn on the shared server write to it too.
+process.env.FERRY_AUDIT_DB = inject('auditDb');
+export function testAuditStore(): AuditStore {
+  auditStore ??= new SqliteAuditStore(inject('auditDb'));
+  return auditStore;
+}
+
 export interface TestController {
   client: Client;
   worker: Worker;
@@ -62,6 +75,7 @@ export async function startTestController(address = temporalAddress()): Promise<
     connection: nativeConnection,
     taskQueue: CONTROL_QUEUE,
     workflowBundle: await workflowBundle(),
+    activities: createAuditActivities(testAuditStore()),
   });
   const running = worker.run();
   const connection = await Connection.connect({ address });

@@ -105,7 +105,7 @@ describe('dirty log under a concurrent writer', () => {
   it('collect-then-copy while vCPUs write never loses a write (byte-equal copy at the end)', async () => {
     // 2 vCPUs write flat out over a small RAM so that pages are rewritten while the
     // collector copies them: the copy must still converge to the source exactly.
-    const g = EmulatedGuest.create({ name: 'dirty', memoryBytes: 4 * MiB, vcpus: 2, workload: { profile: 'lmbench', rate: 'max', writeRatio: 0.9 }, seed: 11 });
+    const g = EmulatedGuest.create({ name: 'dirty', memoryBytes: 4 * MiB, vcpus: 2, prefill: 'none', workload: { profile: 'lmbench', rate: 'max', writeRatio: 0.9 }, seed: 11 });
     guests.push(g);
     const src = g.memory;
     const dst = GuestMemory.create(src.memoryBytes);

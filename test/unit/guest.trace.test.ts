@@ -66,7 +66,7 @@ describe('trace replay', () => {
     lines.push('4 w 1000 2'); // wraps: 4 MiB has 1022 data pages, so 1000, 1001
     writesPerPage.set(1000, (writesPerPage.get(1000) ?? 0) + 1).set(1001, (writesPerPage.get(1001) ?? 0) + 1);
     const f = traceFile('replay.trace', lines.join('\n'));
-    const g = EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, vcpus: 2, workload: { profile: `trace:${f}`, rate: 'max', loop: false } });
+    const g = EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, vcpus: 2, prefill: 'none', workload: { profile: `trace:${f}`, rate: 'max', loop: false } });
     guests.push(g);
     await g.start();
     await g.whenIdle();
@@ -81,7 +81,7 @@ describe('trace replay', () => {
 
   it('follows the timestamps (speed-scaled) and loops', async () => {
     const f = traceFile('timed.trace', '0 w 1\n100 w 2\n200 w 3\n');
-    const g = EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, workload: { profile: `trace:${f}`, speed: 2 } });
+    const g = EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, prefill: 'none', workload: { profile: `trace:${f}`, speed: 2 } });
     guests.push(g);
     const t0 = performance.now();
     await g.start();
@@ -97,7 +97,7 @@ describe('trace replay', () => {
   it('a restored guest continues the trace where it stopped', async () => {
     // 100 writes, 5 ms apart: pause after the 10th.
     const f = traceFile('cont.trace', Array.from({ length: 100 }, (_, i) => `${i * 5} w ${i}`).join('\n'));
-    const g = EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, workload: { profile: `trace:${f}`, loop: false } });
+    const g = EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, prefill: 'none', workload: { profile: `trace:${f}`, loop: false } });
     guests.push(g);
     await g.start();
     while (g.stats().ops < 10) await new Promise((r) => setTimeout(r, 2));

@@ -8,7 +8,7 @@ import { choice, parse, str } from '../args';
 import { commonOptions, configFrom, say, temporalAddressOf } from '../context';
 
 export const help =
-  'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE]   run a host agent';
+  'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE] [--metrics HOST:PORT]   run a host agent';
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(
@@ -21,6 +21,7 @@ export async function run(argv: string[]): Promise<number> {
       'data-advertise': { type: 'string' },
       storage: { type: 'string' },
       'memory-capacity': { type: 'string' },
+      metrics: { type: 'string' },
     },
     false,
   );
@@ -42,6 +43,7 @@ export async function run(argv: string[]): Promise<number> {
     dataAdvertise: str(values['data-advertise']),
     storageDir: cfg.storageDir,
     memoryCapacityBytes: capacity,
+    metricsAddr: str(values.metrics),
   });
   onShutdownSignal((sig) => {
     say(`ferry agent ${hostId}: ${sig}, shutting down`);

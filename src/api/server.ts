@@ -1,0 +1,460 @@
+/**
+ * The HTTP API for ticketing systems (CONTRACT.md), served by `ferry controller --listen`.
+ *
+ *   POST /v1/migrations                 {vm, target?, strategy?, ticket, requestedBy, reason, options?}
+ *   GET  /v1/migrations/:id             status, progress, report, audit records
+ *   POST /v1/migrations/:id/cancel      {requestedBy, reason?}
+ *   POST /v1/migrations/:id/retry       {requestedBy, reason, target?}
+ *   POST /v1/evacuations                {hosts, to?, maxParallel?, …, ticket, requestedBy, reason}
+ *   GET  /v1/evacuations/:id
+ *   POST /v1/evacuations/:id/cancel     {requestedBy, reason?, vms?}
+ *   GET  /v1/audit?ticket=|vm=|host=|evacuation=&from=&to=&limit=
+ *   GET  /v1/openapi.json · GET /metrics · GET /healthz      (no token)
+ *
+ * Errors are JSON `{error, field?}`: 400 names the bad field, 401 without a valid token, 403
+ * for a read token on a write, 404 unknown migration/VM/route, 409 conflicts (the VM is
+ * already migrating under another ticket, cancel after the switch, nothing to retry).
+ */
+import http from 'node:http';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { Registry } from 'prom-client';
+import type { MigrationOptions } from '../activities/types';
+import type { AuditStore } from '../audit/types';
+import { UsageError } from '../common/errors';
+import { migrationWorkflowId } from '../common/names';
+import { parseRate } from '../common/units';
+import { ConflictError, findByTicket, NotFoundError, resolveHandle, startMigration } from '../client/migrations';
+import { evacuationHandle, placeVm, retryMigration, startEvacuation } from '../client/operations';
+import { listenAddress, splitListen, writeMetrics } from '../metrics/http';
+import type { StrategyName } from '../policy/types';
+import { cancelQueuedUpdate, evacuationQuery } from '../workflows/evacuation-messages';
+import { cancelUpdate, progressQuery } from '../workflows/messages';
+import type { MigrationReport } from '../workflows/report';
+import { authorize, type ApiToken, type Scope } from './auth';
+import {
+  auditQuerySchema,
+  cancelEvacuationSchema,
+  cancelSchema,
+  createEvacuationSchema,
+  createMigrationSchema,
+  openApiDocument,
+  retrySchema,
+} from './schemas';
+
+export interface ApiOptions {
+  client: Client;
+  store: AuditStore;
+  tokens: ApiToken[];
+  /** HOST:PORT (port 0 = any). */
+  listen: string;
+  /** The controller's Prometheus registry, served at /metrics. */
+  metrics?: Registry | null;
+  log?: (line: string) => void;
+}
+
+export interface RunningApi {
+  address: string;
+  url: string;
+  close(): Promise<void>;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+const MAX_BODY = 1024 * 1024;
+
+const ajv = new Ajv({ allErrors: false, strict: true });
+const validators = {
+  createMigration: ajv.compile(createMigrationSchema),
+  cancel: ajv.compile(cancelSchema),
+  retry: ajv.compile(retrySchema),
+  createEvacuation: ajv.compile(createEvacuationSchema),
+  cancelEvacuation: ajv.compile(cancelEvacuationSchema),
+  auditQuery: ajv.compile(auditQuerySchema),
+};
+
+const FRIENDLY: Record<string, string> = {
+  vm: 'a VM name: letters, digits, . _ - (at most 63)',
+  target: 'a host id: letters, digits, . _ - (at most 63)',
+  host: 'a host id: letters, digits, . _ - (at most 63)',
+  ticket: 'a ticket id: letters, digits, . _ : / # - (at most 128)',
+};
+
+/** One line naming the field: "ticket: required", "strategy: must be one of …". */
+export function describeAjvError(e: ErrorObject, where: 'body' | 'query'): { field: string; message: string } {
+  const path = e.instancePath.replace(/^\//, '').replace(/\//g, '.');
+  if (e.keyword === 'required') {
+    const field = [path, (e.params as { missingProperty: string }).missingProperty].filter(Boolean).join('.');
+    return { field, message: `${field}: required` };
+  }
+  if (e.keyword === 'additionalProperties') {
+    const field = [path, (e.params as { additionalProperty: string }).additionalProperty].filter(Boolean).join('.');
+    return { field, message: `${field}: unknown field` };
+  }
+  const field = path || where;
+  const last = field.split('.').filter((p) => !/^\d+$/.test(p)).pop() ?? field;
+  if (e.keyword === 'enum') return { field, message: `${field}: must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.join(', ')}` };
+  if (e.keyword === 'pattern' && FRIENDLY[last === 'hosts' || last === 'to' ? 'host' : last === 'vms' ? 'vm' : last]) {
+    return { field, message: `${field}: must be ${FRIENDLY[last === 'hosts' || last === 'to' ? 'host' : last === 'vms' ? 'vm' : last]}` };
+  }
+  return { field, message: `${field}: ${e.message ?? 'is invalid'}` };
+}
+
+function check<T>(v: ValidateFunction, data: unknown, where: 'body' | 'query'): T {
+  if (where === 'body' && (typeof data !== 'object' || data === null || Array.isArray(data))) throw new HttpError(400, 'body: must be a JSON object', 'body');
+  if (!v(data)) {
+    const d = describeAjvError(v.errors![0]!, where);
+    throw new HttpError(400, d.message, d.field);
+  }
+  return data as T;
+}
+
+interface OptionsBody {
+  bandwidth?: string;
+  storageBandwidth?: string;
+  maxDowntimeMs?: number;
+  maxIterations?: number;
+  pbdata?: 'sync' | 'async' | 'off';
+}
+
+function rate(text: string | undefined, field: string, dflt: number): number {
+  if (text === undefined) return dflt;
+  try {
+    return parseRate(text, field);
+  } catch (e) {
+    throw new HttpError(400, (e as Error).message, field);
+  }
+}
+
+/** The `ferry migrate` defaults (32MiB/s, 1GiB/s, 300 ms, 30 rounds; PbData for the paper's hybrids). */
+export function optionsFrom(strategy: StrategyName, o: OptionsBody = {}): MigrationOptions {
+  const bandwidth = rate(o.bandwidth, 'options.bandwidth', 32 * 1024 ** 2);
+  if (bandwidth > 0 && bandwidth < 64 * 1024) throw new HttpError(400, 'options.bandwidth: below 64KiB/s a migration never converges', 'options.bandwidth');
+  return {
+    bandwidthBytesPerSec: bandwidth,
+    storageBandwidthBytesPerSec: rate(o.storageBandwidth, 'options.storageBandwidth', 1024 ** 3),
+    maxDowntimeMs: o.maxDowntimeMs ?? 300,
+    maxIterations: o.maxIterations ?? 30,
+    pbdata: o.pbdata ?? (strategy === 'as-hybrid' || strategy === 'pa-hybrid' ? 'async' : 'off'),
+    compression: false,
+    zeroElision: true,
+  };
+}
+
+function timeParam(v: string | undefined, field: string): number | undefined {
+  if (v === undefined) return undefined;
+  const ms = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+  if (!Number.isFinite(ms)) throw new HttpError(400, `${field}: '${v}' is not an ISO-8601 time (e.g. 2024-05-14T09:00:00Z) or epoch milliseconds`, field);
+  return ms;
+}
+
+async function readBody(req: http.IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > MAX_BODY) throw new HttpError(413, `body: larger than ${MAX_BODY} bytes`, 'body');
+    chunks.push(c);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (!text.trim()) return {};
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw new HttpError(400, `body: not valid JSON (${(e as Error).message})`, 'body');
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body, null, 2)}\n`;
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+function mapError(e: unknown): HttpError {
+  if (e instanceof HttpError) return e;
+  if (e instanceof UsageError) {
+    const field = /^([A-Za-z][\w.]*):/.exec(e.message)?.[1];
+    return new HttpError(400, e.message, field);
+  }
+  if (e instanceof ConflictError) return new HttpError(409, e.message);
+  if (e instanceof NotFoundError) return new HttpError(404, e.message);
+  if (e instanceof WorkflowNotFoundError) return new HttpError(404, `no such migration or evacuation (${e.workflowId ?? e.message})`);
+  if (e instanceof WorkflowUpdateFailedError) return new HttpError(409, (e.cause as Error | undefined)?.message ?? e.message);
+  return new HttpError(500, (e as Error)?.message ?? String(e));
+}
+
+type Handler = (ctx: { req: http.IncomingMessage; url: URL; params: string[]; token: ApiToken }) => Promise<{ status: number; body: unknown }>;
+
+interface Route {
+  method: 'GET' | 'POST';
+  path: RegExp;
+  scope: Scope;
+  handler: Handler;
+}
+
+export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+  const { client, store } = opts;
+  const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+
+  const migrationView = async (id: string): Promise<unknown> => {
+    const handle = resolveHandle(client, id);
+    const desc = await handle.describe();
+    const status = desc.status.name.toLowerCase();
+    const sa = desc.searchAttributes as Record<string, unknown[] | undefined>;
+    const progress = desc.status.name === 'RUNNING' ? await handle.query(progressQuery).catch(() => null) : null;
+    let report: MigrationReport | null = null;
+    let failure: string | null = null;
+    if (desc.status.name === 'COMPLETED') report = (await handle.result()) as MigrationReport;
+    else if (desc.status.name !== 'RUNNING') failure = await handle.result().then(() => null, (e: Error) => (e.cause as Error | undefined)?.message ?? e.message);
+    const vm = (sa.VmId?.[0] as string | undefined) ?? desc.workflowId.replace(/^migrate-/, '');
+    const audit = await store.query({ vm, limit: 100 });
+    return {
+      id: desc.workflowId,
+      runId: desc.runId,
+      migration: `${desc.workflowId}/${desc.runId}`,
+      status,
+      vm,
+      source: sa.SourceHost?.[0] ?? null,
+      target: sa.TargetHost?.[0] ?? null,
+      strategy: sa.Strategy?.[0] ?? null,
+      phase: sa.Phase?.[0] ?? null,
+      ticket: sa.TicketId?.[0] ?? null,
+      startedAt: desc.startTime.toISOString(),
+      closedAt: desc.closeTime?.toISOString() ?? null,
+      progress,
+      report,
+      failure,
+      attempts: audit.attempts.filter((a) => a.migrationId === desc.workflowId),
+    };
+  };
+
+  const routes: Route[] = [
+    {
+      method: 'POST',
+      path: /^\/v1\/migrations\/?$/,
+      scope: 'write',
+      handler: async ({ req, token }) => {
+        const b = check<{ vm: string; target?: string; strategy?: StrategyName; ticket: string; requestedBy: string; reason: string; options?: OptionsBody }>(
+          validators.createMigration,
+          await readBody(req),
+          'body',
+        );
+        const workflowId = migrationWorkflowId(b.vm);
+        const existing = await findByTicket(client, workflowId, b.ticket);
+        if (existing) return { status: 200, body: { id: workflowId, runId: existing, migration: `${workflowId}/${existing}`, vm: b.vm, ticket: b.ticket, created: false } };
+        const strategy = b.strategy ?? 'pa-hybrid';
+        const options = optionsFrom(strategy, b.options);
+        let target = b.target;
+        let source: string | undefined;
+        let placement: string | null = null;
+        if (!target) {
+          const p = await placeVm(client, b.vm);
+          target = p.target;
+          source = p.source;
+          placement = p.reason;
+        }
+        const r = await startMigration(client, {
+          vm: b.vm,
+          target,
+          source,
+          strategy,
+          options,
+          ticket: b.ticket,
+          requestedBy: b.requestedBy,
+          reason: placement ? `${b.reason} (target chosen: ${placement})` : b.reason,
+          via: `api:${token.name}`,
+        });
+        return {
+          status: r.created ? 202 : 200,
+          body: { id: r.workflowId, runId: r.runId, migration: `${r.workflowId}/${r.runId}`, vm: b.vm, target, placement, ticket: b.ticket, created: r.created },
+        };
+      },
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/migrations\/(.+)\/cancel$/,
+      scope: 'write',
+      handler: async ({ req, params }) => {
+        const b = check<{ requestedBy: string; reason?: string }>(validators.cancel, await readBody(req), 'body');
+        const handle = resolveHandle(client, params[0]!);
+        const desc = await handle.describe();
+        if (desc.status.name !== 'RUNNING') throw new HttpError(409, `${desc.workflowId} is ${desc.status.name.toLowerCase()}: nothing to cancel`);
+        await handle.executeUpdate(cancelUpdate, { args: [{ by: b.requestedBy, reason: b.reason }] });
+        return { status: 202, body: { id: desc.workflowId, runId: desc.runId, accepted: true, note: 'rolls back: the guest keeps running on the source' } };
+      },
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/migrations\/(.+)\/retry$/,
+      scope: 'write',
+      handler: async ({ req, params, token }) => {
+        const b = check<{ requestedBy: string; reason: string; target?: string }>(validators.retry, await readBody(req), 'body');
+        const r = await retryMigration(client, params[0]!, { requestedBy: b.requestedBy, reason: b.reason, target: b.target, via: `api:${token.name}` });
+        return { status: r.created ? 202 : 200, body: { id: r.workflowId, runId: r.runId, migration: `${r.workflowId}/${r.runId}`, retryOf: r.retryOf, created: r.created } };
+      },
+    },
+    {
+      method: 'GET',
+      // `migrate-<vm>`, a VM name, or `migrate-<vm>/<run id>`.
+      path: /^\/v1\/migrations\/([^/]+(?:\/[0-9a-f-]{36})?)$/,
+      scope: 'read',
+      handler: async ({ params }) => ({ status: 200, body: await migrationView(params[0]!) }),
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/evacuations\/?$/,
+      scope: 'write',
+      handler: async ({ req, token }) => {
+        const b = check<{
+          hosts: string[];
+          to?: string[];
+          maxParallel?: number;
+          maxOutboundPerHost?: number;
+          maxInboundPerHost?: number;
+          linkBudget?: string;
+          priority?: number;
+          maxAttempts?: number;
+          strategy?: StrategyName;
+          ticket: string;
+          requestedBy: string;
+          reason: string;
+          options?: OptionsBody;
+        }>(validators.createEvacuation, await readBody(req), 'body');
+        const strategy = b.strategy ?? 'pa-hybrid';
+        const r = await startEvacuation(client, {
+          hosts: b.hosts,
+          to: b.to ?? null,
+          limits: {
+            ...(b.maxParallel !== undefined ? { maxParallel: b.maxParallel } : {}),
+            ...(b.maxOutboundPerHost !== undefined ? { maxOutboundPerHost: b.maxOutboundPerHost } : {}),
+            ...(b.maxInboundPerHost !== undefined ? { maxInboundPerHost: b.maxInboundPerHost } : {}),
+            ...(b.linkBudget !== undefined ? { linkBudgetBytesPerSec: rate(b.linkBudget, 'linkBudget', 0) } : {}),
+          },
+          strategy,
+          options: optionsFrom(strategy, b.options),
+          ticket: b.ticket,
+          requestedBy: b.requestedBy,
+          reason: b.reason,
+          via: `api:${token.name}`,
+          priority: b.priority,
+          maxAttempts: b.maxAttempts,
+        });
+        return { status: r.created ? 202 : 200, body: { id: r.workflowId, runId: r.runId, hosts: r.hosts, to: r.to, ticket: b.ticket, created: r.created } };
+      },
+    },
+    {
+      method: 'POST',
+      path: /^\/v1\/evacuations\/([^/]+)\/cancel$/,
+      scope: 'write',
+      handler: async ({ req, params }) => {
+        const b = check<{ requestedBy: string; reason?: string; vms?: string[] }>(validators.cancelEvacuation, await readBody(req), 'body');
+        const handle = evacuationHandle(client, params[0]!);
+        const desc = await handle.describe();
+        if (desc.status.name !== 'RUNNING') throw new HttpError(409, `${desc.workflowId} is ${desc.status.name.toLowerCase()}: nothing queued to cancel`);
+        const r = await handle.executeUpdate(cancelQueuedUpdate, { args: [{ vms: b.vms, by: b.requestedBy, reason: b.reason }] });
+        return { status: 200, body: { id: desc.workflowId, ...r } };
+      },
+    },
+    {
+      method: 'GET',
+      path: /^\/v1\/evacuations\/([^/]+)$/,
+      scope: 'read',
+      handler: async ({ params }) => {
+        const handle = evacuationHandle(client, params[0]!);
+        const desc = await handle.describe();
+        const status = desc.status.name.toLowerCase();
+        let summary: unknown = null;
+        let failure: string | null = null;
+        if (desc.status.name === 'RUNNING') summary = await handle.query(evacuationQuery).catch(() => null);
+        else if (desc.status.name === 'COMPLETED') summary = await handle.result();
+        else failure = await handle.result().then(() => null, (e: Error) => (e.cause as Error | undefined)?.message ?? e.message);
+        return { status: 200, body: { id: desc.workflowId, runId: desc.runId, status, summary, failure } };
+      },
+    },
+    {
+      method: 'GET',
+      path: /^\/v1\/audit\/?$/,
+      scope: 'read',
+      handler: async ({ url }) => {
+        const raw: Record<string, string> = {};
+        for (const [k, v] of url.searchParams) {
+          if (k in raw) throw new HttpError(400, `${k}: given more than once`, k);
+          raw[k] = v;
+        }
+        const q = check<{ ticket?: string; vm?: string; host?: string; evacuation?: string; from?: string; to?: string; limit?: string }>(validators.auditQuery, raw, 'query');
+        const fromMs = timeParam(q.from, 'from');
+        const toMs = timeParam(q.to, 'to');
+        if (fromMs !== undefined && toMs !== undefined && fromMs > toMs) throw new HttpError(400, 'from: is after to', 'from');
+        const limit = q.limit === undefined ? undefined : Number(q.limit);
+        if (limit !== undefined && (limit < 1 || limit > 1000)) throw new HttpError(400, 'limit: must be 1 to 1000', 'limit');
+        const r = await store.query({ ticket: q.ticket, vm: q.vm, host: q.host, evacuationId: q.evacuation, fromMs, toMs, limit });
+        return { status: 200, body: r };
+      },
+    },
+  ];
+
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://ferry.invalid');
+    const path = url.pathname;
+    void (async () => {
+      try {
+        if (req.method === 'GET' && path === '/v1/openapi.json') return send(res, 200, openApiDocument());
+        if (req.method === 'GET' && path === '/healthz') return send(res, 200, { ok: true });
+        if (req.method === 'GET' && path === '/metrics') {
+          if (!opts.metrics) throw new HttpError(404, 'metrics are not enabled on this listener');
+          return await writeMetrics(opts.metrics, res);
+        }
+        const matching = routes.filter((r) => r.path.test(path));
+        if (matching.length === 0) throw new HttpError(404, `no route ${path} (see /v1/openapi.json)`);
+        const route = matching.find((r) => r.method === req.method);
+        if (!route) {
+          res.setHeader('allow', matching.map((r) => r.method).join(', '));
+          throw new HttpError(405, `${req.method} is not allowed on ${path}`);
+        }
+        const auth = authorize(req.headers.authorization, opts.tokens, route.scope);
+        if (!auth.ok) {
+          if (auth.status === 401) res.setHeader('www-authenticate', 'Bearer realm="ferry"');
+          throw new HttpError(auth.status, auth.message);
+        }
+        const params = (route.path.exec(path) ?? []).slice(1).map((p) => decodeURIComponent(p));
+        const out = await route.handler({ req, url, params, token: auth.token });
+        send(res, out.status, out.body);
+      } catch (e) {
+        const he = mapError(e);
+        if (he.status >= 500) log(`ferry api: ${req.method} ${path}: ${(e as Error)?.stack ?? String(e)}`);
+        if (!res.headersSent) send(res, he.status, { error: he.message, ...(he.field ? { field: he.field } : {}) });
+        else res.end();
+      }
+    })();
+  };
+}
+
+export async function startApiServer(opts: ApiOptions): Promise<RunningApi> {
+  if (opts.tokens.length === 0) throw new UsageError('--listen: the API needs a token: set FERRY_API_TOKEN or FERRY_API_TOKENS_FILE (--tokens-file)');
+  const { host, port } = splitListen(opts.listen, '--listen');
+  const server = http.createServer(createApiHandler(opts));
+  server.keepAliveTimeout = 5000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  const address = listenAddress(server);
+  return {
+    address,
+    url: `http://${address}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
