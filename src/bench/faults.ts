@@ -186,6 +186,15 @@ export function cleanupStaleNets(log: Log = () => undefined): string[] {
     run('umount', ['-l', mp], { check: false });
     removed.push(`mount ${mp}`);
   }
+  // Their directories (lazily unmounted above: what is left is the empty mount point).
+  for (const name of fs.readdirSync(os.tmpdir())) {
+    const m = new RegExp(`^${MOUNT_MARK}(\\d+)-`).exec(name);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    const dir = path.join(os.tmpdir(), name);
+    if (staleMounts().some((mp) => mp.startsWith(`${dir}/`))) continue;
+    fs.rmSync(dir, { recursive: true, force: true });
+    removed.push(`dir ${dir}`);
+  }
   if (removed.length) log(`fault fixture: removed leftovers of crashed runs: ${removed.join(', ')}`);
   return removed;
 }
@@ -458,6 +467,55 @@ async function startRelay(host: string, to: { host: string; port: number }): Pro
   };
 }
 
+/**
+ * Processes of a cluster that live in the root namespace (dev server, controller, local
+ * agents) are listed in `<dir>/pids.json`; a run that dies leaves them orphaned, and the next
+ * fixture kills them (only if the pid still runs the command recorded) and removes the dir.
+ */
+const CLUSTER_DIR_RE = /^ferry-faults-(?:local|net)-(\d+)-/;
+
+function recordPid(dir: string, pid: number | undefined, marker: string): void {
+  if (!pid) return;
+  const file = path.join(dir, 'pids.json');
+  let list: { pid: number; marker: string }[] = [];
+  try {
+    list = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof list;
+  } catch {
+    // first one
+  }
+  list.push({ pid, marker });
+  fs.writeFileSync(file, JSON.stringify(list));
+}
+
+export function cleanupStaleClusters(log: Log = () => undefined): string[] {
+  const removed: string[] = [];
+  for (const name of fs.readdirSync(os.tmpdir())) {
+    const m = CLUSTER_DIR_RE.exec(name);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    const dir = path.join(os.tmpdir(), name);
+    try {
+      const list = JSON.parse(fs.readFileSync(path.join(dir, 'pids.json'), 'utf8')) as { pid: number; marker: string }[];
+      for (const { pid, marker } of list) {
+        let cmd = '';
+        try {
+          cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        } catch {
+          continue; // gone
+        }
+        if (!cmd.includes(marker)) continue; // the pid was reused by something else
+        process.kill(pid, 'SIGKILL');
+        removed.push(`pid ${pid} (${marker})`);
+      }
+    } catch {
+      // no pid list: nothing was started
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+    removed.push(`dir ${dir}`);
+  }
+  if (removed.length) log(`fault fixture: removed leftovers of crashed runs: ${removed.join(', ')}`);
+  return removed;
+}
+
 function isAlive(p: FerryProcess | null | undefined): boolean {
   return !!p && p.child.exitCode === null && p.child.signalCode === null;
 }
@@ -497,7 +555,8 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
   const log = opts.log ?? (() => undefined);
   const bin = opts.temporalBin ?? (await ensureTemporalBinary(null, log));
   const [source, target] = opts.hosts ?? (opts.kind === 'net' ? ['net-a', 'net-b'] : ['crash-a', 'crash-b']);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `ferry-faults-${opts.kind}-`));
+  cleanupStaleClusters(log);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `ferry-faults-${opts.kind}-${process.pid}-`));
   const net = opts.kind === 'net' ? createTwoHostNet({ log }) : null;
   let storage: TestStorage | null = null;
   let server: DevServer | null = null;
@@ -514,6 +573,7 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
     fs.mkdirSync(storageDir, { recursive: true });
     const serverOpts = { bin, ip: '127.0.0.1', port: await freePort(), headless: true, dbFile: net ? null : path.join(dir, 'temporal.db'), logFile: path.join(dir, 'server.log') };
     server = await startDevServer(serverOpts);
+    recordPid(dir, server.process.pid, 'temporal');
     const address = server.address;
     relay = net ? await startRelay(net.serverIp, { host: '127.0.0.1', port: serverOpts.port }) : null;
     const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storageDir };
@@ -535,6 +595,7 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
       agents,
       async startController() {
         const p = spawnFerry('controller', ['controller'], { env });
+        recordPid(dir, p.child.pid, 'ferry.mjs');
         await p.ready;
         c.controller = p;
         return p;
@@ -544,6 +605,7 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
         const args = ['agent', '--host', host, '--memory-capacity', '4GiB'];
         if (net) args.push('--data-addr', `${net.migration[end]}:0`);
         const p = spawnFerryIn(net ? net.ns[end] : null, `agent ${host}`, args, agentEnv);
+        recordPid(dir, p.child.pid, 'ferry.mjs');
         agents.set(host, p);
         await p.ready;
         return p;
@@ -554,6 +616,7 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
         await new Promise((r) => server!.process.once('exit', r));
         await sleep(downMs);
         server = await startDevServer(serverOpts);
+        recordPid(dir, server.process.pid, 'temporal');
       },
       async heal() {
         net?.allUp();
@@ -887,7 +950,7 @@ export const NET_SCENARIOS: Scenario[] = [
       return `migration link down on the ${end} end for ${ms(down)}`;
     },
   })),
-  scenario('link-outage', 'migration link down 9–12 s before the switch (stall, redial, stale connection replaced)', 'net', ['completed'], (ctx) => ({
+  scenario('link-outage', 'migration link down 9–12 s before the switch (stall, retry, redial)', 'net', ['completed'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
     options: { maxDowntimeMs: 1, maxIterations: 8 },

@@ -90,7 +90,7 @@ describe('migration link cut before the switch', () => {
     expectCompleted(await runScenario(cluster(), 'link-blip', seed));
   }, 90_000);
 
-  it('down 9–12 s (beyond the 8 s stall timeout): the step fails, is retried and redials (taking over from the target's stale end if it still looks open); completes, verified', async () => {
+  it("down 9–12 s (beyond the 8 s stall timeout): the step fails, is retried and redials (taking over from the target's stale end if it still looks open); completes, verified", async () => {
     const r = await runScenario(cluster(), 'link-outage', seed);
     expectCompleted(r);
     const h = await activityAttempts(cluster(), r);

@@ -17,7 +17,7 @@ import { commonOptions, configFrom, say } from '../context';
 import { startLocalCluster } from '../local';
 
 export const help =
-  'ferry bench [--suite paper] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
+  'ferry bench [--suite paper|faults] [--trials N] [--seed S] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(
@@ -35,10 +35,24 @@ export async function run(argv: string[]): Promise<number> {
       render: { type: 'string' },
       json: { type: 'boolean' },
       verbose: { type: 'boolean' },
+      trials: { type: 'string' },
+      seed: { type: 'string' },
     },
     false,
   );
-  choice(values.suite, 'suite', ['paper'] as const);
+  const suite = choice(values.suite, 'suite', ['paper', 'faults'] as const) ?? 'paper';
+  if (suite === 'faults') {
+    // The reliability table: every fault scenario `--trials` times (src/bench/faults.ts).
+    const { runFaultSuite, faultTable } = await import('../../bench/faults');
+    const result = await runFaultSuite({
+      trials: int(values.trials, 'trials', 1, 1000) ?? 3,
+      seed: int(values.seed, 'seed', 0, 0xffffffff) ?? Date.now() % 1_000_000,
+      only: str(values.only)?.split(',').filter(Boolean),
+      log: say,
+    });
+    process.stdout.write(values.json === true ? `${JSON.stringify(result, null, 2)}\n` : `${faultTable(result.rows)}\n`);
+    return result.rows.some((r) => r.lost > 0) ? 1 : 0;
+  }
   // smoke: one tiny cell per comparison, for the test suite.
   const scaleName: ScaleName = choice(values.scale, 'scale', ['small', 'full', 'smoke'] as const) ?? 'small';
   const scale = SCALES[scaleName];
