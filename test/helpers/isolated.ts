@@ -69,14 +69,5 @@ export async function startIsolated(hosts: string[], opts: { persistent?: boolea
   return iso;
 }
 
-/** A small seeded PRNG (mulberry32) for fault timing; the seed is printed by the tests. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seeded PRNG of the fault bench (mulberry32); tests print their seed. */
+export { prng } from '../../src/bench/faults';

@@ -154,7 +154,10 @@ describe('post-copy: missing pages', () => {
     expect(f.faults).toBeGreaterThan(2);
     expect(f.pending).toBe(0);
     expect(f.latenciesMs).toHaveLength(f.faults);
-    expect(f.p50).toBeGreaterThanOrEqual(4);
+    // The faults served by the 5 ms timer waited at least that long; those the final bulk
+    // install resolved may have waited less, so only the slowest is bounded from below.
+    expect(f.max).toBeGreaterThanOrEqual(4);
+    expect(Math.min(...f.latenciesMs)).toBeGreaterThan(0);
     expect(f.max).toBeGreaterThanOrEqual(f.p99);
     expect(target.stats().ops).toBeGreaterThan(opsStuck + 500);
     expect(target.memory.missingCount()).toBe(0);
