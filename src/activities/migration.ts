@@ -20,7 +20,7 @@ import { EmulatedGuest } from '../guest';
 import type { GuestDeviceState } from '../guest/guest';
 import type { GuestMemory } from '../guest/memory';
 import type { EmulatedDriver } from '../hypervisor/emulated';
-import { usesParMigrate, type StrategyName } from '../policy/types';
+import type { StrategyName } from '../policy/types';
 import { userError } from './errors';
 import type { HostContext } from './host';
 import type {
@@ -772,8 +772,3 @@ function round3(n: number): number {
 }
 
 export type MigrationActivities = ReturnType<typeof createMigrationActivities>;
-
-/** Strategies whose first iteration is not a bulk round. */
-export function firstRoundIsBulk(strategy: StrategyName): boolean {
-  return !usesParMigrate(strategy);
-}

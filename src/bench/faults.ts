@@ -30,7 +30,7 @@
  * Names carry the owner's pid (`ferryt-<pid>-…`); a new fixture first removes the
  * namespaces, processes and mounts of fixtures whose process is gone (a crashed run).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import { connect as tcpConnect, createServer as tcpServer, type Socket } from 'node:net';
@@ -39,7 +39,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import type { MigrationOptions } from '../activities/types';
-import { FERRY_BIN, spawnFerry, type FerryProcess } from '../cli/processes';
+import { spawnFerry, type FerryProcess } from '../cli/processes';
 import { freePort, startDevServer, type DevServer } from '../common/dev-server';
 import { CONTROL_QUEUE, migrationWorkflowId } from '../common/names';
 import { ensureSystemTools, type SystemTool } from '../common/system-packages';
@@ -377,55 +377,7 @@ export function createTestStorage(): TestStorage {
 
 /** Like spawnFerry, optionally inside a network namespace (`ip netns exec` execs node itself). */
 function spawnFerryIn(netns: string | null, name: string, args: string[], env: NodeJS.ProcessEnv): FerryProcess {
-  if (!netns) return spawnFerry(name, args, { env });
-  const child = spawn('ip', ['netns', 'exec', netns, process.execPath, FERRY_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let buf = '';
-  let resolveReady!: (l: string) => void;
-  let rejectReady!: (e: Error) => void;
-  const ready = new Promise<string>((res, rej) => ((resolveReady = res), (rejectReady = rej)));
-  ready.catch(() => undefined);
-  const onData = (d: Buffer): void => {
-    const text = d.toString();
-    out += text;
-    if (out.length > 200_000) out = out.slice(-100_000);
-    buf += text;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (/\bpolling ferry-/.test(line)) resolveReady(line);
-    }
-  };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
-  const exited = new Promise<number | null>((resolve) =>
-    child.once('exit', (code, signal) => {
-      rejectReady(new Error(`${name} exited (${code ?? signal}) before it was ready:\n${out.slice(-4000)}`));
-      resolve(code);
-    }),
-  );
-  const t = setTimeout(() => rejectReady(new Error(`${name} was not ready within 60 s:\n${out.slice(-4000)}`)), 60_000);
-  void ready.finally(() => clearTimeout(t)).catch(() => undefined);
-  const alive = (): boolean => child.exitCode === null && child.signalCode === null;
-  return {
-    name,
-    child,
-    ready,
-    output: () => out,
-    exited,
-    kill: (signal = 'SIGKILL') => {
-      if (alive()) child.kill(signal);
-    },
-    stop: async (graceMs = 10_000) => {
-      if (!alive()) return child.exitCode;
-      child.kill('SIGTERM');
-      const t2 = setTimeout(() => child.kill('SIGKILL'), graceMs);
-      const code = await exited;
-      clearTimeout(t2);
-      return code;
-    },
-  };
+  return spawnFerry(name, args, { env, wrap: netns ? ['ip', 'netns', 'exec', netns] : undefined });
 }
 
 /**

@@ -24,9 +24,17 @@ export interface FerryProcess {
 export function spawnFerry(
   name: string,
   args: string[],
-  opts: { env?: NodeJS.ProcessEnv; echo?: (line: string) => void; readyTimeoutMs?: number; cwd?: string } = {},
+  opts: {
+    env?: NodeJS.ProcessEnv;
+    echo?: (line: string) => void;
+    readyTimeoutMs?: number;
+    cwd?: string;
+    /** A command that execs node in its place, e.g. ['ip', 'netns', 'exec', 'ns1']. */
+    wrap?: string[];
+  } = {},
 ): FerryProcess {
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], {
+  const [cmd, ...pre] = opts.wrap?.length ? [...opts.wrap, process.execPath] : [process.execPath];
+  const child = spawn(cmd!, [...pre, FERRY_BIN, ...args], {
     env: { ...process.env, ...opts.env },
     cwd: opts.cwd ?? process.cwd(),
     stdio: ['ignore', 'pipe', 'pipe'],
