@@ -78,6 +78,8 @@ export function createHostActivities(ctx: HostContext) {
       if (!Number.isSafeInteger(input.memoryBytes) || input.memoryBytes <= 0) {
         throw userError('InvalidInput', `memory for ${input.name} must be a positive number of bytes`);
       }
+      const unsupported = ctx.driver.checkWorkload?.(input.workload);
+      if (unsupported) throw userError('InvalidInput', unsupported);
       const existing = ctx.driver.describe(input.name);
       if (existing) {
         // Idempotent: creating the same VM twice (a retried activity) returns it.

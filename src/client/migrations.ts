@@ -97,6 +97,7 @@ export async function startMigration(client: Client, req: StartRequest): Promise
   }
   const source = req.source ?? (await locateVm(client, req.vm)).hostId;
   if (source === req.target) throw new UsageError(`vm ${req.vm} is already on ${req.target}`);
+  const driver = (await registeredHosts(client)).find((h) => h.hostId === source)?.driver;
   const input: MigrationInput = {
     vm: req.vm,
     source,
@@ -107,6 +108,7 @@ export async function startMigration(client: Client, req: StartRequest): Promise
     requestedBy: req.requestedBy ?? null,
     reason: req.reason ?? null,
     ...(req.via ? { audit: { via: req.via } } : {}),
+    ...(driver === 'qemu' ? { driver: 'qemu' as const } : {}),
   };
   const attrs = [
     { key: VmId, value: req.vm },

@@ -32,5 +32,7 @@ export interface HypervisorDriver {
   destroyVm(name: string): Promise<void>;
   /** Bytes of guest memory this driver has allocated to VMs (running or incoming). */
   allocatedBytes(): number;
+  /** Why this driver cannot run that workload (null = it can). */
+  checkWorkload?(workload: string): string | null;
   close(): Promise<void>;
 }

@@ -16,6 +16,7 @@
 import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { DrainResult, IterationResult, PbDataResult, PushResult, ResumeResult, StaticMergeResult, StaticSaveResult, StepRef, StopAndCopyResult, SwitchResult } from '../activities/types';
+import type { HypervisorDriver } from '../hypervisor/driver';
 import type { EmulatedDriver } from '../hypervisor/emulated';
 import { lambdaOf } from '../policy/convergence';
 
@@ -26,7 +27,7 @@ export interface AgentMetrics {
   interceptor: ActivityInterceptorsFactory;
 }
 
-export function createAgentMetrics(opts: { hostId: string; driver: EmulatedDriver; memoryCapacityBytes: number }): AgentMetrics {
+export function createAgentMetrics(opts: { hostId: string; driver: HypervisorDriver & { guest?: EmulatedDriver['guest'] }; memoryCapacityBytes: number }): AgentMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ host: opts.hostId });
   collectDefaultMetrics({ register: registry });
@@ -124,7 +125,7 @@ export function createAgentMetrics(opts: { hostId: string; driver: EmulatedDrive
         if (t0 !== undefined) postcopy.observe(Math.max(0, d.completedAtMs - t0) / 1000);
         resumedAt.delete(key);
         // Every fault's latency, as the guest measured it (the report carries only p50/p99/max).
-        const lat = opts.driver.guest(vm)?.faultStats().latenciesMs ?? [];
+        const lat = opts.driver.guest?.(vm)?.faultStats().latenciesMs ?? [];
         for (const ms of lat) faultLatency.observe(ms / 1000);
         remaining.set({ vm, role: 'target' }, 0);
         break;

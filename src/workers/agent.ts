@@ -13,6 +13,13 @@ import { PageChannelServer } from '../dataplane/channel';
 import { SharedStore } from '../dataplane/store';
 import { hostQueue } from '../common/names';
 import { EmulatedDriver } from '../hypervisor/emulated';
+import type { HypervisorDriver } from '../hypervisor/driver';
+import { QemuDriver } from '../hypervisor/qemu/driver';
+import { LocalHost, RemoteHost } from '../hypervisor/qemu/host';
+import { checkVersion, MIN_QEMU_MAJOR } from '../hypervisor/qemu/qmp';
+import { SshHost, type SshTarget } from '../hypervisor/qemu/ssh';
+import { createQemuActivities } from '../activities/qemu';
+import type { HostContext } from '../activities/host';
 import { connectNative, installRuntime } from './runtime';
 import { createAgentMetrics } from '../metrics/agent';
 import { serveMetrics, type MetricsServer } from '../metrics/http';
@@ -30,7 +37,22 @@ export interface AgentOptions {
   memoryCapacityBytes: number;
   /** Serve Prometheus metrics on this HOST:PORT (port 0 = any). */
   metricsAddr?: string;
+  /** Driver qemu: where QEMU runs and which addresses its migration streams use. */
+  qemu?: QemuAgentOptions;
   log?: (line: string) => void;
+}
+
+export interface QemuAgentOptions {
+  /** Per-VM directories (QMP socket, pidfile, serial log) on the QEMU host. */
+  stateDir: string;
+  /** The guest kernel and initramfs on the QEMU host. */
+  image: { kernel: string; initrd: string };
+  /** IP the target's QEMU listens on for migrations (the migration network). */
+  migrationAddress: string;
+  /** This host's IP on the second network, for post-copy recovery. */
+  fallbackAddress: string | null;
+  /** Agentless: drive the QEMU of a remote host over SSH. */
+  ssh?: SshTarget;
 }
 
 export interface RunningAgent {
@@ -47,22 +69,44 @@ export interface RunningAgent {
 export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   installRuntime();
   const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
-  const driver = new EmulatedDriver({ hostId: opts.hostId });
+  let qemuDriver: QemuDriver | null = null;
+  let ssh: SshHost | null = null;
+  if (opts.driver === 'qemu') {
+    const q = opts.qemu;
+    if (!q) throw new Error('driver qemu needs its options (state dir, guest image, migration address)');
+    ssh = q.ssh ? await SshHost.connect(q.ssh) : null;
+    const host = ssh ? new RemoteHost(ssh) : new LocalHost();
+    qemuDriver = new QemuDriver({ hostId: opts.hostId, host, stateDir: q.stateDir, image: q.image, log });
+    const version = await host.run(['qemu-system-x86_64', '--version']);
+    const m = /version (\d+)\.(\d+)\.(\d+)/.exec(version.stdout);
+    if (!m) throw new Error(`${host.where}: qemu-system-x86_64 not found (${version.stderr.trim() || 'no version'}); install QEMU ≥ ${MIN_QEMU_MAJOR}`);
+    checkVersion({ major: Number(m[1]), minor: Number(m[2]), micro: Number(m[3]), package: '' }, host.where);
+    const adopted = await qemuDriver.adopt();
+    if (adopted.length) log(`ferry agent ${opts.hostId}: re-attached to running QEMU guest(s) ${adopted.join(', ')}`);
+  }
+  const emulated = qemuDriver ? null : new EmulatedDriver({ hostId: opts.hostId });
+  const driver: HypervisorDriver = qemuDriver ?? emulated!;
   const [bindHost, bindPort] = splitHostPort(opts.dataAddr);
   const channels = await PageChannelServer.listen({ host: bindHost, port: bindPort });
   const bound = channels.address;
   const advertisedHost = bound.host === '0.0.0.0' || bound.host === '::' ? os.hostname() : bound.host;
   const dataAddress = opts.dataAdvertise ?? `${advertisedHost}:${bound.port}`;
-  const ctx: MigrationContext = {
+  const ctx: HostContext = {
     hostId: opts.hostId,
     driver,
     memoryCapacityBytes: opts.memoryCapacityBytes,
     dataAddress,
     storageDir: opts.storageDir,
     startedAtMs: Date.now(),
-    channels,
-    store: new SharedStore(opts.storageDir),
   };
+  const migrationActivities = emulated
+    ? createMigrationActivities({ ...ctx, driver: emulated, channels, store: new SharedStore(opts.storageDir) } satisfies MigrationContext)
+    : createQemuActivities({
+        ...ctx,
+        driver: qemuDriver!,
+        migrationAddress: opts.qemu!.migrationAddress,
+        fallbackAddress: opts.qemu!.fallbackAddress,
+      });
   const metrics = opts.metricsAddr ? createAgentMetrics({ hostId: opts.hostId, driver, memoryCapacityBytes: opts.memoryCapacityBytes }) : null;
   let metricsServer: MetricsServer | null = null;
   if (metrics && opts.metricsAddr) {
@@ -75,7 +119,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     connection,
     namespace: opts.namespace,
     taskQueue,
-    activities: { ...createHostActivities(ctx), ...createMigrationActivities(ctx) },
+    activities: { ...createHostActivities(ctx), ...migrationActivities },
     // Migrations of several VMs may run on one host at once; page work is I/O bound.
     maxConcurrentActivityTaskExecutions: 32,
     ...(metrics ? { interceptors: { activity: [metrics.interceptor] } } : {}),
@@ -99,6 +143,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await channels.close();
     await metricsServer?.close();
     await driver.close();
+    await ssh?.close();
     await connection.close();
   });
   log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}, data ${dataAddress}, pid ${process.pid})`);

@@ -45,6 +45,7 @@ import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationS
 import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 import { audited, type AttemptLink } from './audit';
+import { runQemuMigration } from './qemu-migration';
 
 export interface MigrationInput {
   vm: string;
@@ -57,6 +58,8 @@ export interface MigrationInput {
   reason?: string | null;
   /** Audit trail: attempt number, the attempt this one retries, who asked (see ./audit). */
   audit?: AttemptLink;
+  /** The source host's hypervisor driver (absent = emulated): QEMU guests follow their own runbook. */
+  driver?: 'emulated' | 'qemu';
 }
 
 type Acts = MigrationActivities;
@@ -123,7 +126,7 @@ export function failureMessage(err: unknown): string {
 }
 
 export async function migrationWorkflow(input: MigrationInput): Promise<MigrationReport> {
-  return audited(input, () => runMigration(input));
+  return audited(input, () => (input?.driver === 'qemu' ? runQemuMigration(input) : runMigration(input)));
 }
 
 async function runMigration(input: MigrationInput): Promise<MigrationReport> {
@@ -545,6 +548,7 @@ function validate(input: MigrationInput): void {
   if (typeof input.target !== 'string' || !input.target) bad('target host is required');
   if (input.source === input.target) bad(`source and target are the same host (${input.source})`);
   if (!isStrategy(input.strategy)) bad(`unknown strategy '${String(input.strategy)}'`);
+  if (input.driver !== undefined && input.driver !== 'emulated' && input.driver !== 'qemu') bad(`unknown driver '${String(input.driver)}'`);
   const o = input.options;
   if (!o) bad('options are required');
   if (!(o.maxIterations >= 1)) bad('maxIterations must be ≥ 1');

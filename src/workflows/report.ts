@@ -46,13 +46,18 @@ export interface MigrationReport {
   stopAndCopy: { pages: number; bytes: number; sendMs: number } | null;
   postcopy: {
     faults: number;
-    faultLatencyMs: { p50: number; p99: number; max: number };
+    /** Emulated driver: measured per fault. QEMU does not report fault latency: null. */
+    faultLatencyMs: { p50: number; p99: number; max: number } | null;
     pushedPages: number;
     pbdataPages: number;
     fellBackToPbData: boolean;
     pbdata: 'sync' | 'async' | 'off';
   } | null;
   verification: { ok: boolean; pagesChecked: number; mismatches: number; method: string; where: 'target' | 'source' } | null;
+  /** The hypervisor driver of the source host (absent = emulated). */
+  driver?: 'emulated' | 'qemu';
+  /** QEMU post-copy recoveries over the second network: when, why, where to. */
+  recoveries?: { atMs: number; reason: string; uri: string; resumedAfterMs: number }[];
   /** Test aid (digest option): SHA-256 of guest memory at the source pause and at the target before resume. */
   digests?: { source: string | null; target: string | null };
 }

@@ -11,8 +11,9 @@ export type VmCommand = { host: string; op: 'create'; spec: VmCreateInput } | { 
 export async function vmCommandWorkflow(cmd: VmCommand): Promise<{ vm: VmInfo | null; destroyed?: boolean }> {
   const acts = proxyActivities<HostActivities>({
     taskQueue: hostQueue(cmd.host),
-    scheduleToCloseTimeout: '60s',
-    startToCloseTimeout: '30s',
+    // A QEMU guest boots (TCG: seconds) before its create returns.
+    scheduleToCloseTimeout: '3m',
+    startToCloseTimeout: '2m',
     retry: { maximumAttempts: 3, nonRetryableErrorTypes: ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity'] },
   });
   if (cmd.op === 'create') return { vm: await acts.vmCreate(cmd.spec) };

@@ -2,13 +2,50 @@ import os from 'node:os';
 import { UsageError } from '../../common/errors';
 import { HOST_ID_RE } from '../../common/names';
 import { parseSize } from '../../common/units';
-import { startAgent } from '../../workers/agent';
+import path from 'node:path';
+import { startAgent, type QemuAgentOptions } from '../../workers/agent';
+import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
+import type { SshTarget } from '../../hypervisor/qemu/ssh';
 import { onShutdownSignal } from '../../workers/runtime';
 import { choice, parse, str } from '../args';
 import { commonOptions, configFrom, say, temporalAddressOf } from '../context';
 
 export const help =
-  'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE] [--metrics HOST:PORT]   run a host agent';
+  'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE] [--metrics HOST:PORT] ' +
+  '[--qemu-state DIR] [--migration-addr IP] [--fallback-addr IP] [--guest-kernel F --guest-initrd F] [--ssh USER@HOST[:PORT] --ssh-key F --known-hosts F]   run a host agent';
+
+const IP_RE = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]+)$/;
+
+/** --driver qemu: where QEMU runs, its guest image, and the two networks' addresses. */
+async function qemuOptions(values: Record<string, unknown>, hostId: string, dataAddr: string): Promise<QemuAgentOptions> {
+  const migrationAddress = str(values['migration-addr']) ?? dataAddr.slice(0, dataAddr.lastIndexOf(':'));
+  if (!IP_RE.test(migrationAddress)) throw new UsageError(`--migration-addr: '${migrationAddress}' is not an IP address`);
+  const fallback = str(values['fallback-addr']) ?? null;
+  if (fallback !== null && !IP_RE.test(fallback)) throw new UsageError(`--fallback-addr: '${fallback}' is not an IP address`);
+  const kernel = str(values['guest-kernel']);
+  const initrd = str(values['guest-initrd']);
+  if ((kernel === undefined) !== (initrd === undefined)) throw new UsageError('--guest-kernel and --guest-initrd go together');
+  let ssh: SshTarget | undefined;
+  const sshSpec = str(values.ssh);
+  if (sshSpec) {
+    const m = /^([^@\s]+)@([^:\s]+)(?::(\d{1,5}))?$/.exec(sshSpec);
+    if (!m) throw new UsageError(`--ssh: '${sshSpec}' is not USER@HOST[:PORT]`);
+    const key = str(values['ssh-key']);
+    const knownHosts = str(values['known-hosts']);
+    if (!key) throw new UsageError('--ssh needs --ssh-key (a private key file)');
+    if (!knownHosts) throw new UsageError('--ssh needs --known-hosts: host keys are verified, never accepted blindly');
+    ssh = { username: m[1]!, host: m[2]!, port: m[3] ? Number(m[3]) : 22, privateKeyPath: key, knownHostsPath: knownHosts };
+  }
+  // Without an image, build (once) the test guest from Debian packages.
+  const image = kernel && initrd ? { kernel, initrd } : await ensureTestGuest({ log: say });
+  return {
+    stateDir: str(values['qemu-state']) ?? path.join(os.tmpdir(), 'ferry-qemu', hostId),
+    image: { kernel: image.kernel, initrd: image.initrd },
+    migrationAddress,
+    fallbackAddress: fallback,
+    ...(ssh ? { ssh } : {}),
+  };
+}
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(
@@ -22,6 +59,14 @@ export async function run(argv: string[]): Promise<number> {
       storage: { type: 'string' },
       'memory-capacity': { type: 'string' },
       metrics: { type: 'string' },
+      'qemu-state': { type: 'string' },
+      'migration-addr': { type: 'string' },
+      'fallback-addr': { type: 'string' },
+      'guest-kernel': { type: 'string' },
+      'guest-initrd': { type: 'string' },
+      ssh: { type: 'string' },
+      'ssh-key': { type: 'string' },
+      'known-hosts': { type: 'string' },
     },
     false,
   );
@@ -30,7 +75,6 @@ export async function run(argv: string[]): Promise<number> {
   if (!hostId) throw new UsageError('--host: required (the id of this host, e.g. host-a)');
   if (!HOST_ID_RE.test(hostId)) throw new UsageError(`--host: '${hostId}' is not a valid host id (letters, digits, . _ -)`);
   const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
-  if (driver === 'qemu') throw new UsageError('--driver qemu: the QEMU driver is not available in this build; use --driver emulated');
   const dataAddr = str(values['data-addr']) ?? '127.0.0.1:0';
   if (!/^[^\s:]+:\d{1,5}$/.test(dataAddr)) throw new UsageError(`--data-addr: '${dataAddr}' is not HOST:PORT`);
   const capacity = values['memory-capacity'] ? parseSize(String(values['memory-capacity']), '--memory-capacity') : Math.floor(os.totalmem() / 2);
@@ -44,6 +88,7 @@ export async function run(argv: string[]): Promise<number> {
     storageDir: cfg.storageDir,
     memoryCapacityBytes: capacity,
     metricsAddr: str(values.metrics),
+    ...(driver === 'qemu' ? { qemu: await qemuOptions(values, hostId, dataAddr) } : {}),
   });
   onShutdownSignal((sig) => {
     say(`ferry agent ${hostId}: ${sig}, shutting down`);

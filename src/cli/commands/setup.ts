@@ -1,9 +1,10 @@
 import { ensureSystemTools, TEST_TOOLS } from '../../common/system-packages';
 import { ensureTemporalBinary } from '../../common/temporal-bin';
+import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
 import { commonOptions, configFrom, say } from '../context';
 import { parse } from '../args';
 
-export const help = 'ferry setup [--tests]   install what ferry needs (the Temporal dev server, built from source with Go; with --tests, the Debian tools the tests use)';
+export const help = 'ferry setup [--tests]   install what ferry needs (the Temporal dev server, built from source with Go; with --tests, the Debian tools the tests use, QEMU ≥ 9 from bookworm-backports, and the QEMU test guest)';
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(argv, { ...commonOptions, tests: { type: 'boolean' } }, false);
@@ -13,6 +14,11 @@ export async function run(argv: string[]): Promise<number> {
   }
   const bin = await ensureTemporalBinary(cfg.temporalBin);
   say(`ferry: temporal dev server: ${bin}`);
-  if (values.tests === true) ensureSystemTools(TEST_TOOLS, say);
+  if (values.tests === true) {
+    ensureSystemTools(TEST_TOOLS, say);
+    // The QEMU tests' guest: kernel and busybox from Debian's packages, built once and cached.
+    const guest = await ensureTestGuest({ log: say });
+    say(`ferry: test guest: kernel ${guest.kernelVersion}, ${guest.initrd}`);
+  }
   return 0;
 }

@@ -4,6 +4,7 @@ import { CONTROL_QUEUE, HOST_ID_RE, VM_NAME_RE } from '../../common/names';
 import { formatBytes, parseSize } from '../../common/units';
 import { liveHosts, locateVm } from '../../client/migrations';
 import { workloadNames } from '../../guest/workloads';
+import { QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
 import { int, parse, str } from '../args';
 import { commonOptions, configFrom, connectClient, say } from '../context';
 
@@ -34,8 +35,9 @@ export async function run(argv: string[]): Promise<number> {
     if (!host || !HOST_ID_RE.test(host)) throw new UsageError('--host: required, the host to create the VM on');
     const memoryBytes = parseSize(str(values.memory) ?? '256MiB', '--memory');
     const workload = str(values.workload) ?? 'memcached';
-    if (!workload.startsWith('trace:') && !workloadNames().includes(workload)) {
-      throw new UsageError(`--workload: '${workload}' is not one of ${workloadNames().join(', ')}, trace:<file>`);
+    const known = [...workloadNames(), ...Object.keys(QEMU_WORKLOADS)];
+    if (!workload.startsWith('trace:') && !known.includes(workload)) {
+      throw new UsageError(`--workload: '${workload}' is not one of ${workloadNames().join(', ')}, trace:<file> (emulated hosts) or ${Object.keys(QEMU_WORKLOADS).join(', ')} (QEMU hosts)`);
     }
     createSpec = {
       host,

@@ -1,0 +1,300 @@
+/**
+ * The QEMU driver: the agent launches and owns QEMU processes (one state directory per VM
+ * with the QMP socket, pidfile and serial log), or attaches to one it finds there after a
+ * restart. QEMU runs daemonized, so a guest outlives an agent restart, as under libvirt.
+ * The host is this machine or a remote one over SSH (./host.ts).
+ *
+ * Test guests (./guest-image.ts) run a workload that dirties memory and verifies its own
+ * pages; the driver reads its verdicts from the serial log.
+ */
+import path from 'node:path';
+import type { HypervisorDriver, VmInfo, VmSpec, VmState } from '../driver';
+import type { QemuHost } from './host';
+import { qemuGuestArgs, parseSerial, type SerialState } from './guest-image';
+import { parseMigrateInfo, type MigrateInfo, type QmpClient, type QmpEvent } from './qmp';
+
+export interface QemuDriverOptions {
+  hostId: string;
+  host: QemuHost;
+  /** Directory (on the QEMU host) for per-VM sockets, pidfiles and serial logs. */
+  stateDir: string;
+  /** The test guest's kernel and initramfs (on the QEMU host). */
+  image: { kernel: string; initrd: string };
+  /** The QEMU binary on the QEMU host. */
+  qemuBinary?: string;
+  log?: (l: string) => void;
+}
+
+/** What a workload name means for the test guest: working set and dirtying rate. */
+export interface GuestWorkload {
+  wssMiB: number;
+  /** pages/s; 0 = as fast as the vCPU goes. */
+  rate: number;
+  /** The written window grows at this speed (KiB/s) from wss0MiB; 0 = the whole set from the start. */
+  growKiBps?: number;
+  wss0MiB?: number;
+}
+
+export const QEMU_WORKLOADS: Record<string, (memMiB: number) => GuestWorkload> = {
+  /** A quarter of memory, 8 MiB/s: pre-copy converges. */
+  converging: (m) => ({ wssMiB: Math.max(8, Math.floor(m / 4)), rate: 2048 }),
+  /**
+   * A cache warming up: a window written as fast as the vCPU goes, growing by 1/64 of memory
+   * per second from 1/16 up to 1/2. Its dirty set grows from each pass to the next
+   * (λ ≈ 1 + growth / bandwidth > 1) until the window is full.
+   */
+  'write-intensive': (m) => ({ wssMiB: Math.max(8, Math.floor(m / 2)), rate: 0, growKiBps: Math.max(64, m * 16), wss0MiB: Math.max(1, Math.floor(m / 16)) }),
+  /** Half of memory rewritten as fast as the vCPU goes: pre-copy never converges, λ stays ≈ 1. */
+  'hot-set': (m) => ({ wssMiB: Math.max(8, Math.floor(m / 2)), rate: 0 }),
+  /** A small working set, rarely written. */
+  idle: (m) => ({ wssMiB: Math.min(16, Math.max(4, Math.floor(m / 8))), rate: 16 }),
+};
+
+export function resolveWorkload(spec: Pick<VmSpec, 'workload' | 'memoryBytes' | 'rate'>): GuestWorkload {
+  const f = QEMU_WORKLOADS[spec.workload];
+  if (!f) throw new Error(`unknown QEMU workload '${spec.workload}' (known: ${Object.keys(QEMU_WORKLOADS).join(', ')})`);
+  const w = f(Math.floor(spec.memoryBytes / 2 ** 20));
+  return spec.rate ? { ...w, rate: spec.rate } : w;
+}
+
+/** Per-pass statistics, captured when QEMU emits MIGRATION_PASS (the dirty bitmap sync). */
+export interface PassSample {
+  pass: number;
+  atMs: number;
+  info: MigrateInfo;
+}
+
+export interface QemuVm {
+  spec: VmSpec;
+  dir: string;
+  qmpPath: string;
+  serialPath: string;
+  pidPath: string;
+  qmp: QmpClient;
+  state: VmState;
+  incoming: boolean;
+  /** MIGRATION status events as they came, with QEMU's timestamps. */
+  statuses: { status: string; atMs: number }[];
+  passes: PassSample[];
+  /** Wakes whoever waits for a pass or a status. */
+  waiters: Set<() => void>;
+}
+
+export class QemuDriver implements HypervisorDriver {
+  readonly kind = 'qemu' as const;
+  private readonly vms = new Map<string, QemuVm>();
+  private readonly qemu: string;
+
+  constructor(readonly opts: QemuDriverOptions) {
+    this.qemu = opts.qemuBinary ?? 'qemu-system-x86_64';
+  }
+
+  /** Re-attach to the QEMU processes a previous agent left running in the state directory. */
+  async adopt(): Promise<string[]> {
+    const r = await this.opts.host.run(['sh', '-c', `ls -1 ${JSON.stringify(this.opts.stateDir)} 2>/dev/null || true`]);
+    const adopted: string[] = [];
+    for (const name of r.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
+      const dir = path.posix.join(this.opts.stateDir, name);
+      const specText = await this.opts.host.readFile(path.posix.join(dir, 'spec.json'));
+      if (!specText) continue;
+      try {
+        const spec = JSON.parse(specText) as VmSpec;
+        await this.attach(spec, dir, 2000);
+        adopted.push(name);
+      } catch {
+        // not running any more: leave the directory for inspection
+      }
+    }
+    return adopted;
+  }
+
+  private async attach(spec: VmSpec, dir: string, timeoutMs: number, incoming = false): Promise<QemuVm> {
+    const qmpPath = path.posix.join(dir, 'qmp.sock');
+    const qmp = await this.opts.host.openQmp(qmpPath, timeoutMs);
+    const vm: QemuVm = {
+      spec,
+      dir,
+      qmpPath,
+      serialPath: path.posix.join(dir, 'serial.log'),
+      pidPath: path.posix.join(dir, 'qemu.pid'),
+      qmp,
+      state: incoming ? 'incoming' : 'running',
+      incoming,
+      statuses: [],
+      passes: [],
+      waiters: new Set(),
+    };
+    const status = (await qmp.execute<{ status: string; running: boolean }>('query-status')).status;
+    vm.state = status === 'inmigrate' ? 'incoming' : status === 'running' ? 'running' : status === 'postmigrate' ? 'stopped' : 'paused';
+    qmp.onEvent((e) => this.onEvent(vm, e));
+    qmp.onClose(() => {
+      if (this.vms.get(spec.name) === vm) this.vms.delete(spec.name);
+      wake(vm);
+    });
+    this.vms.set(spec.name, vm);
+    return vm;
+  }
+
+  private onEvent(vm: QemuVm, e: QmpEvent): void {
+    if (e.event === 'MIGRATION') {
+      const status = String(e.data.status);
+      vm.statuses.push({ status, atMs: e.atMs });
+      if (status === 'completed' && vm.incoming) vm.incoming = false;
+    } else if (e.event === 'MIGRATION_PASS') {
+      // The bitmap sync just happened: take the statistics now, at the pass boundary.
+      const pass = Number(e.data.pass);
+      vm.qmp
+        .execute('query-migrate')
+        .then((r) => {
+          vm.passes.push({ pass, atMs: e.atMs, info: parseMigrateInfo(r) });
+          wake(vm);
+        })
+        .catch(() => undefined);
+      return;
+    } else if (e.event === 'STOP') {
+      if (vm.state === 'running') vm.state = 'paused';
+    } else if (e.event === 'RESUME') {
+      vm.state = 'running';
+      vm.incoming = false;
+    } else if (e.event === 'SHUTDOWN') {
+      vm.state = 'stopped';
+    }
+    wake(vm);
+  }
+
+  checkWorkload(workload: string): string | null {
+    return QEMU_WORKLOADS[workload] ? null : `QEMU host ${this.opts.hostId} runs the test guest's workloads ${Object.keys(QEMU_WORKLOADS).join(', ')}, not '${workload}'`;
+  }
+
+  vm(name: string): QemuVm | null {
+    return this.vms.get(name) ?? null;
+  }
+
+  private info(v: QemuVm): VmInfo {
+    return { ...v.spec, state: v.incoming ? 'incoming' : v.state, driver: 'qemu' };
+  }
+
+  listVms(): VmInfo[] {
+    return [...this.vms.values()].map((v) => this.info(v));
+  }
+
+  describe(name: string): VmInfo | null {
+    const v = this.vms.get(name);
+    return v ? this.info(v) : null;
+  }
+
+  allocatedBytes(): number {
+    let n = 0;
+    for (const v of this.vms.values()) n += v.spec.memoryBytes;
+    return n;
+  }
+
+  private async launch(spec: VmSpec, incoming: boolean): Promise<QemuVm> {
+    if (this.vms.has(spec.name)) throw new Error(`VM ${spec.name} already exists on ${this.opts.hostId}`);
+    const w = resolveWorkload(spec);
+    const dir = path.posix.join(this.opts.stateDir, spec.name);
+    await this.opts.host.remove(dir);
+    await this.opts.host.mkdirp(dir);
+    const serialLog = path.posix.join(dir, 'serial.log');
+    const argv = [
+      this.qemu,
+      '-name',
+      spec.name,
+      ...qemuGuestArgs(this.opts.image, {
+        memoryMiB: Math.floor(spec.memoryBytes / 2 ** 20),
+        wss: w.wssMiB,
+        rate: w.rate,
+        verifyMs: 1000,
+        seed: spec.seed,
+        serialLog,
+        ...(w.growKiBps ? { growKiBps: w.growKiBps, wss0: w.wss0MiB } : {}),
+      }),
+      '-qmp',
+      `unix:${path.posix.join(dir, 'qmp.sock')},server=on,wait=off`,
+      '-pidfile',
+      path.posix.join(dir, 'qemu.pid'),
+      '-daemonize',
+      ...(incoming ? ['-incoming', 'defer'] : []),
+    ];
+    // The spec goes first: a QEMU that is running is always adoptable after an agent restart.
+    const specFile = path.posix.join(dir, 'spec.json');
+    await this.opts.host.run(['sh', '-c', `cat > ${JSON.stringify(specFile)} <<'EOF'\n${JSON.stringify(spec)}\nEOF`]);
+    const r = await this.opts.host.run(argv);
+    if (r.code !== 0) throw new Error(`${this.opts.host.where}: ${this.qemu} failed to start ${spec.name}: ${r.stderr.trim() || `exit ${r.code}`}`);
+    return this.attach(spec, dir, 15_000, incoming);
+  }
+
+  /** Launch a guest and return once its workload runs (it says so on serial). */
+  async createVm(spec: VmSpec, readyTimeoutMs = 120_000): Promise<VmInfo> {
+    const vm = await this.launch(spec, false);
+    const deadline = Date.now() + readyTimeoutMs;
+    for (;;) {
+      const serial = parseSerial(await this.opts.host.readFile(vm.serialPath));
+      if (serial.ready) break;
+      if (serial.exited || vm.qmp.closed || Date.now() > deadline) {
+        const why = serial.exited ? 'its workload exited' : vm.qmp.closed ? 'QEMU exited' : `its workload was not ready within ${readyTimeoutMs} ms`;
+        await this.destroyVm(spec.name).catch(() => undefined);
+        throw new Error(`guest ${spec.name} on ${this.opts.hostId} did not start: ${why} (see ${vm.serialPath})`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return this.info(vm);
+  }
+
+  /** Target side: a QEMU waiting for an incoming migration (`-incoming defer`). */
+  async launchIncoming(spec: VmSpec): Promise<QemuVm> {
+    const existing = this.vms.get(spec.name);
+    if (existing?.incoming) return existing;
+    return this.launch(spec, true);
+  }
+
+  async destroyVm(name: string): Promise<void> {
+    const v = this.vms.get(name);
+    if (!v) return;
+    this.vms.delete(name);
+    await v.qmp.execute('quit', undefined, 5000).catch(() => undefined);
+    v.qmp.close();
+    // If QEMU did not quit, its pidfile says whom to kill.
+    await this.opts.host.run(['sh', '-c', `p=$(cat ${JSON.stringify(v.pidPath)} 2>/dev/null) && kill -9 "$p" 2>/dev/null; true`]);
+    await this.opts.host.remove(v.dir);
+  }
+
+  async readSerial(name: string): Promise<SerialState> {
+    const v = this.vms.get(name);
+    if (!v) throw new Error(`no VM ${name} on ${this.opts.hostId}`);
+    return parseSerial(await this.opts.host.readFile(v.serialPath));
+  }
+
+  /** Wait until `ready()` holds for this VM (events wake the check), or time out. */
+  async waitFor<T>(name: string, ready: (vm: QemuVm) => T | null | undefined, timeoutMs: number, onTick?: () => void): Promise<T | null> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const vm = this.vms.get(name);
+      if (!vm) throw new Error(`QEMU of ${name} on ${this.opts.hostId} is gone`);
+      const r = ready(vm);
+      if (r !== null && r !== undefined) return r;
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.min(left, 1000));
+        function done() {
+          clearTimeout(t);
+          vm!.waiters.delete(done);
+          resolve();
+        }
+        vm.waiters.add(done);
+      });
+      onTick?.();
+    }
+  }
+
+  async close(): Promise<void> {
+    // QEMU processes outlive the agent on purpose; only the monitor connections close.
+    for (const v of this.vms.values()) v.qmp.close();
+    this.vms.clear();
+  }
+}
+
+function wake(vm: QemuVm): void {
+  for (const w of [...vm.waiters]) w();
+}

@@ -1,0 +1,75 @@
+/**
+ * QEMU test fixtures: the test guest (built once from Debian packages), agents with
+ * `--driver qemu`, and a cleanup that kills every QEMU a test left in its state directories
+ * (QEMU runs daemonized, so it would outlive the test).
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { FerryProcess } from '../../src/cli/processes';
+import { ensureTestGuest, type TestGuest } from '../../src/hypervisor/qemu/guest-image';
+import { startAgentProcess, tempDir } from './cluster';
+
+let guest: Promise<TestGuest> | undefined;
+export function testGuest(): Promise<TestGuest> {
+  guest ??= ensureTestGuest({ log: (l) => process.stderr.write(`${l}\n`) });
+  return guest;
+}
+
+export interface QemuAgent {
+  hostId: string;
+  stateDir: string;
+  proc: FerryProcess;
+}
+
+export async function startQemuAgent(
+  hostId: string,
+  opts: { migrationAddr?: string; fallbackAddr?: string; extraArgs?: string[]; wrap?: string[]; address?: string } = {},
+): Promise<QemuAgent> {
+  const img = await testGuest();
+  const stateDir = tempDir(`qemu-${hostId}`);
+  const args = ['--driver', 'qemu', '--qemu-state', stateDir, '--guest-kernel', img.kernel, '--guest-initrd', img.initrd, '--memory-capacity', '2GiB'];
+  if (opts.migrationAddr) args.push('--migration-addr', opts.migrationAddr, '--data-addr', `${opts.migrationAddr}:0`);
+  if (opts.fallbackAddr) args.push('--fallback-addr', opts.fallbackAddr);
+  const proc = await startAgentProcess(hostId, { extraArgs: [...args, ...(opts.extraArgs ?? [])], ...(opts.address ? { address: opts.address } : {}) });
+  return { hostId, stateDir, proc };
+}
+
+/** Kill every QEMU whose pidfile is under `dir` and remove the directory. */
+export function killQemusUnder(dir: string): void {
+  if (!fs.existsSync(dir)) return;
+  for (const vm of fs.readdirSync(dir)) {
+    const pidFile = path.join(dir, vm, 'qemu.pid');
+    try {
+      const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+      if (pid > 1) process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+export async function stopQemuAgent(a: QemuAgent | undefined): Promise<void> {
+  if (!a) return;
+  await a.proc.stop().catch(() => undefined);
+  killQemusUnder(a.stateDir);
+}
+
+/** The serial log of a VM under an agent's state directory. */
+export function serialOf(a: QemuAgent, vm: string): string {
+  try {
+    return fs.readFileSync(path.join(a.stateDir, vm, 'serial.log'), 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+export function qemuAvailable(): boolean {
+  try {
+    execFileSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}

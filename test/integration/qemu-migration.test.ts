@@ -1,0 +1,60 @@
+/**
+ * Real QEMU guests (TCG) between two `--driver qemu` agent processes on loopback, through the
+ * real workflow on the real dev server. The guest's workload verifies its own pages and says
+ * so on its serial console; the report's verification is that verdict, read on the target.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationReport } from '../../src/workflows/report';
+import { startTestController, uniqueHost, type TestController } from '../helpers/cluster';
+import { createVm, migrate, MiB } from '../helpers/migrate';
+import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+
+let controller: TestController;
+let a: QemuAgent;
+let b: QemuAgent;
+const hostA = uniqueHost('qa');
+const hostB = uniqueHost('qb');
+
+beforeAll(async () => {
+  await testGuest();
+  [controller, a, b] = await Promise.all([startTestController(), startQemuAgent(hostA, { migrationAddr: '127.0.0.1' }), startQemuAgent(hostB, { migrationAddr: '127.0.0.1' })]);
+}, 600_000);
+
+afterAll(async () => {
+  await Promise.all([stopQemuAgent(a), stopQemuAgent(b)]);
+  await controller?.stop();
+});
+
+function expectVerifiedOnTarget(r: MigrationReport): void {
+  expect(r.outcome, r.reason).toBe('completed');
+  expect(r.driver).toBe('qemu');
+  expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+  expect(r.verification!.pagesChecked).toBeGreaterThan(0);
+  expect(r.bytes.migrationNetwork).toBeGreaterThan(0);
+}
+
+describe('QEMU guests', () => {
+  it('precopy converges on a converging load; the guest verifies its pages on the target', async () => {
+    const vm = 'qemu-pre-1';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'converging', seed: 7 });
+    const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB, maxIterations: 30, maxDowntimeMs: 300 } });
+    expectVerifiedOnTarget(r);
+    expect(r.iterations.length).toBeGreaterThanOrEqual(1);
+    const last = r.decisions[r.decisions.length - 1]!;
+    expect(last.action).toBe('stop-and-copy');
+    expect(last.reason).not.toMatch(/max iterations/);
+    expect(r.downtimeMs).toBeGreaterThanOrEqual(0);
+    expect(r.postcopy).toBeNull();
+  }, 300_000);
+
+  it('as-hybrid switches to post-copy on a write-intensive load, with the λ reason', async () => {
+    const vm = 'qemu-as-1';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'write-intensive', seed: 9 });
+    const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'as-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, maxIterations: 30, maxDowntimeMs: 300 } });
+    expectVerifiedOnTarget(r);
+    const sw = r.decisions.find((d) => d.action === 'switch-to-postcopy');
+    expect(sw?.reason).toMatch(/λ=\[.*\], \d of 3 > 1, mean/);
+    expect(r.postcopyDurationMs).toBeGreaterThan(0);
+    expect(r.postcopy).not.toBeNull();
+  }, 300_000);
+});
