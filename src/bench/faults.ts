@@ -500,6 +500,8 @@ export interface ClusterOptions {
   /** The temporal CLI; default: ensureTemporalBinary(). */
   temporalBin?: string;
   hosts?: [string, string];
+  /** More arguments for an agent (e.g. --driver qemu and its addresses on the fixture's links). */
+  agentArgs?: (host: string, end: End, net: TwoHostNet | null) => string[];
   log?: Log;
 }
 
@@ -556,6 +558,7 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
         const end: End = host === source ? 'source' : 'target';
         const args = ['agent', '--host', host, '--memory-capacity', '4GiB'];
         if (net) args.push('--data-addr', `${net.migration[end]}:0`);
+        args.push(...(opts.agentArgs?.(host, end, net) ?? []));
         const p = spawnFerryIn(net ? net.ns[end] : null, `agent ${host}`, args, agentEnv);
         recordPid(dir, p.child.pid, 'ferry.mjs');
         agents.set(host, p);
