@@ -146,7 +146,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await ssh?.close();
     await connection.close();
   });
-  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}, data ${dataAddress}, pid ${process.pid})`);
+  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}${ssh ? ` over ssh ${ssh.where}` : ''}, data ${dataAddress}, pid ${process.pid})`);
   return {
     hostId: opts.hostId,
     taskQueue,
