@@ -7,7 +7,6 @@
  * qemuAwaitCompletion, qemuPause, qemuResume, qemuRelease, qemuRollback, qemuSetBandwidth.
  * Target: qemuPrepareTarget, qemuPause, qemuRecoverTarget, qemuVerifyTarget, qemuAbortTarget.
  */
-import net from 'node:net';
 import { Context } from '@temporalio/activity';
 import type { QemuDriver, QemuVm } from '../hypervisor/qemu/driver';
 import { parseMigrateInfo, type MigrateInfo } from '../hypervisor/qemu/qmp';
@@ -69,15 +68,18 @@ export interface QemuOutcome {
 
 export type QemuCompletion = { kind: 'completed' | 'failed' | 'paused' | 'stalled'; why: string; outcome: QemuOutcome };
 
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
+/**
+ * Have QEMU listen on `host` (port 0: the QEMU host picks a free one, which works for a
+ * remote host too) and read back the port it bound from query-migrate's socket-address.
+ */
+async function listenOn(v: QemuVm, command: 'migrate-incoming' | 'migrate-recover', host: string, taken: Set<string>): Promise<string> {
+  await v.qmp.execute(command, { uri: uriFor(host, 0) });
+  const info = (await v.qmp.execute('query-migrate')) as { 'socket-address'?: { host?: string; port?: string; type?: string }[] };
+  const bound = (info['socket-address'] ?? []).filter((a) => a.type === 'inet' && a.host === host && a.port && a.port !== '0' && !taken.has(a.port));
+  const port = bound[bound.length - 1]?.port;
+  if (!port) throw new Error(`${command} on ${host}: QEMU did not report the port it listens on`);
+  taken.add(port);
+  return uriFor(host, Number(port));
 }
 
 function uriFor(host: string, port: number): string {
@@ -105,6 +107,13 @@ export function createQemuActivities(ctx: QemuContext) {
   /** Per migration: the pass count before it started, so each migration counts from 1. */
   const sessions = new Map<string, { vm: string; passBase: number; uri: string; startedAtMs: number; strategy: StrategyName }>();
 
+  /** Ports an incoming QEMU already listened on (socket-address keeps the old ones). */
+  const ports = new Map<string, Set<string>>();
+  const portsOf = (vm: string): Set<string> => {
+    const known = ports.get(vm) ?? new Set<string>();
+    ports.set(vm, known);
+    return known;
+  };
   const vmOf = (name: string): QemuVm => {
     const v = d.vm(name);
     if (!v) throw userError('NotFound', `QEMU guest ${name} is not on host ${ctx.hostId}`);
@@ -181,8 +190,7 @@ export function createQemuActivities(ctx: QemuContext) {
         ...(input.rate ? { rate: input.rate } : {}),
       });
       await setCaps(v, input.postcopy);
-      const uri = uriFor(ctx.migrationAddress, await freePort(ctx.migrationAddress));
-      await v.qmp.execute('migrate-incoming', { uri });
+      const uri = await listenOn(v, 'migrate-incoming', ctx.migrationAddress, portsOf(input.vm));
       sessions.set(input.migrationId, { vm: input.vm, passBase: 0, uri, startedAtMs: Date.now(), strategy: 'precopy' });
       return { uri, atMs: Date.now() };
     },
@@ -353,9 +361,7 @@ export function createQemuActivities(ctx: QemuContext) {
     async qemuRecoverTarget(input: StepRef & { useFallback: boolean }): Promise<{ uri: string }> {
       const v = vmOf(input.vm);
       const host = input.useFallback && ctx.fallbackAddress ? ctx.fallbackAddress : ctx.migrationAddress;
-      const uri = uriFor(host, await freePort(host));
-      await v.qmp.execute('migrate-recover', { uri });
-      return { uri };
+      return { uri: await listenOn(v, 'migrate-recover', host, portsOf(input.vm)) };
     },
 
     /** Source: resume the paused post-copy towards the target's recovery listener. */
