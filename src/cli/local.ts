@@ -24,6 +24,8 @@ export interface LocalClusterOptions {
   log: (line: string) => void;
   /** Echo the processes' own log lines. */
   verbose?: boolean;
+  /** More arguments for each agent (e.g. --driver qemu). */
+  agentArgs?: (host: string) => string[];
 }
 
 export async function startLocalCluster(opts: LocalClusterOptions): Promise<LocalCluster> {
@@ -55,6 +57,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     for (const host of opts.hosts) {
       const args = ['agent', '--host', host];
       if (opts.memoryCapacity) args.push('--memory-capacity', opts.memoryCapacity);
+      args.push(...(opts.agentArgs?.(host) ?? []));
       const p = spawnFerry(`agent ${host}`, args, { env, echo });
       started.push(p);
       agents.set(host, p);

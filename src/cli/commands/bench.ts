@@ -11,12 +11,18 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { machineFacts, parseOnly, planCells, renderExisting, runBench, SCALES, COMPARISON_INFO, type ScaleName } from '../../bench/suite';
 import { UsageError } from '../../common/errors';
-import { formatBytes, parseDuration } from '../../common/units';
+import { formatBytes, parseDuration, parseRate, parseSize } from '../../common/units';
+import { isStrategy, usesParMigrate, type StrategyName } from '../../policy/types';
+import { QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
+import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
+import { QEMU_BENCH_STRATEGIES, qemuTable, runQemuBench, writeQemuOutputs } from '../../bench/qemu';
+import { spawnSync } from 'node:child_process';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
 import { startLocalCluster } from '../local';
 
 export const help =
+  'ferry bench --suite qemu [--repeat N] [--strategies precopy,hybrid-1,as-hybrid] [--workload W] [--memory SIZE] [--bandwidth RATE] [--warmup T] [--out DIR] [--json]   the QEMU cell (real guests, TCG) · ' +
   'ferry bench [--suite paper|faults] [--trials N] [--seed S] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
 
 export async function run(argv: string[]): Promise<number> {
@@ -37,10 +43,16 @@ export async function run(argv: string[]): Promise<number> {
       verbose: { type: 'boolean' },
       trials: { type: 'string' },
       seed: { type: 'string' },
+      strategies: { type: 'string' },
+      workload: { type: 'string' },
+      memory: { type: 'string' },
+      bandwidth: { type: 'string' },
+      warmup: { type: 'string' },
     },
     false,
   );
-  const suite = choice(values.suite, 'suite', ['paper', 'faults'] as const) ?? 'paper';
+  const suite = choice(values.suite, 'suite', ['paper', 'faults', 'qemu'] as const) ?? 'paper';
+  if (suite === 'qemu') return runQemuSuite(values, argv);
   if (suite === 'faults') {
     // The reliability table: every fault scenario `--trials` times (src/bench/faults.ts).
     const { runFaultSuite, faultTable } = await import('../../bench/faults');
@@ -124,5 +136,69 @@ export async function run(argv: string[]): Promise<number> {
   } finally {
     await cluster.stop();
     fs.rmSync(storageDir, { recursive: true, force: true });
+  }
+}
+
+/** The QEMU cell: real guests between two `--driver qemu` agents on this machine. */
+async function runQemuSuite(values: Record<string, unknown>, argv: string[]): Promise<number> {
+  const strategies = (str(values.strategies)?.split(',').filter(Boolean) ?? QEMU_BENCH_STRATEGIES) as string[];
+  for (const s of strategies) {
+    if (!isStrategy(s)) throw new UsageError(`--strategies: '${s}' is not a strategy`);
+    if (usesParMigrate(s)) throw new UsageError(`--strategies: ${s} needs par-migrate, which QEMU cannot do (no dirty log for ferry); use as-hybrid`);
+  }
+  const workload = str(values.workload) ?? 'write-intensive';
+  if (!QEMU_WORKLOADS[workload]) throw new UsageError(`--workload: '${workload}' is not one of ${Object.keys(QEMU_WORKLOADS).join(', ')}`);
+  const memoryBytes = values.memory !== undefined ? parseSize(String(values.memory), '--memory') : 256 * 2 ** 20;
+  const bandwidth = values.bandwidth !== undefined ? parseRate(String(values.bandwidth), '--bandwidth') : 32 * 2 ** 20;
+  const warmupMs = values.warmup !== undefined ? parseDuration(String(values.warmup), '--warmup') : 2000;
+  const repeats = int(values.repeat, 'repeat', 1, 100) ?? 3;
+  const maxDowntimeMs = values['max-downtime'] !== undefined ? parseDuration(str(values['max-downtime'])!, '--max-downtime') : 300;
+  const maxIterations = int(values['max-iterations'], 'max-iterations', 1, 1000) ?? 30;
+  const version = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).stdout?.split('\n')[0]?.replace(/^QEMU emulator version /, 'QEMU ') ?? '';
+  if (!version) throw new UsageError('qemu-system-x86_64 is not installed (ferry setup --tests installs QEMU ≥ 9 on Debian)');
+  const img = await ensureTestGuest({ log: say });
+  const runId = randomBytes(3).toString('hex');
+  const [source, target] = [`qbench-${runId}-a`, `qbench-${runId}-b`];
+  const stateRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-qemu-'));
+  const storageDir = path.join(stateRoot, 'storage');
+  const cfg = { ...configFrom(values), storageDir };
+  const outDir = path.resolve(str(values.out) ?? path.join('bench-results', `qemu-${new Date().toISOString().replace(/[:.]/g, '-')}`));
+  const cluster = await startLocalCluster({
+    cfg,
+    hosts: [source, target],
+    memoryCapacity: String(memoryBytes * 2 + 256 * 2 ** 20),
+    log: say,
+    verbose: values.verbose === true,
+    agentArgs: (host) => ['--driver', 'qemu', '--qemu-state', path.join(stateRoot, host), '--migration-addr', '127.0.0.1', '--guest-kernel', img.kernel, '--guest-initrd', img.initrd],
+  });
+  try {
+    const connection = await Connection.connect({ address: cluster.address });
+    try {
+      const client = new Client({ connection, namespace: cfg.namespace });
+      const res = await runQemuBench(
+        { client, source, target, strategies: strategies as StrategyName[], repeats, workload, memoryBytes, bandwidthBytesPerSec: bandwidth, maxDowntimeMs, maxIterations, warmupMs, log: say },
+        version,
+      );
+      writeQemuOutputs(res, outDir, ['ferry', 'bench', ...argv].join(' '));
+      if (values.json === true) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+      else process.stdout.write(`${qemuTable(res)}\n\n${path.join(outDir, 'results.md')}\n`);
+      return res.runs.every((r) => r.verified) ? 0 : 1;
+    } finally {
+      await connection.close();
+    }
+  } finally {
+    await cluster.stop();
+    // QEMU runs daemonized: kill what the agents left behind.
+    for (const host of [source, target]) {
+      const dir = path.join(stateRoot, host);
+      for (const vm of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+        try {
+          process.kill(Number(fs.readFileSync(path.join(dir, vm, 'qemu.pid'), 'utf8').trim()), 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
+    }
+    fs.rmSync(stateRoot, { recursive: true, force: true });
   }
 }
