@@ -8,6 +8,7 @@ import type { MigrationReport } from '../../src/workflows/report';
 import { startTestController, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, migrate, MiB } from '../helpers/migrate';
 import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+import { maybeRecordHistory } from '../helpers/history';
 
 let controller: TestController;
 let a: QemuAgent;
@@ -51,6 +52,7 @@ describe('QEMU guests', () => {
     const vm = 'qemu-as-1';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'write-intensive', seed: 9 });
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'as-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, maxIterations: 30, maxDowntimeMs: 300 } });
+    await maybeRecordHistory(controller.client, `migrate-${vm}`, 'qemu-as-hybrid');
     expectVerifiedOnTarget(r);
     const sw = r.decisions.find((d) => d.action === 'switch-to-postcopy');
     expect(sw?.reason).toMatch(/λ=\[.*\], \d of 3 > 1, mean/);
