@@ -14,6 +14,7 @@ export const migrationOptionSpec = {
   pbdata: { type: 'string' },
   compression: { type: 'boolean' },
   'no-zero-elision': { type: 'boolean' },
+  'fault-timeout': { type: 'string' },
 } as const;
 
 export const MIGRATION_DEFAULTS = {
@@ -32,6 +33,10 @@ export function migrationOptionsFrom(values: Record<string, unknown>): { strateg
   const maxDowntimeMs = parseDuration(str(values['max-downtime']) ?? MIGRATION_DEFAULTS.maxDowntime, '--max-downtime');
   const maxIterations = int(values['max-iterations'], 'max-iterations', 1, 1000) ?? MIGRATION_DEFAULTS.maxIterations;
   const pbdata = choice(values.pbdata, 'pbdata', ['sync', 'async', 'off'] as const) ?? defaultPbData(strategy);
+  // Post-copy: a fault unanswered this long (emulated) / no progress this long (QEMU) = a lost link.
+  const faultTimeout = str(values['fault-timeout']);
+  const faultTimeoutMs = faultTimeout !== undefined ? parseDuration(faultTimeout, '--fault-timeout') : undefined;
+  if (faultTimeoutMs !== undefined && faultTimeoutMs < 100) throw new UsageError('--fault-timeout: at least 100ms');
   return {
     strategy,
     options: {
@@ -42,6 +47,7 @@ export function migrationOptionsFrom(values: Record<string, unknown>): { strateg
       pbdata,
       compression: values.compression === true,
       zeroElision: values['no-zero-elision'] !== true,
+      ...(faultTimeoutMs !== undefined ? { faultTimeoutMs } : {}),
     },
   };
 }

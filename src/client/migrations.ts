@@ -11,7 +11,7 @@ import { UsageError } from '../common/errors';
 import { CONTROL_QUEUE, migrationWorkflowId, VM_NAME_RE } from '../common/names';
 import { SourceHost, Strategy, TargetHost, TicketId, VmId, Phase } from '../common/search-attributes';
 import type { HostFacts } from '../activities/host';
-import type { StrategyName } from '../policy/types';
+import { usesParMigrate, type StrategyName } from '../policy/types';
 import type { InventoryResult } from '../workflows/inventory';
 import type { MigrationInput } from '../workflows/migration';
 import type { MigrationReport } from '../workflows/report';
@@ -98,6 +98,9 @@ export async function startMigration(client: Client, req: StartRequest): Promise
   const source = req.source ?? (await locateVm(client, req.vm)).hostId;
   if (source === req.target) throw new UsageError(`vm ${req.vm} is already on ${req.target}`);
   const driver = (await registeredHosts(client)).find((h) => h.hostId === source)?.driver;
+  if (driver === 'qemu' && usesParMigrate(req.strategy)) {
+    throw new UsageError(`strategy ${req.strategy} needs par-migrate, which QEMU cannot do (it exposes no dirty log to ferry): migrate ${req.vm} with as-hybrid (or another non-par strategy)`);
+  }
   const input: MigrationInput = {
     vm: req.vm,
     source,
