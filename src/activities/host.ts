@@ -103,6 +103,21 @@ export function createHostActivities(ctx: HostContext) {
       });
     },
 
+    /** Take over a running QEMU by its QMP socket (driver qemu). */
+    async vmAttach(input: { name: string; qmpPath: string; serialPath?: string | null }): Promise<VmInfo> {
+      if (!input || typeof input.name !== 'string' || !VM_NAME_RE.test(input.name)) throw userError('InvalidInput', `vm name '${String(input?.name)}' is invalid (letters, digits, . _ -; at most 63)`);
+      if (typeof input.qmpPath !== 'string' || !input.qmpPath.startsWith('/')) throw userError('InvalidInput', 'the QMP socket must be an absolute path');
+      const d = ctx.driver as HypervisorDriver & { attachExisting?: (n: string, q: string, s: string | null) => Promise<VmInfo> };
+      if (!d.attachExisting) throw userError('InvalidInput', `host ${ctx.hostId} runs the ${ctx.driver.kind} driver: only QEMU hosts attach guests`);
+      const existing = ctx.driver.describe(input.name);
+      if (existing) throw userError('Conflict', `vm ${input.name} already exists on ${ctx.hostId}`);
+      try {
+        return await d.attachExisting(input.name, input.qmpPath, input.serialPath ?? null);
+      } catch (e) {
+        throw userError('InvalidInput', (e as Error).message);
+      }
+    },
+
     async vmDestroy(name: string): Promise<{ destroyed: boolean }> {
       if (!ctx.driver.describe(name)) return { destroyed: false };
       await ctx.driver.destroyVm(name);

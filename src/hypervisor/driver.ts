@@ -22,6 +22,9 @@ export interface VmSpec {
   seed: number;
   /** Workload rate override in pages/s (0 = the profile's default). */
   rate?: number;
+  /** QEMU guests attached by ferry (not launched by it): their own command line, less the
+   * monitor, pidfile, serial and daemonize options ferry sets itself. */
+  qemuArgs?: string[];
 }
 
 export interface HypervisorDriver {

@@ -217,7 +217,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
       pageCount = desc.pageCount;
       remainingPages = pageCount;
       undo.push({ what: `abort on ${target}`, run: () => cleanupT.qemuAbortTarget(ref) });
-      const prep = await tgt.qemuPrepareTarget({ ...ref, source, memoryBytes, vcpus: desc.vcpus, workload, seed: desc.seed, rate: desc.rate, postcopy: mayPostcopy(strategy) });
+      const prep = await tgt.qemuPrepareTarget({ ...ref, source, memoryBytes, vcpus: desc.vcpus, workload, seed: desc.seed, rate: desc.rate, postcopy: mayPostcopy(strategy), ...(desc.qemuArgs ? { qemuArgs: desc.qemuArgs } : {}) });
       undo.push({
         what: `roll back on ${source}`,
         run: async () => {

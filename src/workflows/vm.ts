@@ -6,7 +6,10 @@ import type { HostActivities, VmCreateInput } from '../activities/host';
 import type { VmInfo } from '../hypervisor/driver';
 import { hostQueue } from '../common/names';
 
-export type VmCommand = { host: string; op: 'create'; spec: VmCreateInput } | { host: string; op: 'destroy'; name: string };
+export type VmCommand =
+  | { host: string; op: 'create'; spec: VmCreateInput }
+  | { host: string; op: 'attach'; name: string; qmpPath: string; serialPath?: string | null }
+  | { host: string; op: 'destroy'; name: string };
 
 export async function vmCommandWorkflow(cmd: VmCommand): Promise<{ vm: VmInfo | null; destroyed?: boolean }> {
   const acts = proxyActivities<HostActivities>({
@@ -17,6 +20,7 @@ export async function vmCommandWorkflow(cmd: VmCommand): Promise<{ vm: VmInfo | 
     retry: { maximumAttempts: 3, nonRetryableErrorTypes: ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity'] },
   });
   if (cmd.op === 'create') return { vm: await acts.vmCreate(cmd.spec) };
+  if (cmd.op === 'attach') return { vm: await acts.vmAttach({ name: cmd.name, qmpPath: cmd.qmpPath, serialPath: cmd.serialPath ?? null }) };
   const r = await acts.vmDestroy(cmd.name);
   return { vm: null, destroyed: r.destroyed };
 }

@@ -3,11 +3,17 @@
  * real workflow on the real dev server. The guest's workload verifies its own pages and says
  * so on its serial console; the report's verification is that verdict, read on the target.
  */
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CONTROL_QUEUE } from '../../src/common/names';
+import { parseSerial, qemuGuestArgs } from '../../src/hypervisor/qemu/guest-image';
 import type { MigrationReport } from '../../src/workflows/report';
-import { startTestController, uniqueHost, type TestController } from '../helpers/cluster';
+import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, migrate, MiB } from '../helpers/migrate';
-import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+import { killQemusUnder, startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
 import { maybeRecordHistory } from '../helpers/history';
 
 let controller: TestController;
@@ -21,7 +27,10 @@ beforeAll(async () => {
   [controller, a, b] = await Promise.all([startTestController(), startQemuAgent(hostA, { migrationAddr: '127.0.0.1' }), startQemuAgent(hostB, { migrationAddr: '127.0.0.1' })]);
 }, 600_000);
 
+const outside = tempDir('qemu-outside');
+
 afterAll(async () => {
+  killQemusUnder(outside);
   await Promise.all([stopQemuAgent(a), stopQemuAgent(b)]);
   await controller?.stop();
 });
@@ -59,4 +68,27 @@ describe('QEMU guests', () => {
     expect(r.postcopyDurationMs).toBeGreaterThan(0);
     expect(r.postcopy).not.toBeNull();
   }, 300_000);
+
+  it('attaches a QEMU it did not launch (by its QMP socket), then migrates it with its own command line', async () => {
+    const img = await testGuest();
+    const vm = 'qemu-att-1';
+    const dir = path.join(outside, vm);
+    fs.mkdirSync(dir, { recursive: true });
+    const serial = path.join(dir, 'serial.log');
+    const qmp = path.join(dir, 'monitor.sock');
+    execFileSync('qemu-system-x86_64', [
+      ...qemuGuestArgs(img, { memoryMiB: 128, wss: 16, rate: 1024, verifyMs: 1000, seed: 3, serialLog: serial }),
+      '-qmp', `unix:${qmp},server=on,wait=off`, '-pidfile', path.join(dir, 'qemu.pid'), '-daemonize',
+    ]);
+    for (let i = 0; i < 600 && !parseSerial(fs.existsSync(serial) ? fs.readFileSync(serial, 'utf8') : '').ready; i++) await new Promise((r) => setTimeout(r, 100));
+    const res = (await controller.client.workflow.execute('vmCommandWorkflow', {
+      taskQueue: CONTROL_QUEUE,
+      workflowId: `vm-attach-${randomUUID()}`,
+      args: [{ host: hostA, op: 'attach', name: vm, qmpPath: qmp, serialPath: serial }],
+    })) as { vm: { memoryBytes: number; workload: string } };
+    expect(res.vm).toMatchObject({ memoryBytes: 128 * MiB, workload: 'external' });
+    const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB } });
+    expectVerifiedOnTarget(r);
+    expect(r.verification!.method).toMatch(/guest self-check/);
+  }, 240_000);
 });

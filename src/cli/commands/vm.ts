@@ -9,7 +9,7 @@ import { int, parse, str } from '../args';
 import { commonOptions, configFrom, connectClient, say } from '../context';
 
 export const help =
-  'ferry vm create <name> --host <id> --memory SIZE --workload W [--seed N] [--vcpus N] [--rate PAGES/S] · ferry vm list [--host id] [--json] · ferry vm destroy <name>';
+  'ferry vm create <name> --host <id> --memory SIZE --workload W [--seed N] [--vcpus N] [--rate PAGES/S] · ferry vm attach <name> --host <id> --qmp SOCKET [--serial FILE] (a running QEMU, by its -qmp unix socket) · ferry vm list [--host id] [--json] · ferry vm destroy <name>';
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -21,10 +21,12 @@ export async function run(argv: string[]): Promise<number> {
     seed: { type: 'string' },
     vcpus: { type: 'string' },
     rate: { type: 'string' },
+    qmp: { type: 'string' },
+    serial: { type: 'string' },
     json: { type: 'boolean' },
   });
   const cfg = configFrom(values);
-  if (sub !== 'create' && sub !== 'list' && sub !== 'destroy') throw new UsageError(`vm: '${sub ?? ''}' is not one of create, list, destroy`);
+  if (sub !== 'create' && sub !== 'attach' && sub !== 'list' && sub !== 'destroy') throw new UsageError(`vm: '${sub ?? ''}' is not one of create, attach, list, destroy`);
   const name = positionals[0];
   let createSpec: { host: string; spec: Record<string, unknown> } | null = null;
   if (sub !== 'list') {
@@ -51,6 +53,16 @@ export async function run(argv: string[]): Promise<number> {
       },
     };
   }
+  let attach: { host: string; qmpPath: string; serialPath: string | null } | null = null;
+  if (sub === 'attach') {
+    const host = str(values.host);
+    if (!host || !HOST_ID_RE.test(host)) throw new UsageError('--host: required, the QEMU host the guest runs on');
+    const qmpPath = str(values.qmp);
+    if (!qmpPath || !qmpPath.startsWith('/')) throw new UsageError('--qmp: required, the absolute path of the guest\'s QMP unix socket (-qmp unix:PATH,server=on,wait=off)');
+    const serial = str(values.serial);
+    if (serial !== undefined && !serial.startsWith('/')) throw new UsageError('--serial: an absolute path');
+    attach = { host, qmpPath, serialPath: serial ?? null };
+  }
   const { client, close } = await connectClient(cfg);
   try {
     if (sub === 'list') {
@@ -72,6 +84,16 @@ export async function run(argv: string[]): Promise<number> {
       })) as { vm: unknown };
       if (values.json) process.stdout.write(`${JSON.stringify(result.vm, null, 2)}\n`);
       else say(`created ${name} on ${createSpec.host}`);
+      return 0;
+    }
+    if (attach) {
+      const result = (await client.workflow.execute('vmCommandWorkflow', {
+        taskQueue: CONTROL_QUEUE,
+        workflowId: `vm-attach-${name}-${randomUUID()}`,
+        args: [{ host: attach.host, op: 'attach', name: name!, qmpPath: attach.qmpPath, serialPath: attach.serialPath }],
+      })) as { vm: { memoryBytes: number } };
+      if (values.json) process.stdout.write(`${JSON.stringify(result.vm, null, 2)}\n`);
+      else say(`attached ${name} on ${attach.host} (${formatBytes(result.vm.memoryBytes)})`);
       return 0;
     }
     const where = await locateVm(client, name!);

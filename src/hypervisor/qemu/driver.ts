@@ -189,9 +189,22 @@ export class QemuDriver implements HypervisorDriver {
     return n;
   }
 
+  private guestArgs(spec: VmSpec, serialLog: string): string[] {
+    if (spec.qemuArgs) return [...spec.qemuArgs, '-serial', `file:${serialLog}`];
+    const w = resolveWorkload(spec);
+    return qemuGuestArgs(this.opts.image, {
+        memoryMiB: Math.floor(spec.memoryBytes / 2 ** 20),
+        wss: w.wssMiB,
+        rate: w.rate,
+        verifyMs: 1000,
+        seed: spec.seed,
+        serialLog,
+        ...(w.growKiBps ? { growKiBps: w.growKiBps, wss0: w.wss0MiB } : {}),
+      });
+  }
+
   private async launch(spec: VmSpec, incoming: boolean): Promise<QemuVm> {
     if (this.vms.has(spec.name)) throw new Error(`VM ${spec.name} already exists on ${this.opts.hostId}`);
-    const w = resolveWorkload(spec);
     const dir = path.posix.join(this.opts.stateDir, spec.name);
     await this.opts.host.remove(dir);
     await this.opts.host.mkdirp(dir);
@@ -200,15 +213,7 @@ export class QemuDriver implements HypervisorDriver {
       this.qemu,
       '-name',
       spec.name,
-      ...qemuGuestArgs(this.opts.image, {
-        memoryMiB: Math.floor(spec.memoryBytes / 2 ** 20),
-        wss: w.wssMiB,
-        rate: w.rate,
-        verifyMs: 1000,
-        seed: spec.seed,
-        serialLog,
-        ...(w.growKiBps ? { growKiBps: w.growKiBps, wss0: w.wss0MiB } : {}),
-      }),
+      ...this.guestArgs(spec, serialLog),
       '-qmp',
       `unix:${path.posix.join(dir, 'qmp.sock')},server=on,wait=off`,
       '-pidfile',
@@ -217,11 +222,16 @@ export class QemuDriver implements HypervisorDriver {
       ...(incoming ? ['-incoming', 'defer'] : []),
     ];
     // The spec goes first: a QEMU that is running is always adoptable after an agent restart.
-    const specFile = path.posix.join(dir, 'spec.json');
-    await this.opts.host.run(['sh', '-c', `cat > ${JSON.stringify(specFile)} <<'EOF'\n${JSON.stringify(spec)}\nEOF`]);
+    await this.writeSpec(dir, spec);
     const r = await this.opts.host.run(argv);
     if (r.code !== 0) throw new Error(`${this.opts.host.where}: ${this.qemu} failed to start ${spec.name}: ${r.stderr.trim() || `exit ${r.code}`}`);
     return this.attach(spec, dir, 15_000, incoming);
+  }
+
+  private async writeSpec(dir: string, spec: VmSpec): Promise<void> {
+    const specFile = path.posix.join(dir, 'spec.json');
+    const r = await this.opts.host.run(['sh', '-c', `cat > "$1" <<'FERRY_SPEC_EOF'\n${JSON.stringify(spec)}\nFERRY_SPEC_EOF`, 'write-spec', specFile]);
+    if (r.code !== 0) throw new Error(`${this.opts.host.where}: cannot write ${specFile}: ${r.stderr.trim()}`);
   }
 
   /** Launch a guest and return once its workload runs (it says so on serial). */
@@ -239,6 +249,44 @@ export class QemuDriver implements HypervisorDriver {
       await new Promise((r) => setTimeout(r, 200));
     }
     return this.info(vm);
+  }
+
+  /**
+   * Take over a QEMU that ferry did not launch, by its QMP socket (`-qmp unix:PATH` on its
+   * command line). Its command line, read from /proc, is what the target of a migration
+   * runs (less the monitor, pidfile, serial and daemonize options). Its state directory
+   * links to the socket and serial log, so an agent restart re-attaches it like any other.
+   */
+  async attachExisting(name: string, qmpPath: string, serialPath: string | null): Promise<VmInfo> {
+    if (this.vms.has(name)) throw new Error(`VM ${name} already exists on ${this.opts.hostId}`);
+    const probe = await this.opts.host.openQmp(qmpPath, 5000);
+    let memoryBytes = 0;
+    let vcpus = 1;
+    try {
+      memoryBytes = (await probe.execute<{ 'base-memory': number }>('query-memory-size-summary'))['base-memory'];
+      vcpus = (await probe.execute<unknown[]>('query-cpus-fast')).length || 1;
+    } finally {
+      probe.close();
+    }
+    const find = await this.opts.host.run([
+      'sh',
+      '-c',
+      `for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/cmdline 2>/dev/null | grep -qxF -- "unix:$1,server=on,wait=off" && { echo "\${p#/proc/}"; tr '\\0' '\\n' < $p/cmdline; exit 0; }; tr '\\0' '\\n' < $p/cmdline 2>/dev/null | grep -qE -- "^unix:$1(,|$)" && { echo "\${p#/proc/}"; tr '\\0' '\\n' < $p/cmdline; exit 0; }; done; exit 1`,
+      'find-qemu',
+      qmpPath,
+    ]);
+    if (find.code !== 0) throw new Error(`no QEMU on ${this.opts.host.where} has -qmp unix:${qmpPath} on its command line (ferry attaches QEMUs whose QMP socket is given with -qmp)`);
+    const [pid, ...argv] = find.stdout.split('\n').filter((l) => l !== '');
+    const qemuArgs = stripOwnOptions(argv.slice(1));
+    const spec: VmSpec = { name, memoryBytes, vcpus, workload: 'external', seed: 0, qemuArgs };
+    const dir = path.posix.join(this.opts.stateDir, name);
+    await this.opts.host.remove(dir);
+    await this.opts.host.mkdirp(dir);
+    await this.opts.host.run(['ln', '-sfn', qmpPath, path.posix.join(dir, 'qmp.sock')]);
+    if (serialPath) await this.opts.host.run(['ln', '-sfn', serialPath, path.posix.join(dir, 'serial.log')]);
+    await this.opts.host.run(['sh', '-c', 'echo "$1" > "$2"', 'pid', String(pid), path.posix.join(dir, 'qemu.pid')]);
+    await this.writeSpec(dir, spec);
+    return this.info(await this.attach(spec, dir, 5000));
   }
 
   /** Target side: a QEMU waiting for an incoming migration (`-incoming defer`). */
@@ -297,4 +345,21 @@ export class QemuDriver implements HypervisorDriver {
 
 function wake(vm: QemuVm): void {
   for (const w of [...vm.waiters]) w();
+}
+
+/** Options ferry sets itself on every QEMU it launches: dropped from an attached command line. */
+const OWN_OPTIONS = new Set(['-qmp', '-pidfile', '-serial', '-incoming', '-name', '-monitor']);
+
+export function stripOwnOptions(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '-daemonize' || a === '-S') continue;
+    if (OWN_OPTIONS.has(a)) {
+      i++; // and its value
+      continue;
+    }
+    out.push(a);
+  }
+  return out;
 }
