@@ -28,6 +28,7 @@ const FORCE_COMPLETE_DOWNTIME_MS = 2_000_000;
 /** ferry's policy decides stop-and-copy, not QEMU's own estimate: keep QEMU's limit tiny. */
 const POLICY_DRIVEN_DOWNTIME_MS = 1;
 const UNCAPPED = 64 * 2 ** 30;
+const NO_RAM_YET = { transferred: 0, remaining: 0, total: 0, dirtySyncCount: 0, pageSize: 4096, normal: 0, duplicate: 0, postcopyRequests: 0, precopyBytes: 0, postcopyBytes: 0, downtimeBytes: 0, mbps: 0 };
 
 export interface QemuPrepareTargetInput extends StepRef {
   source: string;
@@ -234,18 +235,22 @@ export function createQemuActivities(ctx: QemuContext) {
             const passes = vm.passes.slice(s.passBase);
             const a = passes[input.index - 1];
             const b = passes[input.index];
-            if (a?.info.ram && b?.info.ram) {
-              const pageSize = b.info.ram.pageSize || 4096;
+            if (a && b) {
+              // The first sync happens while QEMU is still in setup, before it has RAM
+              // counters: nothing was sent yet, so zeros are the truth there.
+              const ra = a.info.ram ?? NO_RAM_YET;
+              const rb = b.info.ram ?? NO_RAM_YET;
+              const pageSize = rb.pageSize || 4096;
               // Pages sent between the two syncs (zero pages too: they were dirty); wire bytes.
-              const bytes = Math.max(0, b.info.ram.transferred - a.info.ram.transferred);
+              const bytes = Math.max(0, rb.transferred - ra.transferred);
               return {
                 kind: 'iteration',
                 iteration: {
                   index: input.index,
-                  pages: b.info.ram.normal + b.info.ram.duplicate - (a.info.ram.normal + a.info.ram.duplicate),
+                  pages: Math.max(0, rb.normal + rb.duplicate - (ra.normal + ra.duplicate)),
                   bytes,
                   durationMs: Math.max(0, b.atMs - a.atMs),
-                  dirtyAfter: Math.round(b.info.ram.remaining / pageSize),
+                  dirtyAfter: Math.round(rb.remaining / pageSize),
                   finishedAtMs: b.atMs,
                 },
               };
