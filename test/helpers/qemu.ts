@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { FerryProcess } from '../../src/cli/processes';
 import { ensureTestGuest, type TestGuest } from '../../src/hypervisor/qemu/guest-image';
+import { killQemusUnder } from '../../src/hypervisor/qemu/driver';
 import { startAgentProcess, tempDir } from './cluster';
 
 let guest: Promise<TestGuest> | undefined;
@@ -35,20 +36,7 @@ export async function startQemuAgent(
   return { hostId, stateDir, proc };
 }
 
-/** Kill every QEMU whose pidfile is under `dir` and remove the directory. */
-export function killQemusUnder(dir: string): void {
-  if (!fs.existsSync(dir)) return;
-  for (const vm of fs.readdirSync(dir)) {
-    const pidFile = path.join(dir, vm, 'qemu.pid');
-    try {
-      const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
-      if (pid > 1) process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-  fs.rmSync(dir, { recursive: true, force: true });
-}
+export { killQemusUnder };
 
 export async function stopQemuAgent(a: QemuAgent | undefined): Promise<void> {
   if (!a) return;

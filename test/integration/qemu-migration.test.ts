@@ -3,7 +3,7 @@
  * real workflow on the real dev server. The guest's workload verifies its own pages and says
  * so on its serial console; the report's verification is that verdict, read on the target.
  */
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -91,4 +91,23 @@ describe('QEMU guests', () => {
     expectVerifiedOnTarget(r);
     expect(r.verification!.method).toMatch(/guest self-check/);
   }, 240_000);
+});
+
+describe('ferry demo --driver qemu', () => {
+  it('runs the main job on real QEMU guests: as-hybrid, verified by the guest on host-b', async () => {
+    const bin = path.resolve('bin/ferry.mjs');
+    const cwd = tempDir('demo-qemu'); // its .ferry state goes here
+    const env = { ...process.env };
+    delete env.FERRY_TEMPORAL_ADDRESS; // the demo starts its own dev server
+    const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(process.execPath, [bin, 'demo', '--driver', 'qemu', '--json'], { cwd, env, maxBuffer: 64 << 20, timeout: 240_000 }, (err, out, errOut) =>
+        resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout: String(out), stderr: String(errOut) }),
+      );
+    });
+    expect(code, stderr.slice(-2000)).toBe(0);
+    const r = JSON.parse(stdout) as MigrationReport;
+    expect(r).toMatchObject({ strategy: 'as-hybrid', driver: 'qemu', outcome: 'completed', source: 'host-a', target: 'host-b' });
+    expect(r.verification).toMatchObject({ ok: true, where: 'target' });
+    expect(stderr).toContain('stopped the controller, the agents, the QEMU guests and the dev server');
+  }, 300_000);
 });

@@ -13,7 +13,7 @@ import { machineFacts, parseOnly, planCells, renderExisting, runBench, SCALES, C
 import { UsageError } from '../../common/errors';
 import { formatBytes, parseDuration, parseRate, parseSize } from '../../common/units';
 import { isStrategy, usesParMigrate, type StrategyName } from '../../policy/types';
-import { QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
+import { killQemusUnder, QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
 import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
 import { QEMU_BENCH_STRATEGIES, qemuTable, runQemuBench, writeQemuOutputs } from '../../bench/qemu';
 import { spawnSync } from 'node:child_process';
@@ -189,16 +189,7 @@ async function runQemuSuite(values: Record<string, unknown>, argv: string[]): Pr
   } finally {
     await cluster.stop();
     // QEMU runs daemonized: kill what the agents left behind.
-    for (const host of [source, target]) {
-      const dir = path.join(stateRoot, host);
-      for (const vm of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
-        try {
-          process.kill(Number(fs.readFileSync(path.join(dir, vm, 'qemu.pid'), 'utf8').trim()), 'SIGKILL');
-        } catch {
-          // gone
-        }
-      }
-    }
+    for (const host of [source, target]) killQemusUnder(path.join(stateRoot, host));
     fs.rmSync(stateRoot, { recursive: true, force: true });
   }
 }

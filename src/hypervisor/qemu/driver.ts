@@ -7,6 +7,7 @@
  * Test guests (./guest-image.ts) run a workload that dirties memory and verifies its own
  * pages; the driver reads its verdicts from the serial log.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import type { HypervisorDriver, VmInfo, VmSpec, VmState } from '../driver';
 import type { QemuHost } from './host';
@@ -362,4 +363,22 @@ export function stripOwnOptions(argv: string[]): string[] {
     out.push(a);
   }
   return out;
+}
+
+/**
+ * Kill every QEMU whose pidfile lies in a per-VM directory under `stateDir` (this machine),
+ * and remove the directory: QEMU runs daemonized, so demos, benches and tests that own a
+ * state directory clean up with this.
+ */
+export function killQemusUnder(stateDir: string): void {
+  if (!fs.existsSync(stateDir)) return;
+  for (const vm of fs.readdirSync(stateDir)) {
+    try {
+      const pid = Number(fs.readFileSync(path.join(stateDir, vm, 'qemu.pid'), 'utf8').trim());
+      if (pid > 1) process.kill(pid, 'SIGKILL');
+    } catch {
+      // no pidfile, or gone already
+    }
+  }
+  fs.rmSync(stateDir, { recursive: true, force: true });
 }
