@@ -140,7 +140,7 @@ export function createQemuActivities(ctx: QemuContext) {
       status: info.status,
       error: info.error,
       downtimeMs: info.downtimeMs,
-      pausedAtMs: statusAt(v, 'device', since) ?? statusAt(v, 'postcopy-active', since),
+      pausedAtMs: v.lastStopAtMs !== null && v.lastStopAtMs >= since ? v.lastStopAtMs : null,
       postcopyActiveAtMs: statusAt(v, 'postcopy-active', since),
       completedAtMs: statusAt(v, 'completed', since),
       transferredBytes: info.ram?.transferred ?? 0,
@@ -388,8 +388,9 @@ export function createQemuActivities(ctx: QemuContext) {
     },
 
     /** Target: the guest's own check, read from its serial console after it resumed here. */
-    async qemuVerifyTarget(input: StepRef & { passes?: number; timeoutMs?: number }): Promise<VerifyResult> {
-      return verifyOn(input.vm, input.passes ?? 2, input.timeoutMs ?? 120_000, 0);
+    async qemuVerifyTarget(input: StepRef & { passes?: number; timeoutMs?: number }): Promise<VerifyResult & { resumedAtMs: number | null }> {
+      const v = vmOf(input.vm);
+      return { ...(await verifyOn(input.vm, input.passes ?? 2, input.timeoutMs ?? 120_000, 0)), resumedAtMs: v.lastResumeAtMs };
     },
 
     /** Source: the guest left; stop its paused copy here. */

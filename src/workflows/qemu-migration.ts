@@ -87,6 +87,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   let endedAtMs: number | null = null;
   let outcome: QemuOutcome | null = null;
   let verification: VerifyResult | null = null;
+  let resumedAtMs: number | null = null;
   let rollbackVerification: VerifyResult | null = null;
   let ending: 'stop-and-copy' | 'switch-to-postcopy' | 'converged' = 'stop-and-copy';
 
@@ -184,7 +185,9 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
       memoryBytes,
       startedAt: new Date(startedAtMs).toISOString(),
       totalTimeMs: Math.max(0, (endedAtMs ?? Date.now()) - startedAtMs),
-      downtimeMs: outcome?.completedAtMs ? outcome.downtimeMs : null,
+      // The guest's pause as its two QEMUs saw it: the source's STOP to the target's RESUME
+      // (QMP event timestamps); QEMU's own figure when one of them is missing.
+      downtimeMs: resumedAtMs !== null && outcome?.pausedAtMs ? Math.max(0, resumedAtMs - outcome.pausedAtMs) : outcome?.completedAtMs ? outcome.downtimeMs : null,
       postcopyDurationMs,
       bytes: { migrationNetwork: net, storageWrite: 0, storageRead: 0, total: net },
       iterations,
@@ -315,7 +318,9 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
       }
     }
     setPhase('verifying');
-    verification = await fwdT.qemuVerifyTarget({ ...ref, passes: 2 });
+    const verified = await fwdT.qemuVerifyTarget({ ...ref, passes: 2 });
+    verification = verified;
+    resumedAtMs = verified.resumedAtMs ?? null;
     const released = await fwdS.qemuRelease(ref).catch((e: unknown) => ({ releasedAtMs: Date.now(), transferredBytes: -1, problem: unwrap(e) }));
     endedAtMs = outcome?.completedAtMs ?? released.releasedAtMs;
     const ok = verification.ok;

@@ -79,6 +79,9 @@ export interface QemuVm {
   passes: PassSample[];
   /** Wakes whoever waits for a pass or a status. */
   waiters: Set<() => void>;
+  /** QEMU's timestamps of the last STOP and RESUME events (the guest paused / ran again). */
+  lastStopAtMs: number | null;
+  lastResumeAtMs: number | null;
 }
 
 export class QemuDriver implements HypervisorDriver {
@@ -124,6 +127,8 @@ export class QemuDriver implements HypervisorDriver {
       statuses: [],
       passes: [],
       waiters: new Set(),
+      lastStopAtMs: null,
+      lastResumeAtMs: null,
     };
     const status = (await qmp.execute<{ status: string; running: boolean }>('query-status')).status;
     vm.state = status === 'inmigrate' ? 'incoming' : status === 'running' ? 'running' : status === 'postmigrate' ? 'stopped' : 'paused';
@@ -153,8 +158,10 @@ export class QemuDriver implements HypervisorDriver {
         .catch(() => undefined);
       return;
     } else if (e.event === 'STOP') {
+      vm.lastStopAtMs = e.atMs;
       if (vm.state === 'running') vm.state = 'paused';
     } else if (e.event === 'RESUME') {
+      vm.lastResumeAtMs = e.atMs;
       vm.state = 'running';
       vm.incoming = false;
     } else if (e.event === 'SHUTDOWN') {
