@@ -1,0 +1,33 @@
+/** The QEMU driver's pure parts: workloads of the test guest and attached command lines. */
+import { describe, expect, it } from 'vitest';
+import { resolveWorkload, stripOwnOptions } from '../../src/hypervisor/qemu/driver';
+import { shellQuote } from '../../src/hypervisor/qemu/host';
+
+const MiB = 2 ** 20;
+
+describe('resolveWorkload', () => {
+  it('scales the working sets with memory, and a rate override wins', () => {
+    expect(resolveWorkload({ workload: 'converging', memoryBytes: 256 * MiB })).toEqual({ wssMiB: 64, rate: 2048 });
+    expect(resolveWorkload({ workload: 'write-intensive', memoryBytes: 256 * MiB })).toEqual({ wssMiB: 128, rate: 0, growKiBps: 4096, wss0MiB: 16 });
+    expect(resolveWorkload({ workload: 'hot-set', memoryBytes: 1024 * MiB })).toEqual({ wssMiB: 512, rate: 0 });
+    expect(resolveWorkload({ workload: 'converging', memoryBytes: 256 * MiB, rate: 500 }).rate).toBe(500);
+  });
+
+  it('refuses a workload the test guest does not have, naming those it has', () => {
+    expect(() => resolveWorkload({ workload: 'memcached', memoryBytes: 256 * MiB })).toThrow(/unknown QEMU workload 'memcached' \(known: converging, write-intensive, hot-set, idle\)/);
+  });
+});
+
+describe('stripOwnOptions', () => {
+  it('drops the monitor, pidfile, serial, name, incoming and daemonize options ferry sets itself', () => {
+    const argv = ['-machine', 'q35', '-name', 'web-1', '-m', '2048', '-qmp', 'unix:/run/q.sock,server=on,wait=off', '-daemonize', '-pidfile', '/run/q.pid', '-serial', 'file:/x', '-drive', 'file=/img.qcow2,if=virtio', '-S', '-monitor', 'stdio'];
+    expect(stripOwnOptions(argv)).toEqual(['-machine', 'q35', '-m', '2048', '-drive', 'file=/img.qcow2,if=virtio']);
+  });
+});
+
+describe('shellQuote', () => {
+  it('quotes what a remote shell would split or expand', () => {
+    expect(shellQuote(['qemu-system-x86_64', '-append', "console=ttyS0 ferry.wss=64", "it's"])).toBe(`qemu-system-x86_64 -append 'console=ttyS0 ferry.wss=64' 'it'\\''s'`);
+    expect(shellQuote(['-qmp', 'unix:/tmp/a b/qmp.sock,server=on,wait=off'])).toBe(`-qmp 'unix:/tmp/a b/qmp.sock,server=on,wait=off'`);
+  });
+});
