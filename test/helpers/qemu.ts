@@ -25,10 +25,10 @@ export interface QemuAgent {
 
 export async function startQemuAgent(
   hostId: string,
-  opts: { migrationAddr?: string; fallbackAddr?: string; extraArgs?: string[]; wrap?: string[]; address?: string } = {},
+  opts: { migrationAddr?: string; fallbackAddr?: string; extraArgs?: string[]; address?: string; stateDir?: string } = {},
 ): Promise<QemuAgent> {
   const img = await testGuest();
-  const stateDir = tempDir(`qemu-${hostId}`);
+  const stateDir = opts.stateDir ?? tempDir(`qemu-${hostId}`);
   const args = ['--driver', 'qemu', '--qemu-state', stateDir, '--guest-kernel', img.kernel, '--guest-initrd', img.initrd, '--memory-capacity', '2GiB'];
   if (opts.migrationAddr) args.push('--migration-addr', opts.migrationAddr, '--data-addr', `${opts.migrationAddr}:0`);
   if (opts.fallbackAddr) args.push('--fallback-addr', opts.fallbackAddr);

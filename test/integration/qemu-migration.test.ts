@@ -93,6 +93,26 @@ describe('QEMU guests', () => {
   }, 240_000);
 });
 
+describe('QEMU guests outlive their agent', () => {
+  it('an agent restarted on the same state directory re-attaches to the running guest', async () => {
+    const host = uniqueHost('qre');
+    const first = await startQemuAgent(host, { migrationAddr: '127.0.0.1' });
+    let second: QemuAgent | undefined;
+    try {
+      await createVm(controller.client, host, { name: 'qemu-re-1', memoryBytes: 128 * MiB, workload: 'idle', seed: 4 });
+      await first.proc.stop();
+      second = await startQemuAgent(host, { migrationAddr: '127.0.0.1', stateDir: first.stateDir });
+      expect(second.proc.output()).toContain('re-attached to running QEMU guest(s) qemu-re-1');
+      const res = (await controller.client.workflow.execute('inventoryWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: `inv-${randomUUID()}`, args: [{ hosts: [host], timeoutMs: 10_000 }] })) as {
+        hosts: { ok: boolean; facts: { vms: { name: string; state: string; driver: string }[] } }[];
+      };
+      expect(res.hosts[0]!.facts.vms).toEqual([expect.objectContaining({ name: 'qemu-re-1', state: 'running', driver: 'qemu' })]);
+    } finally {
+      await stopQemuAgent(second ?? first);
+    }
+  }, 120_000);
+});
+
 describe('ferry demo --driver qemu', () => {
   it('runs the main job on real QEMU guests: as-hybrid, verified by the guest on host-b', async () => {
     const bin = path.resolve('bin/ferry.mjs');
