@@ -313,8 +313,13 @@ export function createQemuActivities(ctx: QemuContext) {
       let lastBytes = -1;
       let lastChange = Date.now();
       let stalled = false;
+      let pausedNow = false;
+      // A pause recorded before this call is history (the recovery that followed resumed it);
+      // only a pause from now on, or QEMU saying paused now, counts.
+      const callStart = Date.now();
       const probe = async () => {
         const info = await query(v).catch(() => null);
+        if (info?.status === 'postcopy-paused') pausedNow = true;
         if (!info?.ram) return;
         const b = info.ram.transferred;
         if (b !== lastBytes) {
@@ -326,10 +331,11 @@ export function createQemuActivities(ctx: QemuContext) {
       try {
         const kind = await Promise.race([
           d.waitFor(input.vm, (vm) => {
-            const x = lastStatus(vm, since)?.status;
+            const last = lastStatus(vm, since);
+            const x = last?.status;
             if (x === 'completed') return 'completed' as const;
             if (x === 'failed' || x === 'cancelled') return 'failed' as const;
-            if (x === 'postcopy-paused') return 'paused' as const;
+            if ((x === 'postcopy-paused' && last!.atMs >= callStart - 50) || pausedNow) return 'paused' as const;
             if (stalled) return 'stalled' as const;
             return null;
           }, 2 * 3600_000, () => heartbeat({ lastBytes })),
@@ -429,7 +435,8 @@ export function createQemuActivities(ctx: QemuContext) {
     async qemuAbortTarget(input: StepRef): Promise<{ removed: boolean }> {
       sessions.delete(input.migrationId);
       const v = d.vm(input.vm);
-      if (!v || !v.incoming) return { removed: false };
+      if (v && !v.incoming) return { removed: false }; // the guest runs here: never remove it
+      // An incoming QEMU exits on its own when the stream breaks: its directory stays.
       await d.destroyVm(input.vm);
       return { removed: true };
     },

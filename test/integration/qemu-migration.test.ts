@@ -12,8 +12,9 @@ import { CONTROL_QUEUE } from '../../src/common/names';
 import { parseSerial, qemuGuestArgs } from '../../src/hypervisor/qemu/guest-image';
 import type { MigrationReport } from '../../src/workflows/report';
 import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
-import { createVm, migrate, MiB } from '../helpers/migrate';
-import { killQemusUnder, startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+import { createVm, migrate, MiB, startMigration } from '../helpers/migrate';
+import { cancelUpdate, progressQuery } from '../../src/workflows/messages';
+import { killQemusUnder, serialOf, startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
 import { maybeRecordHistory } from '../helpers/history';
 
 let controller: TestController;
@@ -68,6 +69,26 @@ describe('QEMU guests', () => {
     expect(r.postcopyDurationMs).toBeGreaterThan(0);
     expect(r.postcopy).not.toBeNull();
   }, 300_000);
+
+  it('a cancel during pre-copy rolls back: the guest runs on the source and verifies there', async () => {
+    const vm = 'qemu-cancel-1';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'hot-set', seed: 12 });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 16 * MiB } });
+    for (let i = 0; i < 600; i++) {
+      const p = await handle.query(progressQuery).catch(() => null);
+      if (p && p.iteration >= 2) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await handle.executeUpdate(cancelUpdate, { args: [{ by: 'test', reason: 'change window closed' }] });
+    const r = (await handle.result()) as MigrationReport;
+    expect(r.outcome, r.reason).toBe('rolled-back');
+    expect(r.reason).toMatch(/cancelled by test \(change window closed\) during precopy; rolled back, qemu-cancel-1 runs on/);
+    expect(r.verification).toMatchObject({ ok: true, where: 'source' });
+    expect(serialOf(a, vm)).toContain('FERRY verify ok');
+    // The target's incoming QEMU is gone; the source still has the guest.
+    expect(fs.existsSync(path.join(b.stateDir, vm))).toBe(false);
+    await controller.client.workflow.execute('vmCommandWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: `vm-destroy-${randomUUID()}`, args: [{ host: hostA, op: 'destroy', name: vm }] });
+  }, 240_000);
 
   it('attaches a QEMU it did not launch (by its QMP socket), then migrates it with its own command line', async () => {
     const img = await testGuest();

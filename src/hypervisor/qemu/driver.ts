@@ -306,13 +306,20 @@ export class QemuDriver implements HypervisorDriver {
 
   async destroyVm(name: string): Promise<void> {
     const v = this.vms.get(name);
-    if (!v) return;
-    this.vms.delete(name);
-    await v.qmp.execute('quit', undefined, 5000).catch(() => undefined);
-    v.qmp.close();
-    // If QEMU did not quit, its pidfile says whom to kill.
-    await this.opts.host.run(['sh', '-c', `p=$(cat ${JSON.stringify(v.pidPath)} 2>/dev/null) && kill -9 "$p" 2>/dev/null; true`]);
-    await this.opts.host.remove(v.dir);
+    if (v) {
+      this.vms.delete(name);
+      await v.qmp.execute('quit', undefined, 5000).catch(() => undefined);
+      v.qmp.close();
+    }
+    await this.removeLeftovers(name);
+  }
+
+  /** Kill the QEMU of a VM directory (if its pidfile names one) and remove the directory. */
+  async removeLeftovers(name: string): Promise<void> {
+    const dir = path.posix.join(this.opts.stateDir, name);
+    const pidFile = path.posix.join(dir, 'qemu.pid');
+    await this.opts.host.run(['sh', '-c', 'p=$(cat "$1" 2>/dev/null) && kill -9 "$p" 2>/dev/null; true', 'kill-qemu', pidFile]);
+    await this.opts.host.remove(dir);
   }
 
   async readSerial(name: string): Promise<SerialState> {
