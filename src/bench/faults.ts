@@ -1126,16 +1126,40 @@ export function faultTable(rows: FaultRow[]): string {
 
 // ==========================================================================================
 // CLI: npm run bench:faults -- --trials N [--seed S] [--only id,id] [--json]
+//      npm run bench:faults -- --merge a.json,b.json [--json]   (runs split with --only)
+
+/** One table from the `--json` results of runs split with --only (scenarios in suite order). */
+export function mergeFaultResults(parts: FaultSuiteResult[]): FaultSuiteResult {
+  if (parts.length === 0) throw new Error('nothing to merge');
+  const trials = parts.flatMap((p) => p.trials);
+  const seeds = [...new Set(parts.map((p) => p.seed))];
+  if (seeds.length > 1) throw new Error(`the parts were run with different seeds (${seeds.join(', ')})`);
+  const ids = new Set(trials.map((t) => t.scenario));
+  const rows = FAULT_SCENARIOS.filter((s) => ids.has(s.id)).map((s) => rowOf(s, trials.filter((t) => t.scenario === s.id)));
+  return {
+    seed: seeds[0]!,
+    startedAt: parts.map((p) => p.startedAt).sort()[0]!,
+    durationMs: parts.reduce((a, p) => a + p.durationMs, 0),
+    rows,
+    trials,
+    environment: { shaping: parts.find((p) => p.environment.shaping)?.environment.shaping ?? null, machine: parts[0]!.environment.machine },
+  };
+}
 
 async function main(argv: string[]): Promise<number> {
   let trials = 3;
   let seed = Date.now() % 100_000;
   let json = false;
   let only: string[] = [];
+  let merge: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = argv[i + 1];
     if (a === '--json') json = true;
+    else if (a === '--merge' && v !== undefined) {
+      merge = v.split(',').filter(Boolean);
+      i++;
+    }
     else if (a === '--trials' && v !== undefined) {
       trials = Number(v);
       i++;
@@ -1149,9 +1173,19 @@ async function main(argv: string[]): Promise<number> {
       for (const s of FAULT_SCENARIOS) process.stdout.write(`${s.id}\t${s.cluster}\t${s.title}\n`);
       return 0;
     } else {
-      process.stderr.write(`bench:faults: unknown argument '${a}'\nusage: npm run bench:faults -- --trials N [--seed S] [--only id,id] [--json] [--list]\n`);
+      process.stderr.write(`bench:faults: unknown argument '${a}'\nusage: npm run bench:faults -- --trials N [--seed S] [--only id,id] [--json] [--list] | --merge a.json,b.json [--json]\n`);
       return 2;
     }
+  }
+  if (merge.length) {
+    const res = mergeFaultResults(merge.map((f) => JSON.parse(fs.readFileSync(f, 'utf8')) as FaultSuiteResult));
+    if (json) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+    else {
+      const n = [...new Set(res.rows.map((r) => r.trials))].join('/');
+      process.stdout.write(`ferry fault bench: ${n} trial(s) per scenario, seed ${res.seed}, ${ms(res.durationMs)} of runs (merged from ${merge.length} parts)\n\n${faultTable(res.rows)}\n\n`);
+      process.stdout.write(`${res.rows.reduce((a, r) => a + r.lost, 0)} lost, ${res.rows.reduce((a, r) => a + r.unexpected, 0)} unexpected outcome(s)\n`);
+    }
+    return res.rows.some((r) => r.lost > 0) ? 1 : 0;
   }
   if (!Number.isInteger(trials) || trials < 1) {
     process.stderr.write('bench:faults: --trials must be a whole number ≥ 1\n');
