@@ -267,6 +267,8 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
         outcome = await src.qemuStopAndCopy(ref);
       }
       switched = true;
+      // QEMU moves the rest itself now (post-copy or the final copy): nothing left for an ETA.
+      remainingPages = 0;
     });
   } catch (err) {
     if (switched) throw err;
