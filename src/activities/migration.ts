@@ -14,6 +14,7 @@ import { Context, activityInfo } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { Bitmap } from '../dataplane/bitmap';
 import { PageChannel, type PageChannelServer, type Registration } from '../dataplane/channel';
+import { tlsCreateConnection, type ChannelTls } from '../dataplane/tls';
 import { loadPbData, mergeStatic, type MergeProgress } from '../dataplane/merge';
 import type { SharedStore } from '../dataplane/store';
 import { EmulatedGuest } from '../guest';
@@ -50,6 +51,8 @@ export interface MigrationContext extends HostContext {
   driver: EmulatedDriver;
   channels: PageChannelServer;
   store: SharedStore;
+  /** Mutual TLS on channel-2: the source dials with it and expects the target's host id. */
+  tls?: ChannelTls;
 }
 
 /** Recorded results per step; a retry of a running step awaits the same promise. */
@@ -73,6 +76,8 @@ interface SourceSession {
   memory: GuestMemory;
   strategy: StrategyName;
   options: MigrationOptions;
+  /** The target's host id (what its TLS certificate must name). */
+  target: string;
   address: string;
   secret: string;
   channel: PageChannel | null;
@@ -191,6 +196,7 @@ export function createMigrationActivities(ctx: MigrationContext) {
       zeroElision: s.options.zeroElision,
       stallTimeoutMs: CHANNEL_STALL_MS,
       handshakeTimeoutMs: CONNECT_TIMEOUT_MS,
+      ...(ctx.tls ? { createConnection: tlsCreateConnection(ctx.tls, s.target, { timeoutMs: CONNECT_TIMEOUT_MS }) } : {}),
       handlers: {
         onFaultRequest: (pfns) => {
           // Post-copy: the target's vCPU waits for these; they overtake the background push.
@@ -276,6 +282,7 @@ export function createMigrationActivities(ctx: MigrationContext) {
         memory: guest.memory,
         strategy: input.strategy,
         options: input.options,
+        target: input.target,
         address: input.dataAddress,
         secret: input.secret,
         channel: null,

@@ -15,7 +15,12 @@
  * failure: ERROR frame, connection closed, nothing applied. The secret is never logged
  * nor put in an error. The channel only uses net.Socket's stream interface, so a
  * tls.TLSSocket can be passed in (PageChannelServer.handleSocket, connect's
- * createConnection) when mutual TLS arrives.
+ * createConnection).
+ *
+ * Optional mutual TLS with a cluster CA (tls.ts) runs under the handshake:
+ * PageChannelServer.listen({ tls }) accepts only clients with a certificate the CA
+ * signed, and the source dials with tls.ts's createConnection, which checks that the
+ * server's certificate names the target host id. The HMAC handshake is the same either way.
  *
  * After the handshake the channel is symmetric: both ends send PAGES, FAULT_REQUEST,
  * BARRIER/ACK, CONTROL, DEVICE_STATE. The sender has two lanes: 'priority' (fault
@@ -27,6 +32,7 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
+import tls from 'node:tls';
 import { setImmediate as nextMacrotask } from 'node:timers/promises';
 import {
   buildPagesFrame,
@@ -56,6 +62,7 @@ import {
 } from './frame';
 import { DEFAULT_PAGE_SIZE, type PageSink, type PageSource } from './pages';
 import { TokenBucket } from './rate';
+import { tlsClientFailure } from './tls';
 
 export type { Lane } from './codec';
 
@@ -653,6 +660,8 @@ export class PageChannel {
 class HandshakeReader {
   private waiter: (() => void) | null = null;
   private problem: Error | null = null;
+  /** Bytes received so far. */
+  receivedBytes = 0;
   private readonly listeners: [string, (...args: any[]) => void][];
 
   constructor(
@@ -665,7 +674,7 @@ class HandshakeReader {
       w?.();
     };
     this.listeners = [
-      ['data', (chunk: Buffer) => (decoder.push(chunk), poke())],
+      ['data', (chunk: Buffer) => ((this.receivedBytes += chunk.length), decoder.push(chunk), poke())],
       ['end', () => ((this.problem ??= new ChannelClosedError('CLOSED', 'channel-2 connection closed during the handshake')), poke())],
       ['close', () => ((this.problem ??= new ChannelClosedError('CLOSED', 'channel-2 connection closed during the handshake')), poke())],
       ['error', (err: Error) => ((this.problem ??= new ChannelClosedError('CLOSED', `channel-2 connection failed during the handshake: ${err.message}`)), poke())],
@@ -742,6 +751,7 @@ export async function clientHandshake(
   opts: { migrationId: string; secret: string | Uint8Array; pageSize: number; pageCount: number; timeoutMs?: number },
 ): Promise<FrameDecoder> {
   const secret = secretBytes(opts.secret);
+  const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
   const reader = new HandshakeReader(socket, new FrameDecoder(MAX_HANDSHAKE_PAYLOAD));
   const deadline = Date.now() + (opts.timeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS);
   const refused = (code: string, message: string): Error =>
@@ -768,6 +778,16 @@ export async function clientHandshake(
       throw new AuthError('AUTH_FAILED', `channel-2 target failed to prove it knows the secret of migration ${opts.migrationId}`);
     }
     return reader.decoder;
+  } catch (err) {
+    // Not a byte back, then a close: what a TLS listener does to a plain HELLO.
+    if (err instanceof ChannelClosedError && err.code === 'CLOSED' && reader.receivedBytes === 0 && !(socket instanceof tls.TLSSocket)) {
+      throw new ChannelClosedError(
+        'CLOSED',
+        `channel-2 target ${peer} closed the connection before answering HELLO: its channel-2 may require mutual TLS (an agent started with --tls-ca, --tls-cert, --tls-key) while this end dialled plain TCP`,
+        { cause: err },
+      );
+    }
+    throw err;
   } finally {
     reader.detach();
   }
@@ -819,8 +839,16 @@ export interface ListenOptions {
   host: string;
   port: number;
   handshakeTimeoutMs?: number;
-  /** A connection refused during the handshake (unknown migration, bad secret, bad frame…). */
+  /**
+   * A connection refused during the handshake (unknown migration, bad secret, bad frame…),
+   * or, with `tls`, a client whose TLS handshake failed (migrationId undefined).
+   */
   onReject?: (err: Error, migrationId: string | undefined) => void;
+  /**
+   * Listen with TLS (tls.ts's tlsServerOptions: mutual, cluster CA, TLS 1.3); each
+   * connection is served once its TLS handshake succeeded. Plain TCP when absent.
+   */
+  tls?: tls.TlsOptions;
 }
 
 /** The target agent's channel-2 listener: one per agent process, many migrations. */
@@ -832,11 +860,38 @@ export class PageChannelServer {
     private readonly server: net.Server,
     private readonly opts: ListenOptions,
   ) {
-    server.on('connection', (socket) => this.handleSocket(socket));
+    if (server instanceof tls.Server) {
+      // Raw connections still in their TLS handshake: close() must not wait for them. Their
+      // peer is noted now: a socket destroyed after a refused certificate no longer knows it.
+      const peers = new WeakMap<net.Socket, string>();
+      server.on('connection', (raw: net.Socket) => {
+        peers.set(raw, `${raw.remoteAddress}:${raw.remotePort}`);
+        this.sockets.add(raw);
+        raw.once('close', () => this.sockets.delete(raw));
+      });
+      server.on('secureConnection', (socket: tls.TLSSocket) => this.handleSocket(socket));
+      // A client without TLS, or with a certificate the CA did not sign: the socket is
+      // already destroyed; report it and go on serving.
+      server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
+        // The raw TCP socket under a server TLSSocket is Node's `_parent`.
+        const raw = (socket as unknown as { _parent?: net.Socket })._parent;
+        const from = (raw && peers.get(raw)) ?? (socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'a client');
+        const error = new AuthError('AUTH_FAILED', `channel-2 TLS handshake with ${from} failed: ${tlsClientFailure(err, socket)}`, { cause: err });
+        try {
+          this.opts.onReject?.(error, undefined);
+        } catch {
+          // a throwing reporter must not take the listener down
+        }
+      });
+    } else {
+      server.on('connection', (socket) => this.handleSocket(socket));
+    }
   }
 
   static async listen(opts: ListenOptions): Promise<PageChannelServer> {
-    const server = net.createServer({ noDelay: true });
+    const server = opts.tls
+      ? tls.createServer({ ...opts.tls, noDelay: true, handshakeTimeout: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS })
+      : net.createServer({ noDelay: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(opts.port, opts.host, () => {

@@ -10,6 +10,7 @@ import os from 'node:os';
 import { createHostActivities } from '../activities/host';
 import { createMigrationActivities, type MigrationContext } from '../activities/migration';
 import { PageChannelServer } from '../dataplane/channel';
+import { checkOwnIdentity, loadChannelTls, tlsServerOptions, type ChannelTlsFiles } from '../dataplane/tls';
 import { SharedStore } from '../dataplane/store';
 import { hostQueue } from '../common/names';
 import { EmulatedDriver } from '../hypervisor/emulated';
@@ -39,6 +40,12 @@ export interface AgentOptions {
   metricsAddr?: string;
   /** Driver qemu: where QEMU runs and which addresses its migration streams use. */
   qemu?: QemuAgentOptions;
+  /**
+   * Mutual TLS on channel-2 with a cluster CA: the listener accepts only agents with a
+   * certificate the CA signed, and this agent, as a source, accepts only a target whose
+   * certificate names the target's host id. This host's certificate must name opts.hostId.
+   */
+  tls?: ChannelTlsFiles;
   log?: (line: string) => void;
 }
 
@@ -69,6 +76,9 @@ export interface RunningAgent {
 export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   installRuntime();
   const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  // Before anything starts: a bad file or a certificate for another host fails here.
+  const tls = opts.tls ? loadChannelTls(opts.tls) : undefined;
+  if (tls) checkOwnIdentity(tls, opts.hostId);
   let qemuDriver: QemuDriver | null = null;
   let ssh: SshHost | null = null;
   if (opts.driver === 'qemu') {
@@ -87,7 +97,19 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const emulated = qemuDriver ? null : new EmulatedDriver({ hostId: opts.hostId });
   const driver: HypervisorDriver = qemuDriver ?? emulated!;
   const [bindHost, bindPort] = splitHostPort(opts.dataAddr);
-  const channels = await PageChannelServer.listen({ host: bindHost, port: bindPort });
+  const channels = await PageChannelServer.listen({
+    host: bindHost,
+    port: bindPort,
+    ...(tls
+      ? {
+          tls: tlsServerOptions(tls),
+          // A peer refused at the TLS layer never reaches a migration: say it here.
+          onReject: (err: Error, migrationId: string | undefined) => {
+            if (migrationId === undefined) log(`ferry agent ${opts.hostId}: ${err.message}`);
+          },
+        }
+      : {}),
+  });
   const bound = channels.address;
   const advertisedHost = bound.host === '0.0.0.0' || bound.host === '::' ? os.hostname() : bound.host;
   const dataAddress = opts.dataAdvertise ?? `${advertisedHost}:${bound.port}`;
@@ -100,7 +122,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     startedAtMs: Date.now(),
   };
   const migrationActivities = emulated
-    ? createMigrationActivities({ ...ctx, driver: emulated, channels, store: new SharedStore(opts.storageDir) } satisfies MigrationContext)
+    ? createMigrationActivities({ ...ctx, driver: emulated, channels, store: new SharedStore(opts.storageDir), ...(tls ? { tls } : {}) } satisfies MigrationContext)
     : createQemuActivities({
         ...ctx,
         driver: qemuDriver!,
@@ -146,7 +168,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await ssh?.close();
     await connection.close();
   });
-  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}${ssh ? ` over ssh ${ssh.where}` : ''}, data ${dataAddress}, pid ${process.pid})`);
+  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}${ssh ? ` over ssh ${ssh.where}` : ''}, data ${dataAddress}${tls ? ', channel-2 mTLS' : ''}, pid ${process.pid})`);
   return {
     hostId: opts.hostId,
     taskQueue,

@@ -4,6 +4,7 @@ import { HOST_ID_RE } from '../../common/names';
 import { parseSize } from '../../common/units';
 import path from 'node:path';
 import { startAgent, type QemuAgentOptions } from '../../workers/agent';
+import { checkOwnIdentity, loadChannelTls, TlsConfigError, type ChannelTlsFiles } from '../../dataplane/tls';
 import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
 import type { SshTarget } from '../../hypervisor/qemu/ssh';
 import { onShutdownSignal } from '../../workers/runtime';
@@ -12,9 +13,30 @@ import { commonOptions, configFrom, say, temporalAddressOf } from '../context';
 
 export const help =
   'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE] [--metrics HOST:PORT] ' +
-  '[--qemu-state DIR] [--migration-addr IP] [--fallback-addr IP] [--guest-kernel F --guest-initrd F] [--ssh USER@HOST[:PORT] --ssh-key F --known-hosts F]   run a host agent';
+  '[--qemu-state DIR] [--migration-addr IP] [--fallback-addr IP] [--guest-kernel F --guest-initrd F] [--ssh USER@HOST[:PORT] --ssh-key F --known-hosts F] ' +
+  '[--tls-ca F --tls-cert F --tls-key F]   run a host agent';
 
 const IP_RE = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]+)$/;
+
+/** --tls-ca, --tls-cert, --tls-key: mutual TLS on channel-2, all three or none; checked here. */
+function tlsOptions(values: Record<string, unknown>, hostId: string): ChannelTlsFiles | undefined {
+  const ca = str(values['tls-ca']);
+  const cert = str(values['tls-cert']);
+  const key = str(values['tls-key']);
+  if (ca === undefined && cert === undefined && key === undefined) return undefined;
+  if (ca === undefined || cert === undefined || key === undefined) {
+    const missing = [ca === undefined && '--tls-ca', cert === undefined && '--tls-cert', key === undefined && '--tls-key'].filter(Boolean).join(', ');
+    throw new UsageError(`--tls-ca, --tls-cert and --tls-key go together (missing ${missing})`);
+  }
+  const files = { ca, cert, key };
+  try {
+    checkOwnIdentity(loadChannelTls(files), hostId);
+  } catch (err) {
+    if (err instanceof TlsConfigError) throw new UsageError(err.message);
+    throw err;
+  }
+  return files;
+}
 
 /** --driver qemu: where QEMU runs, its guest image, and the two networks' addresses. */
 async function qemuOptions(values: Record<string, unknown>, hostId: string, dataAddr: string): Promise<QemuAgentOptions> {
@@ -67,6 +89,9 @@ export async function run(argv: string[]): Promise<number> {
       ssh: { type: 'string' },
       'ssh-key': { type: 'string' },
       'known-hosts': { type: 'string' },
+      'tls-ca': { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
     },
     false,
   );
@@ -77,6 +102,7 @@ export async function run(argv: string[]): Promise<number> {
   const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
   const dataAddr = str(values['data-addr']) ?? '127.0.0.1:0';
   if (!/^[^\s:]+:\d{1,5}$/.test(dataAddr)) throw new UsageError(`--data-addr: '${dataAddr}' is not HOST:PORT`);
+  const tls = tlsOptions(values, hostId);
   const capacity = values['memory-capacity'] ? parseSize(String(values['memory-capacity']), '--memory-capacity') : Math.floor(os.totalmem() / 2);
   const agent = await startAgent({
     hostId,
@@ -88,6 +114,7 @@ export async function run(argv: string[]): Promise<number> {
     storageDir: cfg.storageDir,
     memoryCapacityBytes: capacity,
     metricsAddr: str(values.metrics),
+    ...(tls ? { tls } : {}),
     ...(driver === 'qemu' ? { qemu: await qemuOptions(values, hostId, dataAddr) } : {}),
   });
   onShutdownSignal((sig) => {
