@@ -22,7 +22,6 @@ import {
   condition,
   isCancellation,
   proxyActivities,
-  setHandler,
   sleep,
   upsertSearchAttributes,
   workflowInfo,
@@ -42,7 +41,8 @@ import { hostQueue } from '../common/names';
 import { Phase as PhaseKey } from '../common/search-attributes';
 import { decide, estimateSendMs, lambdaOf, transferMs } from '../policy';
 import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
-import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
+import { type Phase, type Progress } from './messages';
+import { registerControls } from './controls';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 import { audited, type AttemptLink } from './audit';
 import { runQemuMigration } from './qemu-migration';
@@ -173,78 +173,50 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
   };
   const bytesSent = (): number => iterations.reduce((a, it) => a + it.bytes, 0);
 
-  setHandler(progressQuery, (): Progress => {
-    const eta = estimateSendMs(iterations, remainingPages, pageSize, bandwidth || Infinity);
-    return {
-      id: info.workflowId,
-      vm,
-      source,
-      target,
-      strategy,
-      phase,
-      switched,
-      iteration: iterations.length,
-      remainingPages,
-      pageCount,
-      bytesSent: bytesSent(),
-      lambdas: iterations.map((i) => i.lambda),
-      staticMerged,
-      bandwidthBytesPerSec: bandwidth,
-      etaMs: Number.isFinite(eta.bytesPerSec) && remainingPages > 0 ? Math.round(eta.ms) : null,
-      elapsedMs: Date.now() - startedAt,
-      lastDecision: decisions[decisions.length - 1] ?? null,
-      iterations,
-    };
-  });
-
-  setHandler(
-    forcePostcopyUpdate,
-    (req) => {
-      forcedBy = req.by ?? 'operator';
-      return { accepted: true as const, atIteration: iterations.length + 1 };
+  let preSwitchScope: CancellationScope | null = null;
+  registerControls({
+    vm,
+    target,
+    strategy,
+    phase: () => phase,
+    switched: () => switched,
+    progress: (): Progress => {
+      const eta = estimateSendMs(iterations, remainingPages, pageSize, bandwidth || Infinity);
+      return {
+        id: info.workflowId,
+        vm,
+        source,
+        target,
+        strategy,
+        phase,
+        switched,
+        iteration: iterations.length,
+        remainingPages,
+        pageCount,
+        bytesSent: bytesSent(),
+        lambdas: iterations.map((i) => i.lambda),
+        staticMerged,
+        bandwidthBytesPerSec: bandwidth,
+        etaMs: Number.isFinite(eta.bytesPerSec) && remainingPages > 0 ? Math.round(eta.ms) : null,
+        elapsedMs: Date.now() - startedAt,
+        lastDecision: decisions[decisions.length - 1] ?? null,
+        iterations,
+      };
     },
-    {
-      validator: (_req) => {
-        if (!mayPostcopy(strategy)) throw new Error(`strategy ${strategy} never switches to post-copy; migrate with a hybrid strategy to force one`);
-        if (switched || phase === 'stop-and-copy' || phase === 'switching') throw new Error(`migration of ${vm} is past the switch point (phase ${phase})`);
-        if (phase === 'rolling-back' || phase === 'rolled-back') throw new Error(`migration of ${vm} is ${phase}`);
-      },
+    force: (by) => {
+      forcedBy = by;
+      return iterations.length + 1;
     },
-  );
-
-  setHandler(
-    setBandwidthUpdate,
-    async (rate) => {
+    setBandwidth: async (rate) => {
       bandwidth = rate;
       if (phase !== 'preparing') await cleanup(source).setBandwidth({ ...ref, bandwidthBytesPerSec: rate });
-      return { bandwidthBytesPerSec: rate };
     },
-    {
-      validator: (rate) => {
-        if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) throw new Error('bandwidth must be a number of bytes/s ≥ 0 (0 = uncapped)');
-        if (rate > 0 && rate < 64 * 1024) throw new Error('bandwidth below 64 KiB/s would never converge; use at least 64KiB/s');
-        if (switched || ['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
-      },
-    },
-  );
-
-  let preSwitchScope: CancellationScope | null = null;
-  setHandler(
-    cancelUpdate,
-    (req) => {
+    bandwidthAfterSwitch: false,
+    cancel: (req) => {
       cancelRequest = req;
       preSwitchScope?.cancel();
-      return { accepted: true as const };
     },
-    {
-      validator: (_req) => {
-        if (switched || phase === 'postcopy' || phase === 'verifying') {
-          throw new Error(`refused: ${vm} already runs on ${target} (phase ${phase}); after the switch a migration only moves forward`);
-        }
-        if (['completed', 'rolled-back', 'failed', 'rolling-back'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}`);
-      },
-    },
-  );
+  });
 
   // ---- report assembly ------------------------------------------------------------------
   let workload = 'unknown';

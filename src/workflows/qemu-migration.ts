@@ -15,14 +15,15 @@
  * par-migrate are refused here. Before the switch any failure rolls back (migrate_cancel, the
  * guest runs on the source); after it, only forward.
  */
-import { ApplicationFailure, CancellationScope, condition, isCancellation, proxyActivities, setHandler, upsertSearchAttributes, workflowInfo, allHandlersFinished } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, condition, isCancellation, proxyActivities, upsertSearchAttributes, workflowInfo, allHandlersFinished } from '@temporalio/workflow';
 import type { QemuActivities, QemuIteration, QemuOutcome } from '../activities/qemu';
 import type { VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
 import { Phase as PhaseKey } from '../common/search-attributes';
 import { decide, estimateSendMs, lambdaOf } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision } from '../policy/types';
-import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
+import { type Phase, type Progress } from './messages';
+import { registerControls } from './controls';
 import type { MigrationInput } from './migration';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 
@@ -100,72 +101,51 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   };
   const bytesSent = (): number => iterations.reduce((a, it) => a + it.bytes, 0);
 
-  setHandler(progressQuery, (): Progress => {
-    const eta = estimateSendMs(iterations, remainingPages, pageSize, bandwidth || Infinity);
-    return {
-      id: info.workflowId,
-      vm,
-      source,
-      target,
-      strategy,
-      phase,
-      switched,
-      iteration: iterations.length,
-      remainingPages,
-      pageCount,
-      bytesSent: bytesSent(),
-      lambdas: iterations.map((i) => i.lambda),
-      staticMerged: null,
-      bandwidthBytesPerSec: bandwidth,
-      etaMs: Number.isFinite(eta.bytesPerSec) && remainingPages > 0 ? Math.round(eta.ms) : null,
-      elapsedMs: Date.now() - startedAt,
-      lastDecision: decisions[decisions.length - 1] ?? null,
-      iterations,
-    };
-  });
-  setHandler(
-    forcePostcopyUpdate,
-    (req) => {
-      forcedBy = req.by ?? 'operator';
-      return { accepted: true as const, atIteration: iterations.length + 1 };
+  let scope: CancellationScope | null = null;
+  registerControls({
+    vm,
+    target,
+    strategy,
+    phase: () => phase,
+    switched: () => switched,
+    progress: (): Progress => {
+      const eta = estimateSendMs(iterations, remainingPages, pageSize, bandwidth || Infinity);
+      return {
+        id: info.workflowId,
+        vm,
+        source,
+        target,
+        strategy,
+        phase,
+        switched,
+        iteration: iterations.length,
+        remainingPages,
+        pageCount,
+        bytesSent: bytesSent(),
+        lambdas: iterations.map((i) => i.lambda),
+        staticMerged: null,
+        bandwidthBytesPerSec: bandwidth,
+        etaMs: Number.isFinite(eta.bytesPerSec) && remainingPages > 0 ? Math.round(eta.ms) : null,
+        elapsedMs: Date.now() - startedAt,
+        lastDecision: decisions[decisions.length - 1] ?? null,
+        iterations,
+      };
     },
-    {
-      validator: (_req) => {
-        if (!mayPostcopy(strategy)) throw new Error(`strategy ${strategy} never switches to post-copy; migrate with a hybrid strategy to force one`);
-        if (switched || phase !== 'precopy') throw new Error(`migration of ${vm} is not in pre-copy (phase ${phase})`);
-      },
+    force: (by) => {
+      forcedBy = by;
+      return iterations.length + 1;
     },
-  );
-  setHandler(
-    setBandwidthUpdate,
-    async (rate) => {
+    setBandwidth: async (rate) => {
       bandwidth = rate;
       if (phase !== 'preparing') await cleanup.qemuSetBandwidth({ ...ref, bandwidthBytesPerSec: rate });
-      return { bandwidthBytesPerSec: rate };
     },
-    {
-      validator: (rate) => {
-        if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) throw new Error('bandwidth must be a number of bytes/s ≥ 0 (0 = uncapped)');
-        if (rate > 0 && rate < 64 * 1024) throw new Error('bandwidth below 64 KiB/s would never converge; use at least 64KiB/s');
-        if (['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
-      },
-    },
-  );
-  let scope: CancellationScope | null = null;
-  setHandler(
-    cancelUpdate,
-    (req) => {
+    // QEMU caps its post-copy stream too (max-postcopy-bandwidth).
+    bandwidthAfterSwitch: true,
+    cancel: (req) => {
       cancelRequest = req;
       scope?.cancel();
-      return { accepted: true as const };
     },
-    {
-      validator: (_req) => {
-        if (switched || phase === 'postcopy' || phase === 'verifying') throw new Error(`refused: ${vm} already runs on ${target} (phase ${phase}); after the switch a migration only moves forward`);
-        if (['completed', 'rolled-back', 'failed', 'rolling-back'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}`);
-      },
-    },
-  );
+  });
 
   const report = (result: MigrationReport['outcome'], reason: string): MigrationReport => {
     const net = outcome?.transferredBytes ?? bytesSent();

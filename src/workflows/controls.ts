@@ -1,0 +1,72 @@
+/**
+ * The operator's controls of a migration, the same for every runbook (emulated and QEMU):
+ * the progress query, force-postcopy, set-bandwidth and cancel, with the refusals an operator
+ * reads. The runbook keeps its state and says how each control acts on it.
+ */
+import { setHandler } from '@temporalio/workflow';
+import { mayPostcopy, type StrategyName } from '../policy/types';
+import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
+
+export interface ControlHooks {
+  vm: string;
+  target: string;
+  strategy: StrategyName;
+  phase(): Phase;
+  /** The target runs the guest: cancel is refused from here on. */
+  switched(): boolean;
+  progress(): Progress;
+  /** Switch to post-copy at the next boundary; returns that iteration's number. */
+  force(by: string): number;
+  /** Apply a new migration-network cap (bytes/s, 0 = uncapped). */
+  setBandwidth(rate: number): Promise<void>;
+  /** QEMU also caps its post-copy; the emulated post-copy is paced by faults. */
+  bandwidthAfterSwitch: boolean;
+  cancel(req: { by?: string; reason?: string }): void;
+}
+
+export function registerControls(h: ControlHooks): void {
+  const { vm, target, strategy } = h;
+  setHandler(progressQuery, () => h.progress());
+
+  setHandler(forcePostcopyUpdate, (req) => ({ accepted: true as const, atIteration: h.force(req.by ?? 'operator') }), {
+    validator: (_req) => {
+      const phase = h.phase();
+      if (!mayPostcopy(strategy)) throw new Error(`strategy ${strategy} never switches to post-copy; migrate with a hybrid strategy to force one`);
+      if (h.switched() || phase === 'stop-and-copy' || phase === 'switching') throw new Error(`migration of ${vm} is past the switch point (phase ${phase})`);
+      if (phase === 'rolling-back' || phase === 'rolled-back') throw new Error(`migration of ${vm} is ${phase}`);
+    },
+  });
+
+  setHandler(
+    setBandwidthUpdate,
+    async (rate) => {
+      await h.setBandwidth(rate);
+      return { bandwidthBytesPerSec: rate };
+    },
+    {
+      validator: (rate) => {
+        const phase = h.phase();
+        if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) throw new Error('bandwidth must be a number of bytes/s ≥ 0 (0 = uncapped)');
+        if (rate > 0 && rate < 64 * 1024) throw new Error('bandwidth below 64 KiB/s would never converge; use at least 64KiB/s');
+        if ((h.switched() && !h.bandwidthAfterSwitch) || ['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
+      },
+    },
+  );
+
+  setHandler(
+    cancelUpdate,
+    (req) => {
+      h.cancel(req);
+      return { accepted: true as const };
+    },
+    {
+      validator: (_req) => {
+        const phase = h.phase();
+        if (h.switched() || phase === 'postcopy' || phase === 'verifying') {
+          throw new Error(`refused: ${vm} already runs on ${target} (phase ${phase}); after the switch a migration only moves forward`);
+        }
+        if (['completed', 'rolled-back', 'failed', 'rolling-back'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}`);
+      },
+    },
+  );
+}
