@@ -110,7 +110,7 @@ export function createQemuActivities(ctx: QemuContext) {
   /** Per migration: the pass count before it started, so each migration counts from 1. */
   const sessions = new Map<string, { vm: string; passBase: number; uri: string; startedAtMs: number; strategy: StrategyName }>();
 
-  /** Ports an incoming QEMU already listened on (socket-address keeps the old ones). */
+  /** Ports this VM's incoming QEMU already listened on (socket-address keeps the old ones). */
   const ports = new Map<string, Set<string>>();
   const portsOf = (vm: string): Set<string> => {
     const known = ports.get(vm) ?? new Set<string>();
@@ -195,6 +195,7 @@ export function createQemuActivities(ctx: QemuContext) {
         ...(input.qemuArgs ? { qemuArgs: input.qemuArgs } : {}),
       });
       await setCaps(v, input.postcopy);
+      ports.set(input.vm, new Set()); // a new QEMU: ports of an earlier one mean nothing here
       const uri = await listenOn(v, 'migrate-incoming', ctx.migrationAddress, portsOf(input.vm));
       sessions.set(input.migrationId, { vm: input.vm, passBase: 0, uri, startedAtMs: Date.now(), strategy: 'precopy' });
       return { uri, atMs: Date.now() };
@@ -402,14 +403,11 @@ export function createQemuActivities(ctx: QemuContext) {
     /** Source: the guest left; stop its paused copy here. */
     async qemuRelease(input: StepRef): Promise<{ releasedAtMs: number; transferredBytes: number }> {
       const v = d.vm(input.vm);
-      const s = sessions.get(input.migrationId);
       sessions.delete(input.migrationId);
       if (!v) return { releasedAtMs: Date.now(), transferredBytes: 0 };
-      const st = (await query(v)).status;
-      if (st !== 'completed') throw new Error(`refusing to release ${input.vm} on ${ctx.hostId}: its migration is ${st}, not completed`);
       const info = await query(v);
+      if (info.status !== 'completed') throw new Error(`refusing to release ${input.vm} on ${ctx.hostId}: its migration is ${info.status}, not completed`);
       await d.destroyVm(input.vm);
-      void s;
       return { releasedAtMs: Date.now(), transferredBytes: info.ram?.transferred ?? 0 };
     },
 
