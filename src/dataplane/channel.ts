@@ -42,7 +42,6 @@ import {
   pagesFrameBytes,
   pagesPerFrame,
   type Lane,
-  type PageEncodeStats,
 } from './codec';
 import {
   AuthError,

@@ -3,9 +3,69 @@
  * the progress query, force-postcopy, set-bandwidth and cancel, with the refusals an operator
  * reads. The runbook keeps its state and says how each control acts on it.
  */
-import { setHandler } from '@temporalio/workflow';
-import { mayPostcopy, type StrategyName } from '../policy/types';
+import { setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import { Phase as PhaseKey } from '../common/search-attributes';
+import { estimateSendMs } from '../policy';
+import { mayPostcopy, type Decision, type StrategyName } from '../policy/types';
 import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Phase, type Progress } from './messages';
+import type { ReportDecision, ReportIteration } from './report';
+
+/** What a runbook knows at any moment; the progress query is computed from it. */
+export interface RunbookState {
+  id: string;
+  vm: string;
+  source: string;
+  target: string;
+  strategy: StrategyName;
+  phase: Phase;
+  switched: boolean;
+  iterations: ReportIteration[];
+  decisions: ReportDecision[];
+  remainingPages: number;
+  pageCount: number;
+  pageSize: number;
+  staticMerged: boolean | null;
+  bandwidthBytesPerSec: number;
+  startedAt: number;
+}
+
+export function bytesSentOf(iterations: readonly ReportIteration[]): number {
+  return iterations.reduce((a, it) => a + it.bytes, 0);
+}
+
+export function progressOf(s: RunbookState): Progress {
+  const eta = estimateSendMs(s.iterations, s.remainingPages, s.pageSize, s.bandwidthBytesPerSec || Infinity);
+  return {
+    id: s.id,
+    vm: s.vm,
+    source: s.source,
+    target: s.target,
+    strategy: s.strategy,
+    phase: s.phase,
+    switched: s.switched,
+    iteration: s.iterations.length,
+    remainingPages: s.remainingPages,
+    pageCount: s.pageCount,
+    bytesSent: bytesSentOf(s.iterations),
+    lambdas: s.iterations.map((i) => i.lambda),
+    staticMerged: s.staticMerged,
+    bandwidthBytesPerSec: s.bandwidthBytesPerSec,
+    etaMs: Number.isFinite(eta.bytesPerSec) && s.remainingPages > 0 ? Math.round(eta.ms) : null,
+    elapsedMs: Date.now() - s.startedAt,
+    lastDecision: s.decisions[s.decisions.length - 1] ?? null,
+    iterations: s.iterations,
+  };
+}
+
+/** A policy decision as the report and the progress query show it. */
+export function decisionEntry(d: Decision, startedAt: number, iterations: readonly ReportIteration[]): ReportDecision {
+  return { atMs: Date.now() - startedAt, iteration: iterations.length + 1, action: d.action, reason: d.reason };
+}
+
+/** The Phase search attribute, for `ferry status` and the Temporal UI. */
+export function publishPhase(p: Phase): void {
+  upsertSearchAttributes([{ key: PhaseKey, value: p }]);
+}
 
 export interface ControlHooks {
   vm: string;

@@ -23,7 +23,6 @@ import {
   isCancellation,
   proxyActivities,
   sleep,
-  upsertSearchAttributes,
   workflowInfo,
   allHandlersFinished,
 } from '@temporalio/workflow';
@@ -38,11 +37,10 @@ import type {
   VerifyResult,
 } from '../activities/types';
 import { hostQueue } from '../common/names';
-import { Phase as PhaseKey } from '../common/search-attributes';
-import { decide, estimateSendMs, lambdaOf, transferMs } from '../policy';
+import { decide, lambdaOf, transferMs } from '../policy';
 import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
-import { type Phase, type Progress } from './messages';
-import { registerControls } from './controls';
+import type { Phase } from './messages';
+import { bytesSentOf, decisionEntry, progressOf, publishPhase, registerControls } from './controls';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 import { audited, type AttemptLink } from './audit';
 import { runQemuMigration } from './qemu-migration';
@@ -166,12 +164,12 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
 
   const setPhase = (p: Phase): void => {
     phase = p;
-    upsertSearchAttributes([{ key: PhaseKey, value: p }]);
+    publishPhase(p);
   };
   const record = (d: Decision): void => {
-    decisions.push({ atMs: Date.now() - startedAt, iteration: iterations.length + 1, action: d.action, reason: d.reason });
+    decisions.push(decisionEntry(d, startedAt, iterations));
   };
-  const bytesSent = (): number => iterations.reduce((a, it) => a + it.bytes, 0);
+  const bytesSent = (): number => bytesSentOf(iterations);
 
   let preSwitchScope: CancellationScope | null = null;
   registerControls({
@@ -180,29 +178,8 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
     strategy,
     phase: () => phase,
     switched: () => switched,
-    progress: (): Progress => {
-      const eta = estimateSendMs(iterations, remainingPages, pageSize, bandwidth || Infinity);
-      return {
-        id: info.workflowId,
-        vm,
-        source,
-        target,
-        strategy,
-        phase,
-        switched,
-        iteration: iterations.length,
-        remainingPages,
-        pageCount,
-        bytesSent: bytesSent(),
-        lambdas: iterations.map((i) => i.lambda),
-        staticMerged,
-        bandwidthBytesPerSec: bandwidth,
-        etaMs: Number.isFinite(eta.bytesPerSec) && remainingPages > 0 ? Math.round(eta.ms) : null,
-        elapsedMs: Date.now() - startedAt,
-        lastDecision: decisions[decisions.length - 1] ?? null,
-        iterations,
-      };
-    },
+    progress: () =>
+      progressOf({ id: info.workflowId, vm, source, target, strategy, phase, switched, iterations, decisions, remainingPages, pageCount, pageSize, staticMerged: staticMerged, bandwidthBytesPerSec: bandwidth, startedAt }),
     force: (by) => {
       forcedBy = by;
       return iterations.length + 1;

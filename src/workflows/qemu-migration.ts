@@ -15,15 +15,14 @@
  * par-migrate are refused here. Before the switch any failure rolls back (migrate_cancel, the
  * guest runs on the source); after it, only forward.
  */
-import { ApplicationFailure, CancellationScope, condition, isCancellation, proxyActivities, upsertSearchAttributes, workflowInfo, allHandlersFinished } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, condition, isCancellation, proxyActivities, workflowInfo, allHandlersFinished } from '@temporalio/workflow';
 import type { QemuActivities, QemuIteration, QemuOutcome } from '../activities/qemu';
 import type { VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
-import { Phase as PhaseKey } from '../common/search-attributes';
-import { decide, estimateSendMs, lambdaOf } from '../policy';
+import { decide, lambdaOf } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision } from '../policy/types';
-import { type Phase, type Progress } from './messages';
-import { registerControls } from './controls';
+import type { Phase } from './messages';
+import { bytesSentOf, decisionEntry, progressOf, publishPhase, registerControls } from './controls';
 import type { MigrationInput } from './migration';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 
@@ -94,12 +93,12 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
 
   const setPhase = (p: Phase): void => {
     phase = p;
-    upsertSearchAttributes([{ key: PhaseKey, value: p }]);
+    publishPhase(p);
   };
   const record = (d: Decision): void => {
-    decisions.push({ atMs: Date.now() - startedAt, iteration: iterations.length + 1, action: d.action, reason: d.reason });
+    decisions.push(decisionEntry(d, startedAt, iterations));
   };
-  const bytesSent = (): number => iterations.reduce((a, it) => a + it.bytes, 0);
+  const bytesSent = (): number => bytesSentOf(iterations);
 
   let scope: CancellationScope | null = null;
   registerControls({
@@ -108,29 +107,8 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
     strategy,
     phase: () => phase,
     switched: () => switched,
-    progress: (): Progress => {
-      const eta = estimateSendMs(iterations, remainingPages, pageSize, bandwidth || Infinity);
-      return {
-        id: info.workflowId,
-        vm,
-        source,
-        target,
-        strategy,
-        phase,
-        switched,
-        iteration: iterations.length,
-        remainingPages,
-        pageCount,
-        bytesSent: bytesSent(),
-        lambdas: iterations.map((i) => i.lambda),
-        staticMerged: null,
-        bandwidthBytesPerSec: bandwidth,
-        etaMs: Number.isFinite(eta.bytesPerSec) && remainingPages > 0 ? Math.round(eta.ms) : null,
-        elapsedMs: Date.now() - startedAt,
-        lastDecision: decisions[decisions.length - 1] ?? null,
-        iterations,
-      };
-    },
+    progress: () =>
+      progressOf({ id: info.workflowId, vm, source, target, strategy, phase, switched, iterations, decisions, remainingPages, pageCount, pageSize, staticMerged: null, bandwidthBytesPerSec: bandwidth, startedAt }),
     force: (by) => {
       forcedBy = by;
       return iterations.length + 1;
