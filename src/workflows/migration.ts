@@ -15,10 +15,8 @@
  * it, the migration only moves forward.
  */
 import {
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
-  ChildWorkflowFailure,
   condition,
   isCancellation,
   proxyActivities,
@@ -43,6 +41,7 @@ import type { Phase } from './messages';
 import { bytesSentOf, decisionEntry, progressOf, publishPhase, registerControls } from './controls';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 import { audited, type AttemptLink } from './audit';
+import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 import { runQemuMigration } from './qemu-migration';
 
 export interface MigrationInput {
@@ -112,16 +111,7 @@ function cleanup(host: string) {
   });
 }
 
-export function failureMessage(err: unknown): string {
-  let e: unknown = err;
-  // Unwrap ActivityFailure / ChildWorkflowFailure to the application's own message.
-  while (e instanceof ActivityFailure || e instanceof ChildWorkflowFailure) e = e.cause;
-  if (e instanceof Error) {
-    if (e.name === 'TimeoutFailure') return `timed out (${(err as Error).message})`;
-    return e.message || e.name;
-  }
-  return String(e);
-}
+export { failureMessage };
 
 export async function migrationWorkflow(input: MigrationInput): Promise<MigrationReport> {
   return audited(input, () => (input?.driver === 'qemu' ? runQemuMigration(input) : runMigration(input)));
@@ -154,7 +144,7 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
   let staticMerged: boolean | null = par ? false : null;
   const iterations: ReportIteration[] = [];
   const decisions: ReportDecision[] = [];
-  const compensations: Array<{ what: string; run: () => Promise<unknown> }> = [];
+  const compensations: Undo[] = [];
   let rollbackVerification: VerifyResult | null = null;
   let sourceState = null as { guestRunning: boolean; note: string } | null;
   let sourceTouched = false;
@@ -407,21 +397,9 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
   } catch (err) {
     if (switched) throw err;
     // ---- rollback: the guest keeps running on the source -----------------------------
-    const cancelled = isCancellation(err);
-    const why = cancelled
-      ? `cancelled by ${cancelRequest?.by ?? 'operator'}${cancelRequest?.reason ? ` (${cancelRequest.reason})` : ''} during ${phase}`
-      : `${phase} failed: ${failureMessage(err)}`;
+    const why = rollbackReason(isCancellation(err), cancelRequest, phase, err);
     setPhase('rolling-back');
-    const undoErrors: string[] = [];
-    await CancellationScope.nonCancellable(async () => {
-      for (const c of compensations.reverse()) {
-        try {
-          await c.run();
-        } catch (e) {
-          undoErrors.push(`${c.what}: ${failureMessage(e)}`);
-        }
-      }
-    });
+    const undoErrors = await runUndos(compensations);
     endedAtMs = Date.now();
     // What matters is the guest: running on the source = rolled back. Leftovers on a dead
     // target are reported; they went with its agent process.

@@ -22,6 +22,7 @@ import { hostQueue } from '../common/names';
 import { decide, lambdaOf } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision } from '../policy/types';
 import type { Phase } from './messages';
+import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 import { bytesSentOf, decisionEntry, progressOf, publishPhase, registerControls } from './controls';
 import type { MigrationInput } from './migration';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
@@ -36,12 +37,6 @@ function steps(host: string, startToCloseTimeout: string, attempts: number) {
     heartbeatTimeout: '20s',
     retry: { maximumAttempts: attempts, initialInterval: '500ms', maximumInterval: '5s', nonRetryableErrorTypes: ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'] },
   });
-}
-
-function unwrap(err: unknown): string {
-  let e = err as { cause?: unknown; message?: string; name?: string };
-  while (e && (e.name === 'ActivityFailure' || e.name === 'ChildWorkflowFailure') && e.cause) e = e.cause as typeof e;
-  return e?.message || String(err);
 }
 
 /** How long post-copy may make no progress before ferry recovers it over the second network. */
@@ -167,7 +162,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   };
 
   // ---- 1–4: before the switch ----------------------------------------------------------
-  const undo: Array<{ what: string; run: () => Promise<unknown> }> = [];
+  const undo: Undo[] = [];
   let sourceState: { guestRunning: boolean; note: string } | null = null;
   try {
     await CancellationScope.cancellable(async () => {
@@ -230,20 +225,9 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
     });
   } catch (err) {
     if (switched) throw err;
-    const why = isCancellation(err)
-      ? `cancelled by ${cancelRequest?.by ?? 'operator'}${cancelRequest?.reason ? ` (${cancelRequest.reason})` : ''} during ${phase}`
-      : `${phase} failed: ${unwrap(err)}`;
+    const why = rollbackReason(isCancellation(err), cancelRequest, phase, err);
     setPhase('rolling-back');
-    const undoErrors: string[] = [];
-    await CancellationScope.nonCancellable(async () => {
-      for (const u of undo.reverse()) {
-        try {
-          await u.run();
-        } catch (e) {
-          undoErrors.push(`${u.what}: ${unwrap(e)}`);
-        }
-      }
-    });
+    const undoErrors = await runUndos(undo);
     endedAtMs = Date.now();
     const s = sourceState as { guestRunning: boolean; note: string } | null;
     const ok = s === null ? true : s.guestRunning;
@@ -281,7 +265,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
     const verified = await fwdT.qemuVerifyTarget({ ...ref, passes: 2 });
     verification = verified;
     resumedAtMs = verified.resumedAtMs ?? null;
-    const released = await fwdS.qemuRelease(ref).catch((e: unknown) => ({ releasedAtMs: Date.now(), transferredBytes: -1, problem: unwrap(e) }));
+    const released = await fwdS.qemuRelease(ref).catch((e: unknown) => ({ releasedAtMs: Date.now(), transferredBytes: -1, problem: failureMessage(e) }));
     endedAtMs = outcome?.completedAtMs ?? released.releasedAtMs;
     const ok = verification.ok;
     setPhase(ok ? 'completed' : 'failed');
