@@ -21,6 +21,8 @@ export interface QemuContext extends HostContext {
   migrationAddress: string;
   /** IP of this host on the second network, used to recover a broken post-copy. */
   fallbackAddress: string | null;
+  /** The subject CN of this host's certificate when migration streams run over mutual TLS. */
+  tlsCommonName?: string | null;
 }
 
 /** QEMU's upper bound for downtime-limit (ms): raising it to this forces the completion. */
@@ -40,6 +42,8 @@ export interface QemuPrepareTargetInput extends StepRef {
   postcopy: boolean;
   /** An attached guest's own command line (absent: the test guest). */
   qemuArgs?: string[];
+  /** The source's certificate CN when it runs TLS: the only client the target then admits. */
+  sourceTlsCommonName?: string | null;
 }
 
 export interface QemuIteration {
@@ -158,8 +162,44 @@ export function createQemuActivities(ctx: QemuContext) {
     await v.qmp.execute('migrate-set-capabilities', { capabilities: caps });
   };
 
+  /**
+   * Mutual TLS on the migration stream when this host has cluster TLS material, plain TCP
+   * otherwise (and clear any TLS an attached QEMU was given before). The target admits only
+   * the source's certificate CN when the source told it; the source checks that the target's
+   * certificate names the target's host id (CN or DNS subjectAltName).
+   */
+  const setTls = async (v: QemuVm, role: 'server' | 'client', peer: { admit?: string | null; hostname?: string | null }) => {
+    const creds = await d.addMigrationTls(v, role);
+    if (!creds) {
+      // '' turns TLS off. tls-authz stays as it is: QEMU 10 takes an empty tls-authz for the
+      // id of an object to look up, and only a TLS server consults it anyway.
+      await v.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' });
+      return;
+    }
+    if (role === 'client') {
+      await v.qmp.execute('migrate-set-parameters', { 'tls-creds': creds, 'tls-hostname': peer.hostname ?? '' });
+      return;
+    }
+    // The server's admission list, made afresh for each migration: the source's CN alone
+    // (QEMU matches the client's distinguished name), or every certificate of the cluster CA
+    // when the source did not say its CN.
+    const authz = 'ferry-tls-authz';
+    const objects = await v.qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' });
+    if (objects.some((o) => o.name === authz)) await v.qmp.execute('object-del', { id: authz });
+    const cn = peer.admit ? `CN=${peer.admit}` : null;
+    await v.qmp.execute('object-add', {
+      'qom-type': 'authz-list',
+      id: authz,
+      policy: cn ? 'deny' : 'allow',
+      rules: cn ? [cn, `${cn},*`, `*,${cn}`, `*,${cn},*`].map((match) => ({ match, policy: 'allow', format: 'glob' })) : [],
+    });
+    await v.qmp.execute('migrate-set-parameters', { 'tls-creds': creds, 'tls-hostname': '', 'tls-authz': authz });
+  };
+
   return {
-    async qemuDescribe(input: { vm: string }): Promise<VmDescription & { seed: number; rate: number | null; driver: string; qemuArgs?: string[] }> {
+    async qemuDescribe(
+      input: { vm: string },
+    ): Promise<VmDescription & { seed: number; rate: number | null; driver: string; qemuArgs?: string[]; tls: boolean; tlsCommonName: string | null }> {
       const v = vmOf(input?.vm);
       if (v.incoming) throw userError('NotFound', `QEMU guest ${input.vm} on ${ctx.hostId} is an incoming migration, not a running VM`);
       return {
@@ -175,16 +215,18 @@ export function createQemuActivities(ctx: QemuContext) {
         rate: v.spec.rate ?? null,
         driver: 'qemu',
         ...(v.spec.qemuArgs ? { qemuArgs: v.spec.qemuArgs } : {}),
+        tls: d.migrationTls,
+        tlsCommonName: d.migrationTls ? (ctx.tlsCommonName ?? null) : null,
       };
     },
 
-    async qemuPrepareTarget(input: QemuPrepareTargetInput): Promise<{ uri: string; atMs: number }> {
+    async qemuPrepareTarget(input: QemuPrepareTargetInput): Promise<{ uri: string; atMs: number; tls: boolean }> {
       const existing = d.vm(input.vm);
       if (existing && !existing.incoming) throw userError('Conflict', `vm ${input.vm} already runs on ${ctx.hostId}`);
       const free = ctx.memoryCapacityBytes - d.allocatedBytes() + (existing ? existing.spec.memoryBytes : 0);
       if (input.memoryBytes > free) throw userError('InsufficientCapacity', `host ${ctx.hostId} has ${free} bytes free, vm ${input.vm} needs ${input.memoryBytes}`);
       const known = sessions.get(input.migrationId);
-      if (known && existing) return { uri: known.uri, atMs: known.startedAtMs };
+      if (known && existing) return { uri: known.uri, atMs: known.startedAtMs, tls: d.migrationTls };
       const v = await d.launchIncoming({
         name: input.vm,
         memoryBytes: input.memoryBytes,
@@ -195,19 +237,28 @@ export function createQemuActivities(ctx: QemuContext) {
         ...(input.qemuArgs ? { qemuArgs: input.qemuArgs } : {}),
       });
       await setCaps(v, input.postcopy);
+      await setTls(v, 'server', { admit: input.sourceTlsCommonName ?? null });
       ports.set(input.vm, new Set()); // a new QEMU: ports of an earlier one mean nothing here
       const uri = await listenOn(v, 'migrate-incoming', ctx.migrationAddress, portsOf(input.vm));
       sessions.set(input.migrationId, { vm: input.vm, passBase: 0, uri, startedAtMs: Date.now(), strategy: 'precopy' });
-      return { uri, atMs: Date.now() };
+      return { uri, atMs: Date.now(), tls: d.migrationTls };
     },
 
-    async qemuStart(input: StepRef & { uri: string; strategy: StrategyName; options: MigrationOptions }): Promise<{ startedAtMs: number; pageSize: number }> {
+    async qemuStart(
+      input: StepRef & { uri: string; strategy: StrategyName; options: MigrationOptions; target?: string; targetTls?: boolean },
+    ): Promise<{ startedAtMs: number; pageSize: number }> {
       const v = vmOf(input.vm);
       const known = sessions.get(input.migrationId);
       if (known) return { startedAtMs: known.startedAtMs, pageSize: 4096 };
       const status = (await query(v)).status;
       if (['active', 'setup', 'postcopy-active', 'device'].includes(status)) throw userError('Conflict', `vm ${input.vm} on ${ctx.hostId} is already migrating (${status})`);
+      if (input.targetTls !== undefined && input.targetTls !== d.migrationTls) {
+        const [withTls, without] = d.migrationTls ? [ctx.hostId, input.target ?? 'the target'] : [input.target ?? 'the target', ctx.hostId];
+        throw userError('Conflict', `migration TLS mismatch: ${withTls} runs its migration streams over mutual TLS, ${without} does not (give both agents --tls-ca/--tls-cert/--tls-key, or neither)`);
+      }
       await setCaps(v, mayPostcopy(input.strategy));
+      // QEMU checks that the target's certificate names the host ferry meant to reach.
+      await setTls(v, 'client', { hostname: input.target ?? null });
       await v.qmp.execute('migrate-set-parameters', {
         'max-bandwidth': input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : UNCAPPED,
         // The same cap after the switch (QEMU's default there is unlimited).

@@ -278,3 +278,24 @@ function messageOf(err: unknown): string {
 function oneLine(s: string): string {
   return s.split('\n').join(', ');
 }
+
+/** The subject CN of a host's own certificate (the first, if it has several), or null. */
+export function commonNameOf(t: ChannelTls): string | null {
+  for (const line of new X509Certificate(t.cert).subject.split('\n')) if (line.startsWith('CN=')) return line.slice(3);
+  return null;
+}
+
+/**
+ * Throws unless the host's own certificate was issued and signed by the CA it trusts. QEMU
+ * checks this when it loads its credentials (Node does not), so an agent that drives QEMU
+ * says so at start, not at its first migration.
+ */
+export function checkSignedByCa(t: ChannelTls): void {
+  const cert = new X509Certificate(t.cert);
+  const ca = new X509Certificate(t.ca);
+  if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
+    throw new TlsConfigError(
+      `migration TLS: certificate file '${t.files.cert}' (${cert.subject.replace(/\n/g, ', ')}) is not signed by the CA in '${t.files.ca}' (${ca.subject.replace(/\n/g, ', ')}); QEMU refuses such credentials`,
+    );
+  }
+}

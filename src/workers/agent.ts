@@ -10,7 +10,7 @@ import os from 'node:os';
 import { createHostActivities } from '../activities/host';
 import { createMigrationActivities, type MigrationContext } from '../activities/migration';
 import { PageChannelServer } from '../dataplane/channel';
-import { checkOwnIdentity, loadChannelTls, tlsServerOptions, type ChannelTlsFiles } from '../dataplane/tls';
+import { checkOwnIdentity, commonNameOf, loadChannelTls, tlsServerOptions, type ChannelTlsFiles } from '../dataplane/tls';
 import { SharedStore } from '../dataplane/store';
 import { hostQueue } from '../common/names';
 import { EmulatedDriver } from '../hypervisor/emulated';
@@ -86,7 +86,14 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     if (!q) throw new Error('driver qemu needs its options (state dir, guest image, migration address)');
     ssh = q.ssh ? await SshHost.connect(q.ssh) : null;
     const host = ssh ? new RemoteHost(ssh) : new LocalHost();
-    qemuDriver = new QemuDriver({ hostId: opts.hostId, host, stateDir: q.stateDir, image: q.image, log });
+    qemuDriver = new QemuDriver({
+      hostId: opts.hostId,
+      host,
+      stateDir: q.stateDir,
+      image: q.image,
+      log,
+      ...(tls ? { migrationTls: { ca: tls.ca.toString('utf8'), cert: tls.cert.toString('utf8'), key: tls.key.toString('utf8') } } : {}),
+    });
     const version = await host.run(['qemu-system-x86_64', '--version']);
     const m = /version (\d+)\.(\d+)\.(\d+)/.exec(version.stdout);
     if (!m) throw new Error(`${host.where}: qemu-system-x86_64 not found (${version.stderr.trim() || 'no version'}); install QEMU ≥ ${MIN_QEMU_MAJOR}`);
@@ -128,6 +135,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
         driver: qemuDriver!,
         migrationAddress: opts.qemu!.migrationAddress,
         fallbackAddress: opts.qemu!.fallbackAddress,
+        // Only a plain CN is a safe admission pattern for the target's QEMU (no glob or DN syntax).
+        tlsCommonName: tls ? (/^[A-Za-z0-9._-]+$/.exec(commonNameOf(tls) ?? '')?.[0] ?? null) : null,
       });
   const metrics = opts.metricsAddr ? createAgentMetrics({ hostId: opts.hostId, driver, memoryCapacityBytes: opts.memoryCapacityBytes }) : null;
   let metricsServer: MetricsServer | null = null;
@@ -168,7 +177,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await ssh?.close();
     await connection.close();
   });
-  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}${ssh ? ` over ssh ${ssh.where}` : ''}, data ${dataAddress}${tls ? ', channel-2 mTLS' : ''}, pid ${process.pid})`);
+  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}${ssh ? ` over ssh ${ssh.where}` : ''}, data ${dataAddress}${tls ? (qemuDriver ? ', channel-2 and QEMU migration mTLS' : ', channel-2 mTLS') : ''}, pid ${process.pid})`);
   return {
     hostId: opts.hostId,
     taskQueue,

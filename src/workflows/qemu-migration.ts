@@ -173,7 +173,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
       pageCount = desc.pageCount;
       remainingPages = pageCount;
       undo.push({ what: `abort on ${target}`, run: () => cleanupT.qemuAbortTarget(ref) });
-      const prep = await tgt.qemuPrepareTarget({ ...ref, source, memoryBytes, vcpus: desc.vcpus, workload, seed: desc.seed, rate: desc.rate, postcopy: mayPostcopy(strategy), ...(desc.qemuArgs ? { qemuArgs: desc.qemuArgs } : {}) });
+      const prep = await tgt.qemuPrepareTarget({ ...ref, source, memoryBytes, vcpus: desc.vcpus, workload, seed: desc.seed, rate: desc.rate, postcopy: mayPostcopy(strategy), ...(desc.qemuArgs ? { qemuArgs: desc.qemuArgs } : {}), ...(desc.tlsCommonName ? { sourceTlsCommonName: desc.tlsCommonName } : {}) });
       undo.push({
         what: `roll back on ${source}`,
         run: async () => {
@@ -182,7 +182,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
           sourceState = { guestRunning: r.guestRunning, note: r.note };
         },
       });
-      const started = await src.qemuStart({ ...ref, uri: prep.uri, strategy, options: { ...options, bandwidthBytesPerSec: bandwidth } });
+      const started = await src.qemuStart({ ...ref, uri: prep.uri, strategy, options: { ...options, bandwidthBytesPerSec: bandwidth }, target, ...(prep.tls !== undefined ? { targetTls: prep.tls } : {}) });
       startedAtMs = started.startedAtMs;
       setPhase('precopy');
 
@@ -202,7 +202,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
         }
         const r = await srcLong.qemuAwaitPass({ ...ref, index: i });
         if (r.kind === 'finished') {
-          if (r.status !== 'completed') throw new Error(`QEMU ended the migration ${r.status}${r.error ? `: ${r.error}` : ''}`);
+          if (r.status !== 'completed') throw new Error(`QEMU ended the migration (${r.status})${r.error ? `: ${r.error}` : ''}`);
           ending = 'converged';
           record({ action: 'stop-and-copy', reason: `stop-and-copy at iteration ${i}: QEMU found nothing left to send within its limit` });
           break;

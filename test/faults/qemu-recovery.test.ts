@@ -4,7 +4,8 @@
  * migration stream runs on the migration link. During post-copy the migration link goes
  * down silently (no RST: QEMU on both sides stays postcopy-active). ferry sees no progress,
  * pauses both ends (migrate-pause) and resumes over the storage link (migrate-recover on the
- * target, migrate resume=true on the source); the guest then verifies its own pages.
+ * target, migrate resume=true on the source); the guest then verifies its own pages. The
+ * agents run QEMU's migration stream over mutual TLS, so the recovered stream is TLS too.
  */
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import { prng, startFaultCluster, type FaultCluster } from '../../src/bench/faults';
@@ -14,6 +15,7 @@ import { createVm, MiB, startMigration } from '../helpers/migrate';
 import { killQemusUnder, testGuest } from '../helpers/qemu';
 import { faultSeed } from '../helpers/netns';
 import { tempDir } from '../helpers/cluster';
+import { makeCa, makeHostCert, tlsArgs } from '../helpers/certs';
 
 const seed = faultSeed('qemu-recovery.test.ts');
 let cluster: FaultCluster | undefined;
@@ -21,6 +23,8 @@ const stateDirs: string[] = [];
 
 beforeAll(async () => {
   const img = await testGuest();
+  const certs = tempDir('qrec-certs');
+  const ca = makeCa(certs, 'cluster');
   cluster = await startFaultCluster({
     kind: 'net',
     hosts: ['qnet-a', 'qnet-b'],
@@ -29,7 +33,7 @@ beforeAll(async () => {
     agentArgs: (host, end, net) => {
       const dir = tempDir(`qemu-${host}`);
       stateDirs.push(dir);
-      return ['--driver', 'qemu', '--qemu-state', dir, '--guest-kernel', img.kernel, '--guest-initrd', img.initrd, '--migration-addr', net!.migration[end], '--fallback-addr', net!.storage[end]];
+      return [...tlsArgs(makeHostCert(certs, ca, host)), '--driver', 'qemu', '--qemu-state', dir, '--guest-kernel', img.kernel, '--guest-initrd', img.initrd, '--migration-addr', net!.migration[end], '--fallback-addr', net!.storage[end]];
     },
   });
 }, 240_000);

@@ -2,11 +2,16 @@
  * Agentless hosts: an agent drives the QEMU of a "remote" host over SSH (Debian's real
  * OpenSSH server on loopback, test/helpers/sshd.ts). QEMU is launched with an exec on the
  * SSH connection and its QMP socket is reached by streamlocal forwarding; the host key is
- * checked against a known-hosts file, and a wrong one keeps the agent from starting.
+ * checked against a known-hosts file, and a wrong one keeps the agent from starting. Both
+ * agents run their migration streams over mutual TLS, so the credentials reach the remote
+ * host over SSH too.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnFerry } from '../../src/cli/processes';
 import { startTestController, tempDir, temporalAddress, uniqueHost, type TestController } from '../helpers/cluster';
+import { makeCa, makeHostCert, tlsArgs } from '../helpers/certs';
 import { createVm, migrate, MiB } from '../helpers/migrate';
 import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
 import { ensureSshd, type Sshd } from '../helpers/sshd';
@@ -21,10 +26,12 @@ const hostRemote = uniqueHost('qssh');
 beforeAll(async () => {
   const img = await testGuest();
   sshd = await ensureSshd();
-  const sshArgs = ['--ssh', `${sshd.username}@${sshd.host}:${sshd.port}`, '--ssh-key', sshd.clientKeyPath, '--known-hosts', sshd.knownHostsPath];
+  const certs = tempDir('qssh-certs');
+  const ca = makeCa(certs, 'cluster');
+  const sshArgs = [...tlsArgs(makeHostCert(certs, ca, hostRemote)), '--ssh', `${sshd.username}@${sshd.host}:${sshd.port}`, '--ssh-key', sshd.clientKeyPath, '--known-hosts', sshd.knownHostsPath];
   [controller, local, remote] = await Promise.all([
     startTestController(),
-    startQemuAgent(hostLocal, { migrationAddr: '127.0.0.1' }),
+    startQemuAgent(hostLocal, { migrationAddr: '127.0.0.1', extraArgs: tlsArgs(makeHostCert(certs, ca, hostLocal)) }),
     startQemuAgent(hostRemote, { migrationAddr: '127.0.0.1', extraArgs: sshArgs }),
   ]);
   void img;
@@ -48,6 +55,10 @@ describe('QEMU over SSH (agentless host)', () => {
     const r = await migrate(controller.client, { vm, source: hostLocal, target: hostRemote, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB } });
     expect(r.outcome, r.reason).toBe('completed');
     expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+    // The TLS key went to the SSH host's state directory, readable by its owner only.
+    const key = path.join(remote.stateDir, '.tls', 'server-key.pem');
+    expect(fs.readFileSync(key, 'utf8')).toContain('PRIVATE KEY');
+    expect(fs.statSync(key).mode & 0o077).toBe(0);
   }, 240_000);
 
   it('an agent whose known-hosts file has another key for the host refuses to start, naming the fingerprint', async () => {

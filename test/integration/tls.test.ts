@@ -22,6 +22,7 @@ describe('channel-2 mutual TLS between agents', () => {
   const certs = tempDir('tls-certs');
   let agentB: FerryProcess;
   let filesA: ReturnType<typeof makeHostCert>;
+  let filesC: ReturnType<typeof makeHostCert>;
 
   beforeAll(async () => {
     const ca = makeCa(certs, 'cluster');
@@ -31,6 +32,7 @@ describe('channel-2 mutual TLS between agents', () => {
     const b = makeHostCert(certs, ca, hostB);
     // host C trusts the cluster CA, but its own certificate comes from the foreign CA.
     const c = { ...makeHostCert(certs, foreign, hostC), ca: ca.crt };
+    filesC = c;
     const opts = { storageDir: storage, memoryCapacity: '1GiB' };
     const [ctl, pa, pb, pc] = await Promise.all([
       startTestController(),
@@ -61,6 +63,10 @@ describe('channel-2 mutual TLS between agents', () => {
     const other = agent(...tlsArgs(filesA).slice(0, 2), '--tls-cert', path.join(certs, `${hostB}.crt`), '--tls-key', path.join(certs, `${hostB}.key`));
     expect(other.code).toBe(2);
     expect(other.stderr).toContain(`names ${hostB}, not this host's id ${hostA}`);
+    // QEMU checks its own certificate against the CA when it loads them; a QEMU agent says so at start.
+    const q = spawnSync(process.execPath, [FERRY_BIN, 'agent', '--host', hostC, '--driver', 'qemu', ...tlsArgs(filesC)], { encoding: 'utf8', env: { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1' } });
+    expect(q.status).toBe(2);
+    expect(q.stderr.trim()).toMatch(new RegExp(`^ferry agent: migration TLS: certificate file '${filesC.cert.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}' \\(CN=${hostC}\\) is not signed by the CA in '.*cluster-ca\\.crt' \\(CN=ferry cluster CA\\); QEMU refuses such credentials$`));
   });
 
   it('agents say channel-2 mTLS in their ready line', async () => {

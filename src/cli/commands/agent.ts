@@ -4,7 +4,7 @@ import { HOST_ID_RE } from '../../common/names';
 import { parseSize } from '../../common/units';
 import path from 'node:path';
 import { startAgent, type QemuAgentOptions } from '../../workers/agent';
-import { checkOwnIdentity, loadChannelTls, TlsConfigError, type ChannelTlsFiles } from '../../dataplane/tls';
+import { checkOwnIdentity, checkSignedByCa, loadChannelTls, TlsConfigError, type ChannelTlsFiles } from '../../dataplane/tls';
 import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
 import type { SshTarget } from '../../hypervisor/qemu/ssh';
 import { onShutdownSignal } from '../../workers/runtime';
@@ -18,8 +18,11 @@ export const help =
 
 const IP_RE = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]+)$/;
 
-/** --tls-ca, --tls-cert, --tls-key: mutual TLS on channel-2, all three or none; checked here. */
-function tlsOptions(values: Record<string, unknown>, hostId: string): ChannelTlsFiles | undefined {
+/**
+ * --tls-ca, --tls-cert, --tls-key: mutual TLS on channel-2 (and, with --driver qemu, on
+ * QEMU's migration stream), all three or none; checked here.
+ */
+function tlsOptions(values: Record<string, unknown>, hostId: string, driver: 'emulated' | 'qemu'): ChannelTlsFiles | undefined {
   const ca = str(values['tls-ca']);
   const cert = str(values['tls-cert']);
   const key = str(values['tls-key']);
@@ -30,7 +33,9 @@ function tlsOptions(values: Record<string, unknown>, hostId: string): ChannelTls
   }
   const files = { ca, cert, key };
   try {
-    checkOwnIdentity(loadChannelTls(files), hostId);
+    const loaded = loadChannelTls(files);
+    checkOwnIdentity(loaded, hostId);
+    if (driver === 'qemu') checkSignedByCa(loaded);
   } catch (err) {
     if (err instanceof TlsConfigError) throw new UsageError(err.message);
     throw err;
@@ -102,7 +107,7 @@ export async function run(argv: string[]): Promise<number> {
   const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
   const dataAddr = str(values['data-addr']) ?? '127.0.0.1:0';
   if (!/^[^\s:]+:\d{1,5}$/.test(dataAddr)) throw new UsageError(`--data-addr: '${dataAddr}' is not HOST:PORT`);
-  const tls = tlsOptions(values, hostId);
+  const tls = tlsOptions(values, hostId, driver);
   const capacity = values['memory-capacity'] ? parseSize(String(values['memory-capacity']), '--memory-capacity') : Math.floor(os.totalmem() / 2);
   const agent = await startAgent({
     hostId,

@@ -23,8 +23,16 @@ export interface QemuDriverOptions {
   image: { kernel: string; initrd: string };
   /** The QEMU binary on the QEMU host. */
   qemuBinary?: string;
+  /**
+   * The agent's cluster TLS material (PEM): when set, every migration stream of this host's
+   * QEMUs runs over mutual TLS (QEMU's tls-creds-x509, both ends verifying the peer).
+   */
+  migrationTls?: { ca: string; cert: string; key: string };
   log?: (l: string) => void;
 }
+
+/** QOM ids of the credentials ferry adds to a QEMU: one per role it plays in a migration. */
+export const TLS_CREDS_ID = { server: 'ferry-tls-server', client: 'ferry-tls-client' } as const;
 
 /** What a workload name means for the test guest: working set and dirtying rate. */
 export interface GuestWorkload {
@@ -295,6 +303,58 @@ export class QemuDriver implements HypervisorDriver {
     await this.opts.host.run(['sh', '-c', 'echo "$1" > "$2"', 'pid', String(pid), path.posix.join(dir, 'qemu.pid')]);
     await this.writeSpec(dir, spec);
     return this.info(await this.attach(spec, dir, 5000));
+  }
+
+  /** Whether this host's migration streams run over mutual TLS. */
+  get migrationTls(): boolean {
+    return this.opts.migrationTls !== undefined;
+  }
+
+  private tlsDir: Promise<string> | undefined;
+  /**
+   * The directory QEMU's tls-creds-x509 reads, on the QEMU host: the cluster CA and this
+   * host's certificate and key under the names QEMU expects for either role
+   * (ca-cert.pem, server-cert.pem/-key.pem, client-cert.pem/-key.pem). Written once per
+   * agent process, so a rotated certificate takes effect when the agent restarts. A dot
+   * name, so adopt() never mistakes it for a VM.
+   */
+  private migrationTlsDir(): Promise<string> {
+    const t = this.opts.migrationTls;
+    if (!t) return Promise.reject(new Error('no migration TLS configured'));
+    this.tlsDir ??= (async () => {
+      const dir = path.posix.join(this.opts.stateDir, '.tls');
+      await this.opts.host.mkdirp(dir);
+      await this.opts.host.run(['chmod', '700', dir]);
+      const files: [string, string][] = [
+        ['ca-cert.pem', t.ca],
+        ['server-cert.pem', t.cert],
+        ['server-key.pem', t.key],
+        ['client-cert.pem', t.cert],
+        ['client-key.pem', t.key],
+      ];
+      for (const [name, content] of files) await this.opts.host.writePrivateFile(path.posix.join(dir, name), content);
+      return dir;
+    })().catch((e: unknown) => {
+      this.tlsDir = undefined;
+      throw e;
+    });
+    return this.tlsDir;
+  }
+
+  /**
+   * Give a QEMU the credentials for its role and return their id, or null when this host
+   * runs without TLS. A QEMU that still holds ferry credentials from an earlier migration
+   * (adopted, attached, or migrated in and now migrating out) gets fresh ones.
+   */
+  async addMigrationTls(v: QemuVm, role: 'server' | 'client'): Promise<string | null> {
+    if (!this.opts.migrationTls) return null;
+    const dir = await this.migrationTlsDir();
+    const id = TLS_CREDS_ID[role];
+    const objects = await v.qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' });
+    if (objects.some((o) => o.name === id)) await v.qmp.execute('object-del', { id });
+    // A server verifies the client's certificate too (mutual TLS); a client always does.
+    await v.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir, endpoint: role, 'verify-peer': true });
+    return id;
   }
 
   /** Target side: a QEMU waiting for an incoming migration (`-incoming defer`). */

@@ -12,6 +12,8 @@ export interface QemuHost {
   readonly where: string;
   run(argv: string[], timeoutMs?: number): Promise<{ code: number; stdout: string; stderr: string }>;
   readFile(path: string): Promise<string>;
+  /** Write a file only its owner can read (keys live in such files). */
+  writePrivateFile(path: string, content: string): Promise<void>;
   mkdirp(dir: string): Promise<void>;
   remove(path: string): Promise<void>;
   openQmp(socketPath: string, timeoutMs?: number): Promise<QmpClient>;
@@ -29,6 +31,10 @@ export class LocalHost implements QemuHost {
   }
   readFile(path: string): Promise<string> {
     return fs.readFile(path, 'utf8').catch(() => '');
+  }
+  async writePrivateFile(path: string, content: string): Promise<void> {
+    await fs.writeFile(path, content, { mode: 0o600 });
+    await fs.chmod(path, 0o600);
   }
   async mkdirp(dir: string): Promise<void> {
     await fs.mkdir(dir, { recursive: true });
@@ -57,6 +63,10 @@ export class RemoteHost implements QemuHost {
   async readFile(path: string): Promise<string> {
     const r = await this.ssh.exec(shellQuote(['cat', path]));
     return r.code === 0 ? r.stdout : '';
+  }
+  async writePrivateFile(path: string, content: string): Promise<void> {
+    const r = await this.ssh.exec(shellQuote(['sh', '-c', 'umask 077 && cat > "$1" && chmod 600 "$1"', 'write', path]), { stdin: content, timeoutMs: 30_000 });
+    if (r.code !== 0) throw new Error(`${this.where}: cannot write ${path}: ${r.stderr.trim()}`);
   }
   async mkdirp(dir: string): Promise<void> {
     const r = await this.ssh.exec(shellQuote(['mkdir', '-p', dir]));
