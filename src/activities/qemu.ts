@@ -154,10 +154,12 @@ export function createQemuActivities(ctx: QemuContext) {
     };
   };
 
-  const setCaps = async (v: QemuVm, postcopy: boolean) => {
+  const setCaps = async (v: QemuVm, postcopy: boolean, role: 'source' | 'target') => {
     const caps = [
       { capability: 'events', state: true },
       { capability: 'postcopy-ram', state: postcopy },
+      // The target measures how long its vCPUs wait for missing pages in post-copy.
+      ...(role === 'target' ? [{ capability: 'postcopy-blocktime', state: postcopy }] : []),
     ];
     await v.qmp.execute('migrate-set-capabilities', { capabilities: caps });
   };
@@ -236,7 +238,7 @@ export function createQemuActivities(ctx: QemuContext) {
         ...(input.rate ? { rate: input.rate } : {}),
         ...(input.qemuArgs ? { qemuArgs: input.qemuArgs } : {}),
       });
-      await setCaps(v, input.postcopy);
+      await setCaps(v, input.postcopy, 'target');
       await setTls(v, 'server', { admit: input.sourceTlsCommonName ?? null });
       ports.set(input.vm, new Set()); // a new QEMU: ports of an earlier one mean nothing here
       const uri = await listenOn(v, 'migrate-incoming', ctx.migrationAddress, portsOf(input.vm));
@@ -256,7 +258,7 @@ export function createQemuActivities(ctx: QemuContext) {
         const [withTls, without] = d.migrationTls ? [ctx.hostId, input.target ?? 'the target'] : [input.target ?? 'the target', ctx.hostId];
         throw userError('Conflict', `migration TLS mismatch: ${withTls} runs its migration streams over mutual TLS, ${without} does not (give both agents --tls-ca/--tls-cert/--tls-key, or neither)`);
       }
-      await setCaps(v, mayPostcopy(input.strategy));
+      await setCaps(v, mayPostcopy(input.strategy), 'source');
       // QEMU checks that the target's certificate names the host ferry meant to reach.
       await setTls(v, 'client', { hostname: input.target ?? null });
       await v.qmp.execute('migrate-set-parameters', {
@@ -446,9 +448,15 @@ export function createQemuActivities(ctx: QemuContext) {
     },
 
     /** Target: the guest's own check, read from its serial console after it resumed here. */
-    async qemuVerifyTarget(input: StepRef & { passes?: number; timeoutMs?: number }): Promise<VerifyResult & { resumedAtMs: number | null }> {
+    async qemuVerifyTarget(
+      input: StepRef & { passes?: number; timeoutMs?: number },
+    ): Promise<VerifyResult & { resumedAtMs: number | null; blocktime: { allVcpusMs: number; perVcpuMs: number[] } | null }> {
       const v = vmOf(input.vm);
-      return { ...(await verifyOn(input.vm, input.passes ?? 2, input.timeoutMs ?? 120_000, 0)), resumedAtMs: v.lastResumeAtMs };
+      const verified = await verifyOn(input.vm, input.passes ?? 2, input.timeoutMs ?? 120_000, 0);
+      const info = await query(v);
+      const blocktime =
+        info.postcopyBlocktimeMs !== null && info.postcopyVcpuBlocktimeMs !== null ? { allVcpusMs: info.postcopyBlocktimeMs, perVcpuMs: info.postcopyVcpuBlocktimeMs } : null;
+      return { ...verified, resumedAtMs: v.lastResumeAtMs, blocktime };
     },
 
     /** Source: the guest left; stop its paused copy here. */

@@ -44,6 +44,8 @@ export interface QemuBenchRun {
   totalTimeMs: number;
   downtimeMs: number | null;
   postcopyDurationMs: number | null;
+  /** The target's postcopy-blocktime: ms all vCPUs at once waited for missing pages. */
+  stallMs: number | null;
   bytes: number;
   passes: number;
   lambdas: number[];
@@ -58,6 +60,7 @@ export interface QemuBenchRow {
   totalTimeMs: number;
   downtimeMs: number | null;
   postcopyDurationMs: number | null;
+  stallMs: number | null;
   bytes: number;
   passes: number;
   ending: string;
@@ -116,6 +119,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
         totalTimeMs: r.totalTimeMs,
         downtimeMs: r.downtimeMs,
         postcopyDurationMs: r.postcopyDurationMs,
+        stallMs: r.postcopy?.blocktimeMs?.allVcpusMs ?? null,
         bytes: r.bytes.migrationNetwork,
         passes: r.iterations.length,
         lambdas: r.iterations.map((i) => Math.round(i.lambda * 100) / 100),
@@ -123,7 +127,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
         reason: r.reason,
       };
       runs.push(run);
-      o.log(`bench qemu: ${strategy} #${rep}: ${r.outcome}${run.verified ? ' (verified)' : ''}, total ${(r.totalTimeMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs ?? '–'} ms, post-copy ${r.postcopyDurationMs ?? '–'} ms, ${formatBytes(run.bytes)}, ${run.passes} pass(es) — ${run.ending}`);
+      o.log(`bench qemu: ${strategy} #${rep}: ${r.outcome}${run.verified ? ' (verified)' : ''}, total ${(r.totalTimeMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs ?? '–'} ms, post-copy ${r.postcopyDurationMs ?? '–'} ms (guest stalled ${run.stallMs ?? '–'} ms), ${formatBytes(run.bytes)}, ${run.passes} pass(es) — ${run.ending}`);
       // The guest now runs on whichever host the migration left it on.
       for (const host of [o.target, o.source]) await vmCommand(o.client, host, { op: 'destroy', name: vm }).catch(() => undefined);
     }
@@ -137,6 +141,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
       totalTimeMs: median(rs.map((r) => r.totalTimeMs)),
       downtimeMs: medianOrNull(rs.map((r) => r.downtimeMs)),
       postcopyDurationMs: medianOrNull(rs.map((r) => r.postcopyDurationMs)),
+      stallMs: medianOrNull(rs.map((r) => r.stallMs)),
       bytes: median(rs.map((r) => r.bytes)),
       passes: median(rs.map((r) => r.passes)),
       ending: rs[rs.length - 1]?.ending ?? '',
@@ -158,11 +163,11 @@ const ms = (v: number | null): string => (v === null ? '–' : v >= 1000 ? `${(v
 
 export function qemuTable(res: QemuBenchResult): string {
   const lines = [
-    '| strategy | verified | total time | downtime | post-copy duration | data (migration network) | pre-copy passes | how pre-copy ended (last run) |',
-    '|---|---|---|---|---|---|---|---|',
+    '| strategy | verified | total time | downtime | post-copy duration | guest stalled in post-copy | data (migration network) | pre-copy passes | how pre-copy ended (last run) |',
+    '|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of res.rows) {
-    lines.push(`| ${r.strategy} | ${r.verified}/${r.runs} | ${ms(r.totalTimeMs)} | ${ms(r.downtimeMs)} | ${ms(r.postcopyDurationMs)} | ${formatBytes(r.bytes)} | ${r.passes} | ${r.ending.replace(/\|/g, '\\|')} |`);
+    lines.push(`| ${r.strategy} | ${r.verified}/${r.runs} | ${ms(r.totalTimeMs)} | ${ms(r.downtimeMs)} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${formatBytes(r.bytes)} | ${r.passes} | ${r.ending.replace(/\|/g, '\\|')} |`);
   }
   return lines.join('\n');
 }
@@ -174,15 +179,15 @@ export function qemuMarkdown(res: QemuBenchResult, command: string): string {
     '',
     `\`${command}\` — ${res.startedAt}, ${(res.durationMs / 60000).toFixed(1)} min, ${res.machine.cpus} CPUs (${res.machine.model}), load average at the end ${res.machine.loadAverageAtEnd.join(' ')}.`,
     '',
-    `One ${formatBytes(s.memoryBytes)} test guest per run, workload \`${s.workload}\`, warmed up ${s.warmupMs} ms; migration link capped at ${formatBytes(s.bandwidthBytesPerSec)}/s (pre- and post-copy), max downtime ${s.maxDowntimeMs} ms, max ${s.maxIterations} passes; ${s.repeats} run(s) per strategy, medians shown. Verified = the guest's own page check passed on the target.`,
+    `One ${formatBytes(s.memoryBytes)} test guest per run, workload \`${s.workload}\`, warmed up ${s.warmupMs} ms; migration link capped at ${formatBytes(s.bandwidthBytesPerSec)}/s (pre- and post-copy), max downtime ${s.maxDowntimeMs} ms, max ${s.maxIterations} passes; ${s.repeats} run(s) per strategy, medians shown. Verified = the guest's own page check passed on the target. Guest stalled = the target QEMU's postcopy-blocktime: how long all vCPUs at once waited for pages still on the source.`,
     '',
     qemuTable(res),
     '',
     '## Runs',
     '',
-    '| strategy | # | outcome | total | downtime | post-copy | data | λ per pass |',
-    '|---|---|---|---|---|---|---|---|',
-    ...res.runs.map((r) => `| ${r.strategy} | ${r.repeat} | ${r.outcome}${r.verified ? ', verified' : ''} | ${ms(r.totalTimeMs)} | ${ms(r.downtimeMs)} | ${ms(r.postcopyDurationMs)} | ${formatBytes(r.bytes)} | ${r.lambdas.join(' ')} |`),
+    '| strategy | # | outcome | total | downtime | post-copy | guest stalled | data | λ per pass |',
+    '|---|---|---|---|---|---|---|---|---|',
+    ...res.runs.map((r) => `| ${r.strategy} | ${r.repeat} | ${r.outcome}${r.verified ? ', verified' : ''} | ${ms(r.totalTimeMs)} | ${ms(r.downtimeMs)} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${formatBytes(r.bytes)} | ${r.lambdas.join(' ')} |`),
     '',
   ].join('\n');
 }

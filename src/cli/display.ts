@@ -55,7 +55,7 @@ export function reportText(r: MigrationReport): string {
   if (r.postcopy) {
     const p = r.postcopy;
     lines.push(
-      `  post-copy   ${p.faults} faults${p.faultLatencyMs ? ` (p50 ${p.faultLatencyMs.p50} ms, p99 ${p.faultLatencyMs.p99} ms, max ${p.faultLatencyMs.max} ms)` : ''}, ${p.pushedPages} pages over the network, ${p.pbdataPages} from PbData (${p.pbdata})${p.fellBackToPbData ? ', fell back to PbData' : ''}`,
+      `  post-copy   ${p.faults} faults${p.faultLatencyMs ? ` (p50 ${p.faultLatencyMs.p50} ms, p99 ${p.faultLatencyMs.p99} ms, max ${p.faultLatencyMs.max} ms)` : ''}, ${p.pushedPages} pages over the network, ${p.pbdataPages} from PbData (${p.pbdata})${p.fellBackToPbData ? ', fell back to PbData' : ''}${p.blocktimeMs ? `; vCPUs stalled ${p.blocktimeMs.perVcpuMs.map((ms) => `${ms} ms`).join(' / ')} (all at once ${p.blocktimeMs.allVcpusMs} ms)` : ''}`,
     );
   }
   const decisive = r.decisions.filter((d) => d.action !== 'continue');

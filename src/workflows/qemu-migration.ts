@@ -83,6 +83,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   let outcome: QemuOutcome | null = null;
   let verification: VerifyResult | null = null;
   let resumedAtMs: number | null = null;
+  let blocktime: { allVcpusMs: number; perVcpuMs: number[] } | null = null;
   let rollbackVerification: VerifyResult | null = null;
   let ending: 'stop-and-copy' | 'switch-to-postcopy' | 'converged' = 'stop-and-copy';
 
@@ -149,7 +150,15 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
       stopAndCopy: ending !== 'switch-to-postcopy' && outcome?.completedAtMs ? { pages: Math.round(outcome.downtimeBytes / pageSize), bytes: outcome.downtimeBytes, sendMs: outcome.downtimeMs ?? 0 } : null,
       postcopy:
         ending === 'switch-to-postcopy' && outcome
-          ? { faults: outcome.postcopyRequests, faultLatencyMs: null, pushedPages: Math.round(outcome.postcopyBytes / pageSize), pbdataPages: 0, fellBackToPbData: false, pbdata: 'off' }
+          ? {
+              faults: outcome.postcopyRequests,
+              faultLatencyMs: null,
+              pushedPages: Math.round(outcome.postcopyBytes / pageSize),
+              pbdataPages: 0,
+              fellBackToPbData: false,
+              pbdata: 'off',
+              ...(blocktime ? { blocktimeMs: blocktime } : {}),
+            }
           : null,
       verification: verification
         ? { ok: verification.ok, pagesChecked: verification.pagesChecked, mismatches: verification.mismatches, method: verification.method, where: 'target' }
@@ -265,6 +274,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
     const verified = await fwdT.qemuVerifyTarget({ ...ref, passes: 2 });
     verification = verified;
     resumedAtMs = verified.resumedAtMs ?? null;
+    blocktime = verified.blocktime ?? null;
     const released = await fwdS.qemuRelease(ref).catch((e: unknown) => ({ releasedAtMs: Date.now(), transferredBytes: -1, problem: failureMessage(e) }));
     endedAtMs = outcome?.completedAtMs ?? released.releasedAtMs;
     const ok = verification.ok;

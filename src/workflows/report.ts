@@ -52,6 +52,11 @@ export interface MigrationReport {
     pbdataPages: number;
     fellBackToPbData: boolean;
     pbdata: 'sync' | 'async' | 'off';
+    /**
+     * QEMU only (the target's postcopy-blocktime): ms during which all vCPUs at once waited
+     * for missing pages, and each vCPU's total wait — the guest's stall in post-copy.
+     */
+    blocktimeMs?: { allVcpusMs: number; perVcpuMs: number[] };
   } | null;
   verification: { ok: boolean; pagesChecked: number; mismatches: number; method: string; where: 'target' | 'source' } | null;
   /** The hypervisor driver of the source host (absent = emulated). */

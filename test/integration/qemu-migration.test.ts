@@ -68,6 +68,12 @@ describe('QEMU guests', () => {
     expect(sw?.reason).toMatch(/λ=\[.*\], \d of 3 > 1, mean/);
     expect(r.postcopyDurationMs).toBeGreaterThan(0);
     expect(r.postcopy).not.toBeNull();
+    // The guest's stall in post-copy, as the target's QEMU measured it (postcopy-blocktime).
+    const bt = r.postcopy!.blocktimeMs!;
+    expect(bt.perVcpuMs).toHaveLength(1); // the test guest has one vCPU
+    for (const ms of bt.perVcpuMs) expect(ms).toBeGreaterThanOrEqual(bt.allVcpusMs);
+    if (r.postcopy!.faults > 0) expect(bt.allVcpusMs).toBeGreaterThan(0);
+    expect(bt.allVcpusMs).toBeLessThanOrEqual(r.postcopyDurationMs! + 1000);
   }, 300_000);
 
   it('a cancel during pre-copy rolls back: the guest runs on the source and verifies there', async () => {

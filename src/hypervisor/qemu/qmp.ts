@@ -223,6 +223,12 @@ export interface MigrateInfo {
     mbps: number;
   } | null;
   error: string | null;
+  /**
+   * Destination with the postcopy-blocktime capability: ms during which every vCPU waited
+   * for a missing page at once, and each vCPU's own total wait (null: not reported).
+   */
+  postcopyBlocktimeMs: number | null;
+  postcopyVcpuBlocktimeMs: number[] | null;
 }
 
 export function parseMigrateInfo(r: unknown): MigrateInfo {
@@ -249,5 +255,7 @@ export function parseMigrateInfo(r: unknown): MigrateInfo {
         }
       : null,
     error: typeof o['error-desc'] === 'string' ? (o['error-desc'] as string) : null,
+    postcopyBlocktimeMs: typeof o['postcopy-blocktime'] === 'number' ? (o['postcopy-blocktime'] as number) : null,
+    postcopyVcpuBlocktimeMs: Array.isArray(o['postcopy-vcpu-blocktime']) ? (o['postcopy-vcpu-blocktime'] as unknown[]).filter((x): x is number => typeof x === 'number') : null,
   };
 }
