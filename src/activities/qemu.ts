@@ -186,12 +186,9 @@ export function createQemuActivities(ctx: QemuContext) {
     // (QEMU matches the client's distinguished name), or every certificate of the cluster CA
     // when the source did not say its CN.
     const authz = 'ferry-tls-authz';
-    const objects = await v.qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' });
-    if (objects.some((o) => o.name === authz)) await v.qmp.execute('object-del', { id: authz });
     const cn = peer.admit ? `CN=${peer.admit}` : null;
-    await v.qmp.execute('object-add', {
+    await d.replaceObject(v, authz, {
       'qom-type': 'authz-list',
-      id: authz,
       policy: cn ? 'deny' : 'allow',
       rules: cn ? [cn, `${cn},*`, `*,${cn}`, `*,${cn},*`].map((match) => ({ match, policy: 'allow', format: 'glob' })) : [],
     });

@@ -52,10 +52,11 @@ describe('channel-2 mutual TLS between agents', () => {
   });
 
   it('the agent command takes the three files together, checked before it starts', () => {
-    const agent = (...args: string[]) => {
-      const r = spawnSync(process.execPath, [FERRY_BIN, 'agent', '--host', hostA, ...args], { encoding: 'utf8', env: { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1' } });
+    const agentAs = (host: string, ...args: string[]) => {
+      const r = spawnSync(process.execPath, [FERRY_BIN, 'agent', '--host', host, ...args], { encoding: 'utf8', env: { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1' } });
       return { code: r.status, stderr: r.stderr.trim() };
     };
+    const agent = (...args: string[]) => agentAs(hostA, ...args);
     const half = agent('--tls-ca', filesA.ca);
     expect(half).toEqual({ code: 2, stderr: 'ferry agent: --tls-ca, --tls-cert and --tls-key go together (missing --tls-cert, --tls-key)' });
     const missing = path.join(certs, 'missing.key');
@@ -64,9 +65,9 @@ describe('channel-2 mutual TLS between agents', () => {
     expect(other.code).toBe(2);
     expect(other.stderr).toContain(`names ${hostB}, not this host's id ${hostA}`);
     // QEMU checks its own certificate against the CA when it loads them; a QEMU agent says so at start.
-    const q = spawnSync(process.execPath, [FERRY_BIN, 'agent', '--host', hostC, '--driver', 'qemu', ...tlsArgs(filesC)], { encoding: 'utf8', env: { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1' } });
-    expect(q.status).toBe(2);
-    expect(q.stderr.trim()).toMatch(new RegExp(`^ferry agent: migration TLS: certificate file '${filesC.cert.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}' \\(CN=${hostC}\\) is not signed by the CA in '.*cluster-ca\\.crt' \\(CN=ferry cluster CA\\); QEMU refuses such credentials$`));
+    const q = agentAs(hostC, '--driver', 'qemu', ...tlsArgs(filesC));
+    expect(q.code).toBe(2);
+    expect(q.stderr).toMatch(new RegExp(`^ferry agent: migration TLS: certificate file '${filesC.cert.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}' \\(CN=${hostC}\\) is not signed by the CA in '.*cluster-ca\\.crt' \\(CN=ferry cluster CA\\); QEMU refuses such credentials$`));
   });
 
   it('agents say channel-2 mTLS in their ready line', async () => {

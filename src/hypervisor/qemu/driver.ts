@@ -350,11 +350,16 @@ export class QemuDriver implements HypervisorDriver {
     if (!this.opts.migrationTls) return null;
     const dir = await this.migrationTlsDir();
     const id = TLS_CREDS_ID[role];
+    // A server verifies the client's certificate too (mutual TLS); a client always does.
+    await this.replaceObject(v, id, { 'qom-type': 'tls-creds-x509', dir, endpoint: role, 'verify-peer': true });
+    return id;
+  }
+
+  /** object-add, first removing an object of that id an earlier migration left in this QEMU. */
+  async replaceObject(v: QemuVm, id: string, props: Record<string, unknown> & { 'qom-type': string }): Promise<void> {
     const objects = await v.qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' });
     if (objects.some((o) => o.name === id)) await v.qmp.execute('object-del', { id });
-    // A server verifies the client's certificate too (mutual TLS); a client always does.
-    await v.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir, endpoint: role, 'verify-peer': true });
-    return id;
+    await v.qmp.execute('object-add', { ...props, id });
   }
 
   /** Target side: a QEMU waiting for an incoming migration (`-incoming defer`). */
