@@ -24,14 +24,24 @@ let auditDir: string | undefined;
 
 export async function setup(project: TestProject): Promise<void> {
   const bin = await ensureTemporalBinary();
-  env = await TestWorkflowEnvironment.createLocal({
-    server: {
-      executable: { type: 'existing-path', path: bin },
-      ip: '127.0.0.1',
-      searchAttributes: FERRY_SEARCH_ATTRIBUTES,
-      log: { format: 'pretty', level: 'error' },
-    },
-  });
+  // The SDK picks a free port and hands it to the server; another process can take it in
+  // between (as can the server's own internal services). Such a start is tried again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      env = await TestWorkflowEnvironment.createLocal({
+        server: {
+          executable: { type: 'existing-path', path: bin },
+          ip: '127.0.0.1',
+          searchAttributes: FERRY_SEARCH_ATTRIBUTES,
+          log: { format: 'pretty', level: 'error' },
+        },
+      });
+      break;
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      process.stderr.write(`global setup: the Temporal dev server did not start (${(e as Error).message}); trying again\n`);
+    }
+  }
   project.provide('temporalAddress', env.address);
   project.provide('temporalBin', bin);
   auditDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-audit-'));

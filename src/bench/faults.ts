@@ -525,8 +525,9 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
     storage = net ? createTestStorage() : null;
     const storageDir = storage?.dir ?? path.join(dir, 'storage');
     fs.mkdirSync(storageDir, { recursive: true });
-    const serverOpts = { bin, ip: '127.0.0.1', port: await freePort(), headless: true, dbFile: net ? null : path.join(dir, 'temporal.db'), logFile: path.join(dir, 'server.log') };
+    const serverOpts = { bin, ip: '127.0.0.1', port: 0, headless: true, dbFile: net ? null : path.join(dir, 'temporal.db'), logFile: path.join(dir, 'server.log') };
     server = await startDevServer(serverOpts);
+    serverOpts.port = server.port; // a restart comes back on the same address
     recordPid(dir, server.process.pid, 'temporal');
     const address = server.address;
     relay = net ? await startRelay(net.serverIp, { host: '127.0.0.1', port: serverOpts.port }) : null;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { inject } from 'vitest';
 import { spawnFerry, type FerryProcess } from '../../src/cli/processes';
-import { freePort, startDevServer, type DevServer } from '../../src/common/dev-server';
+import { startDevServer, type DevServer } from '../../src/common/dev-server';
 import { tempDir } from './cluster';
 
 export interface Isolated {
@@ -24,11 +24,12 @@ export interface Isolated {
 
 export async function startIsolated(hosts: string[], opts: { persistent?: boolean } = {}): Promise<Isolated> {
   const dir = tempDir('isolated');
-  const port = await freePort();
   const bin = inject('temporalBin');
-  const serverOpts = { bin, port, headless: true, dbFile: opts.persistent ? path.join(dir, 'temporal.db') : null, logFile: path.join(dir, 'server.log') };
+  // Port 0: startDevServer picks one (and picks again if it is taken before the server binds it).
+  const serverOpts = { bin, port: 0, headless: true, dbFile: opts.persistent ? path.join(dir, 'temporal.db') : null, logFile: path.join(dir, 'server.log') };
   let server: DevServer = await startDevServer(serverOpts);
   const address = server.address;
+  serverOpts.port = server.port; // a restart comes back on the same address
   const storage = tempDir('isolated-storage');
   const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storage };
   const connection = await Connection.connect({ address });
