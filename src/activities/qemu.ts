@@ -198,7 +198,7 @@ export function createQemuActivities(ctx: QemuContext) {
   return {
     async qemuDescribe(
       input: { vm: string },
-    ): Promise<VmDescription & { seed: number; rate: number | null; driver: string; qemuArgs?: string[]; tls: boolean; tlsCommonName: string | null }> {
+    ): Promise<VmDescription & { seed: number; rate: number | null; driver: string; qemuArgs?: string[]; tlsCommonName: string | null }> {
       const v = vmOf(input?.vm);
       if (v.incoming) throw userError('NotFound', `QEMU guest ${input.vm} on ${ctx.hostId} is an incoming migration, not a running VM`);
       return {
@@ -214,7 +214,6 @@ export function createQemuActivities(ctx: QemuContext) {
         rate: v.spec.rate ?? null,
         driver: 'qemu',
         ...(v.spec.qemuArgs ? { qemuArgs: v.spec.qemuArgs } : {}),
-        tls: d.migrationTls,
         tlsCommonName: d.migrationTls ? (ctx.tlsCommonName ?? null) : null,
       };
     },
