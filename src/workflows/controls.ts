@@ -67,16 +67,48 @@ export function publishPhase(p: Phase): void {
   upsertSearchAttributes([{ key: PhaseKey, value: p }]);
 }
 
+/**
+ * What every runbook records the same way: its phase (published as the Phase attribute),
+ * whether the target runs the guest yet, an operator's request to force post-copy, and the
+ * iterations and decisions of the report.
+ */
+export class Journal {
+  phase: Phase = 'preparing';
+  /** The target runs the guest: cancel is refused from here on. */
+  switched = false;
+  /** Who asked to switch to post-copy at the next boundary. */
+  forcedBy: string | null = null;
+  readonly iterations: ReportIteration[] = [];
+  readonly decisions: ReportDecision[] = [];
+
+  constructor(private readonly startedAt: number) {}
+
+  setPhase(p: Phase): void {
+    this.phase = p;
+    publishPhase(p);
+  }
+
+  record(d: Decision): void {
+    this.decisions.push(decisionEntry(d, this.startedAt, this.iterations));
+  }
+
+  bytesSent(): number {
+    return bytesSentOf(this.iterations);
+  }
+
+  /** Switch to post-copy at the next boundary; returns that iteration's number. */
+  force(by: string): number {
+    this.forcedBy = by;
+    return this.iterations.length + 1;
+  }
+}
+
 export interface ControlHooks {
   vm: string;
   target: string;
   strategy: StrategyName;
-  phase(): Phase;
-  /** The target runs the guest: cancel is refused from here on. */
-  switched(): boolean;
+  journal: Journal;
   progress(): Progress;
-  /** Switch to post-copy at the next boundary; returns that iteration's number. */
-  force(by: string): number;
   /** Apply a new migration-network cap (bytes/s, 0 = uncapped). */
   setBandwidth(rate: number): Promise<void>;
   /** QEMU also caps its post-copy; the emulated post-copy is paced by faults. */
@@ -85,14 +117,14 @@ export interface ControlHooks {
 }
 
 export function registerControls(h: ControlHooks): void {
-  const { vm, target, strategy } = h;
+  const { vm, target, strategy, journal } = h;
   setHandler(progressQuery, () => h.progress());
 
-  setHandler(forcePostcopyUpdate, (req) => ({ accepted: true as const, atIteration: h.force(req.by ?? 'operator') }), {
+  setHandler(forcePostcopyUpdate, (req) => ({ accepted: true as const, atIteration: journal.force(req.by ?? 'operator') }), {
     validator: (_req) => {
-      const phase = h.phase();
+      const phase = journal.phase;
       if (!mayPostcopy(strategy)) throw new Error(`strategy ${strategy} never switches to post-copy; migrate with a hybrid strategy to force one`);
-      if (h.switched() || phase === 'stop-and-copy' || phase === 'switching') throw new Error(`migration of ${vm} is past the switch point (phase ${phase})`);
+      if (journal.switched || phase === 'stop-and-copy' || phase === 'switching') throw new Error(`migration of ${vm} is past the switch point (phase ${phase})`);
       if (phase === 'rolling-back' || phase === 'rolled-back') throw new Error(`migration of ${vm} is ${phase}`);
     },
   });
@@ -105,10 +137,10 @@ export function registerControls(h: ControlHooks): void {
     },
     {
       validator: (rate) => {
-        const phase = h.phase();
+        const phase = journal.phase;
         if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) throw new Error('bandwidth must be a number of bytes/s ≥ 0 (0 = uncapped)');
         if (rate > 0 && rate < 64 * 1024) throw new Error('bandwidth below 64 KiB/s would never converge; use at least 64KiB/s');
-        if ((h.switched() && !h.bandwidthAfterSwitch) || ['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
+        if ((journal.switched && !h.bandwidthAfterSwitch) || ['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
       },
     },
   );
@@ -121,8 +153,8 @@ export function registerControls(h: ControlHooks): void {
     },
     {
       validator: (_req) => {
-        const phase = h.phase();
-        if (h.switched() || phase === 'postcopy' || phase === 'verifying') {
+        const phase = journal.phase;
+        if (journal.switched || phase === 'postcopy' || phase === 'verifying') {
           throw new Error(`refused: ${vm} already runs on ${target} (phase ${phase}); after the switch a migration only moves forward`);
         }
         if (['completed', 'rolled-back', 'failed', 'rolling-back'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}`);

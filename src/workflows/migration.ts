@@ -38,7 +38,7 @@ import { hostQueue } from '../common/names';
 import { decide, lambdaOf, transferMs } from '../policy';
 import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
 import type { Phase } from './messages';
-import { bytesSentOf, decisionEntry, progressOf, publishPhase, registerControls } from './controls';
+import { Journal, progressOf, registerControls } from './controls';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 import { audited, type AttemptLink } from './audit';
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
@@ -133,17 +133,14 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
   const tgtLong = preSwitch(target, '2h');
 
   // ---- state, visible through the progress query --------------------------------------
-  let phase: Phase = 'preparing';
-  let switched = false;
-  let forcedBy: string | null = null;
   let cancelRequest = null as { by?: string; reason?: string } | null;
   let bandwidth = options.bandwidthBytesPerSec;
   let pageCount = 0;
   let pageSize = 4096;
   let remainingPages = 0;
   let staticMerged: boolean | null = par ? false : null;
-  const iterations: ReportIteration[] = [];
-  const decisions: ReportDecision[] = [];
+  const journal = new Journal(startedAt);
+  const { iterations, decisions } = journal;
   const compensations: Undo[] = [];
   let rollbackVerification: VerifyResult | null = null;
   let sourceState = null as { guestRunning: boolean; note: string } | null;
@@ -152,31 +149,17 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
   let saveError: string | null = null;
   let staticAbandoned: string | null = null;
 
-  const setPhase = (p: Phase): void => {
-    phase = p;
-    publishPhase(p);
-  };
-  const record = (d: Decision): void => {
-    decisions.push(decisionEntry(d, startedAt, iterations));
-  };
-  const bytesSent = (): number => bytesSentOf(iterations);
-
   let preSwitchScope: CancellationScope | null = null;
   registerControls({
     vm,
     target,
     strategy,
-    phase: () => phase,
-    switched: () => switched,
+    journal,
     progress: () =>
-      progressOf({ id: info.workflowId, vm, source, target, strategy, phase, switched, iterations, decisions, remainingPages, pageCount, pageSize, staticMerged: staticMerged, bandwidthBytesPerSec: bandwidth, startedAt }),
-    force: (by) => {
-      forcedBy = by;
-      return iterations.length + 1;
-    },
+      progressOf({ id: info.workflowId, vm, source, target, strategy, phase: journal.phase, switched: journal.switched, iterations, decisions, remainingPages, pageCount, pageSize, staticMerged: staticMerged, bandwidthBytesPerSec: bandwidth, startedAt }),
     setBandwidth: async (rate) => {
       bandwidth = rate;
-      if (phase !== 'preparing') await cleanup(source).setBandwidth({ ...ref, bandwidthBytesPerSec: rate });
+      if (journal.phase !== 'preparing') await cleanup(source).setBandwidth({ ...ref, bandwidthBytesPerSec: rate });
     },
     bandwidthAfterSwitch: false,
     cancel: (req) => {
@@ -276,7 +259,7 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
       });
       const prepS = await src.prepareSource({ ...ref, target, dataAddress: prepT.dataAddress, secret: prepT.secret, strategy, options: { ...options, bandwidthBytesPerSec: bandwidth } });
       startedAtMs = prepS.startedAtMs;
-      setPhase('precopy');
+      journal.setPhase('precopy');
 
       // par-migrate: channel-1 runs beside the iterations.
       let mergePromise: Promise<StaticMergeResult> | null = null;
@@ -315,7 +298,7 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
         if (saveError !== null && staticAbandoned === null && !staticMerged) {
           staticAbandoned = `StaticData abandoned (${saveError})`;
           mergeScope?.cancel();
-          record({ action: 'continue', reason: `continue at iteration ${i}: ${staticAbandoned}; every page goes over channel-2 in this round instead` });
+          journal.record({ action: 'continue', reason: `continue at iteration ${i}: ${staticAbandoned}; every page goes over channel-2 in this round instead` });
           await cleanup(source).cleanupStorage(ref).catch(() => undefined);
           bulkNext = true;
         }
@@ -330,13 +313,13 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
           }
         }
         if ((i > 1 && !statsStale) || strategy === 'postcopy') {
-          const d: Decision = forcedBy
-            ? { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${forcedBy}` }
+          const d: Decision = journal.forcedBy
+            ? { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${journal.forcedBy}` }
             : decide(
                 { iterations: iterations.map(toStat), remainingPages, staticMerged: staticMerged ?? true },
                 { strategy, pageSize, pageCount, maxDowntimeMs: options.maxDowntimeMs, maxIterations: options.maxIterations, bandwidthBytesPerSec: bandwidth || 1e12 },
               );
-          record(d);
+          journal.record(d);
           if (d.action !== 'continue') {
             ending = d.action;
             break;
@@ -375,37 +358,37 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
       }
 
       if (ending === 'stop-and-copy') {
-        setPhase('stop-and-copy');
+        journal.setPhase('stop-and-copy');
         const sc = await src.stopAndCopy(ref);
         stopCopy = { pages: sc.pages, bytes: sc.bytes, sendMs: Math.round(sc.durationMs) };
         const resumed = await tgt.resumeTarget({ ...ref, postcopy: false, digest: options.digest === true });
         digests.target = resumed.digest;
         downtimeMs = Math.max(0, resumed.resumedAtMs - sc.pausedAtMs);
-        switched = true;
+        journal.switched = true;
       } else {
-        setPhase('switching');
+        journal.setPhase('switching');
         const sw = await src.switchToPostcopy(ref);
         remainingPages = sw.missingPages;
         if (pbdataMode === 'sync') pbResult = await srcLong.writePbData(ref);
         const resumed = await tgt.resumeTarget({ ...ref, postcopy: true, digest: options.digest === true });
         digests.target = resumed.digest;
         downtimeMs = Math.max(0, resumed.resumedAtMs - sw.pausedAtMs);
-        switched = true;
+        journal.switched = true;
         postcopyStartMs = resumed.resumedAtMs;
       }
     });
   } catch (err) {
-    if (switched) throw err;
+    if (journal.switched) throw err;
     // ---- rollback: the guest keeps running on the source -----------------------------
-    const why = rollbackReason(isCancellation(err), cancelRequest, phase, err);
-    setPhase('rolling-back');
+    const why = rollbackReason(isCancellation(err), cancelRequest, journal.phase, err);
+    journal.setPhase('rolling-back');
     const undoErrors = await runUndos(compensations);
     endedAtMs = Date.now();
     // What matters is the guest: running on the source = rolled back. Leftovers on a dead
     // target are reported; they went with its agent process.
     const guestOk = sourceState === null ? !sourceTouched : sourceState.guestRunning;
     const leftovers = undoErrors.length ? `; cleanup incomplete: ${undoErrors.join('; ')}` : '';
-    setPhase(guestOk ? 'rolled-back' : 'failed');
+    journal.setPhase(guestOk ? 'rolled-back' : 'failed');
     await condition(allHandlersFinished);
     if (guestOk) return report('rolled-back', `${why}; rolled back, ${vm} runs on ${source}${leftovers}`);
     const lost = sourceState?.note ?? `the source ${source} did not answer the rollback`;
@@ -417,7 +400,7 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
   return CancellationScope.nonCancellable(async () => {
     const tgtFwd = postSwitch(target);
     if (ending === 'switch-to-postcopy') {
-      setPhase('postcopy');
+      journal.setPhase('postcopy');
       const pbPromise: Promise<PbDataResult | null> =
         pbdataMode === 'async'
           ? afterSwitchOnSource(source, 3).writePbData(ref).catch((err) => {
@@ -434,7 +417,7 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
       pbResult = await pbPromise;
       if (pbResult) storageWrite += pbResult.bytesWritten;
     }
-    setPhase('verifying');
+    journal.setPhase('verifying');
     let releaseProblem: string | null = null;
     const released = await afterSwitchOnSource(source, 3)
       .releaseSource(ref)
@@ -443,13 +426,13 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
         return { releasedAtMs: Date.now(), channelBytes: -1, storageBytesWritten: 0, digest: null };
       });
     if (released.digest) digests.source = released.digest;
-    channelBytes = released.channelBytes >= 0 ? released.channelBytes : bytesSent();
+    channelBytes = released.channelBytes >= 0 ? released.channelBytes : journal.bytesSent();
     verification = await tgtFwd.verifyTarget(ref);
     if (par || pbdataMode !== 'off') await cleanup(target).cleanupStorage(ref).catch(() => undefined);
     endedAtMs = Math.max(released.releasedAtMs, drain?.completedAtMs ?? 0);
     if (staticAbandoned === null) await savePromise;
     const ok = verification.ok;
-    setPhase(ok ? 'completed' : 'failed');
+    journal.setPhase(ok ? 'completed' : 'failed');
     await condition(allHandlersFinished);
     const how = ending === 'stop-and-copy' ? `stop-and-copy after ${iterations.length} iteration(s)` : `post-copy after ${iterations.length} iteration(s)`;
     return report(
@@ -460,7 +443,6 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
     );
   });
 }
-
 
 function toStat(it: ReportIteration): IterationStat {
   return { index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter };

@@ -23,7 +23,7 @@ import { decide, lambdaOf } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision } from '../policy/types';
 import type { Phase } from './messages';
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
-import { bytesSentOf, decisionEntry, progressOf, publishPhase, registerControls } from './controls';
+import { Journal, progressOf, registerControls } from './controls';
 import type { MigrationInput } from './migration';
 import type { MigrationReport, ReportDecision, ReportIteration } from './report';
 
@@ -65,16 +65,13 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   const fwdT = steps(target, '2h', 20);
   const stallMs = options.faultTimeoutMs && options.faultTimeoutMs > 0 ? options.faultTimeoutMs : DEFAULT_STALL_MS;
 
-  let phase: Phase = 'preparing';
-  let switched = false;
-  let forcedBy: string | null = null;
   let cancelRequest = null as { by?: string; reason?: string } | null;
   let bandwidth = options.bandwidthBytesPerSec;
   let pageCount = 0;
   let remainingPages = 0;
   const pageSize = 4096;
-  const iterations: ReportIteration[] = [];
-  const decisions: ReportDecision[] = [];
+  const journal = new Journal(startedAt);
+  const { iterations, decisions } = journal;
   const recoveries: NonNullable<MigrationReport['recoveries']> = [];
   let workload = 'unknown';
   let memoryBytes = 0;
@@ -87,31 +84,17 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   let rollbackVerification: VerifyResult | null = null;
   let ending: 'stop-and-copy' | 'switch-to-postcopy' | 'converged' = 'stop-and-copy';
 
-  const setPhase = (p: Phase): void => {
-    phase = p;
-    publishPhase(p);
-  };
-  const record = (d: Decision): void => {
-    decisions.push(decisionEntry(d, startedAt, iterations));
-  };
-  const bytesSent = (): number => bytesSentOf(iterations);
-
   let scope: CancellationScope | null = null;
   registerControls({
     vm,
     target,
     strategy,
-    phase: () => phase,
-    switched: () => switched,
+    journal,
     progress: () =>
-      progressOf({ id: info.workflowId, vm, source, target, strategy, phase, switched, iterations, decisions, remainingPages, pageCount, pageSize, staticMerged: null, bandwidthBytesPerSec: bandwidth, startedAt }),
-    force: (by) => {
-      forcedBy = by;
-      return iterations.length + 1;
-    },
+      progressOf({ id: info.workflowId, vm, source, target, strategy, phase: journal.phase, switched: journal.switched, iterations, decisions, remainingPages, pageCount, pageSize, staticMerged: null, bandwidthBytesPerSec: bandwidth, startedAt }),
     setBandwidth: async (rate) => {
       bandwidth = rate;
-      if (phase !== 'preparing') await cleanup.qemuSetBandwidth({ ...ref, bandwidthBytesPerSec: rate });
+      if (journal.phase !== 'preparing') await cleanup.qemuSetBandwidth({ ...ref, bandwidthBytesPerSec: rate });
     },
     // QEMU caps its post-copy stream too (max-postcopy-bandwidth).
     bandwidthAfterSwitch: true,
@@ -122,7 +105,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   });
 
   const report = (result: MigrationReport['outcome'], reason: string): MigrationReport => {
-    const net = outcome?.transferredBytes ?? bytesSent();
+    const net = outcome?.transferredBytes ?? journal.bytesSent();
     const postcopyDurationMs = outcome?.postcopyActiveAtMs && outcome.completedAtMs ? Math.max(0, outcome.completedAtMs - outcome.postcopyActiveAtMs) : null;
     return {
       id: `${info.workflowId}/${info.runId}`,
@@ -193,17 +176,17 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
       });
       const started = await src.qemuStart({ ...ref, uri: prep.uri, strategy, options: { ...options, bandwidthBytesPerSec: bandwidth }, target, ...(prep.tls !== undefined ? { targetTls: prep.tls } : {}) });
       startedAtMs = started.startedAtMs;
-      setPhase('precopy');
+      journal.setPhase('precopy');
 
       for (let i = 1; ; i++) {
         if (i > 1 || strategy === 'postcopy') {
-          const d: Decision = forcedBy
-            ? { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${forcedBy}` }
+          const d: Decision = journal.forcedBy
+            ? { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${journal.forcedBy}` }
             : decide(
                 { iterations: iterations.map((it) => ({ index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter })), remainingPages, staticMerged: true },
                 { strategy, pageSize, pageCount, maxDowntimeMs: options.maxDowntimeMs, maxIterations: options.maxIterations, bandwidthBytesPerSec: bandwidth || 1e12 },
               );
-          record(d);
+          journal.record(d);
           if (d.action !== 'continue') {
             ending = d.action;
             break;
@@ -213,7 +196,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
         if (r.kind === 'finished') {
           if (r.status !== 'completed') throw new Error(`QEMU ended the migration (${r.status})${r.error ? `: ${r.error}` : ''}`);
           ending = 'converged';
-          record({ action: 'stop-and-copy', reason: `stop-and-copy at iteration ${i}: QEMU found nothing left to send within its limit` });
+          journal.record({ action: 'stop-and-copy', reason: `stop-and-copy at iteration ${i}: QEMU found nothing left to send within its limit` });
           break;
         }
         const it: QemuIteration = r.iteration;
@@ -222,25 +205,25 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
       }
 
       if (ending === 'switch-to-postcopy') {
-        setPhase('switching');
+        journal.setPhase('switching');
         outcome = await src.qemuSwitchToPostcopy(ref);
       } else {
-        setPhase('stop-and-copy');
+        journal.setPhase('stop-and-copy');
         outcome = await src.qemuStopAndCopy(ref);
       }
-      switched = true;
+      journal.switched = true;
       // QEMU moves the rest itself now (post-copy or the final copy): nothing left for an ETA.
       remainingPages = 0;
     });
   } catch (err) {
-    if (switched) throw err;
-    const why = rollbackReason(isCancellation(err), cancelRequest, phase, err);
-    setPhase('rolling-back');
+    if (journal.switched) throw err;
+    const why = rollbackReason(isCancellation(err), cancelRequest, journal.phase, err);
+    journal.setPhase('rolling-back');
     const undoErrors = await runUndos(undo);
     endedAtMs = Date.now();
     const s = sourceState as { guestRunning: boolean; note: string } | null;
     const ok = s === null ? true : s.guestRunning;
-    setPhase(ok ? 'rolled-back' : 'failed');
+    journal.setPhase(ok ? 'rolled-back' : 'failed');
     await condition(allHandlersFinished);
     const leftovers = undoErrors.length ? `; cleanup incomplete: ${undoErrors.join('; ')}` : '';
     return report(ok ? 'rolled-back' : 'failed', ok ? `${why}; rolled back, ${vm} runs on ${source}${leftovers}` : `${why}; ${s?.note ?? 'rollback failed'}${leftovers}`);
@@ -249,14 +232,14 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   // ---- 5: after the switch: only forward -------------------------------------------------
   return CancellationScope.nonCancellable(async () => {
     if (ending === 'switch-to-postcopy') {
-      setPhase('postcopy');
+      journal.setPhase('postcopy');
       for (;;) {
         const c = await fwdS.qemuAwaitCompletion({ ...ref, stallMs });
         outcome = c.outcome;
         if (c.kind === 'completed') break;
         if (c.kind === 'failed' || recoveries.length >= MAX_RECOVERIES) {
           endedAtMs = Date.now();
-          setPhase('failed');
+          journal.setPhase('failed');
           await condition(allHandlersFinished);
           return report('failed', `post-copy of ${vm} could not finish (${c.why}) after ${recoveries.length} recover${recoveries.length === 1 ? 'y' : 'ies'}: the guest is split between ${source} and ${target}; both QEMUs are kept for an operator`);
         }
@@ -270,7 +253,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
         recoveries.push({ atMs, reason: c.why, uri: rec.uri, resumedAfterMs: Date.now() - startedAt - atMs });
       }
     }
-    setPhase('verifying');
+    journal.setPhase('verifying');
     const verified = await fwdT.qemuVerifyTarget({ ...ref, passes: 2 });
     verification = verified;
     resumedAtMs = verified.resumedAtMs ?? null;
@@ -278,7 +261,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
     const released = await fwdS.qemuRelease(ref).catch((e: unknown) => ({ releasedAtMs: Date.now(), transferredBytes: -1, problem: failureMessage(e) }));
     endedAtMs = outcome?.completedAtMs ?? released.releasedAtMs;
     const ok = verification.ok;
-    setPhase(ok ? 'completed' : 'failed');
+    journal.setPhase(ok ? 'completed' : 'failed');
     await condition(allHandlersFinished);
     const how =
       ending === 'switch-to-postcopy'
