@@ -53,18 +53,11 @@ export interface QemuBenchRun {
   reason: string;
 }
 
-export interface QemuBenchRow {
-  strategy: StrategyName;
+/** One strategy's medians over its runs (and how many of them the guest verified). */
+export type QemuBenchRow = Pick<QemuBenchRun, 'strategy' | 'totalTimeMs' | 'downtimeMs' | 'postcopyDurationMs' | 'stallMs' | 'bytes' | 'passes' | 'ending'> & {
   runs: number;
   verified: number;
-  totalTimeMs: number;
-  downtimeMs: number | null;
-  postcopyDurationMs: number | null;
-  stallMs: number | null;
-  bytes: number;
-  passes: number;
-  ending: string;
-}
+};
 
 export interface QemuBenchResult {
   schema: 'ferry-bench-qemu/1';

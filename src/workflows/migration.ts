@@ -39,7 +39,7 @@ import { decide, lambdaOf, transferMs } from '../policy';
 import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
 import type { Phase } from './messages';
 import { Journal, progressOf, registerControls } from './controls';
-import type { MigrationReport, ReportDecision, ReportIteration } from './report';
+import { reportHead, verificationOf, type MigrationReport, type ReportDecision, type ReportIteration } from './report';
 import { audited, type AttemptLink } from './audit';
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 import { runQemuMigration } from './qemu-migration';
@@ -190,20 +190,7 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
     const storageRead = (mergeResult?.bytesRead ?? 0) + (drain?.storageBytesRead ?? 0);
     const migrationNetwork = channelBytes;
     return {
-      id: `${info.workflowId}/${info.runId}`,
-      vm,
-      source,
-      target,
-      strategy,
-      workload,
-      ticket: input.ticket ?? null,
-      requestedBy: input.requestedBy ?? null,
-      outcome,
-      reason,
-      pageSize,
-      memoryBytes,
-      startedAt: new Date(startedAtMs).toISOString(),
-      totalTimeMs: Math.max(0, (endedAtMs ?? Date.now()) - startedAtMs),
+      ...reportHead({ workflowId: info.workflowId, runId: info.runId, input, workload, outcome: outcome, reason, pageSize, memoryBytes, startedAtMs, endedAtMs }),
       downtimeMs,
       postcopyDurationMs,
       bytes: { migrationNetwork, storageWrite, storageRead, total: migrationNetwork + storageWrite },
@@ -223,11 +210,7 @@ async function runMigration(input: MigrationInput): Promise<MigrationReport> {
             pbdata: pbdataMode,
           }
         : null,
-      verification: verification
-        ? { ok: verification.ok, pagesChecked: verification.pagesChecked, mismatches: verification.mismatches, method: verification.method, where: 'target' }
-        : rollbackVerification
-          ? { ok: rollbackVerification.ok, pagesChecked: rollbackVerification.pagesChecked, mismatches: rollbackVerification.mismatches, method: rollbackVerification.method, where: 'source' }
-          : null,
+      verification: verificationOf(verification, rollbackVerification),
       ...(options.digest ? { digests } : {}),
     };
   };

@@ -25,7 +25,7 @@ import type { Phase } from './messages';
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 import { Journal, progressOf, registerControls } from './controls';
 import type { MigrationInput } from './migration';
-import type { MigrationReport, ReportDecision, ReportIteration } from './report';
+import { reportHead, verificationOf, type MigrationReport, type ReportDecision, type ReportIteration } from './report';
 
 type Acts = QemuActivities;
 
@@ -78,9 +78,9 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
   let startedAtMs = startedAt;
   let endedAtMs: number | null = null;
   let outcome: QemuOutcome | null = null;
-  let verification: VerifyResult | null = null;
+  /** The guest's own check on the target, and how long it stalled in post-copy. */
+  let verification: (VerifyResult & { blocktime?: { allVcpusMs: number; perVcpuMs: number[] } | null }) | null = null;
   let resumedAtMs: number | null = null;
-  let blocktime: { allVcpusMs: number; perVcpuMs: number[] } | null = null;
   let rollbackVerification: VerifyResult | null = null;
   let ending: 'stop-and-copy' | 'switch-to-postcopy' | 'converged' = 'stop-and-copy';
 
@@ -108,20 +108,7 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
     const net = outcome?.transferredBytes ?? journal.bytesSent();
     const postcopyDurationMs = outcome?.postcopyActiveAtMs && outcome.completedAtMs ? Math.max(0, outcome.completedAtMs - outcome.postcopyActiveAtMs) : null;
     return {
-      id: `${info.workflowId}/${info.runId}`,
-      vm,
-      source,
-      target,
-      strategy,
-      workload,
-      ticket: input.ticket ?? null,
-      requestedBy: input.requestedBy ?? null,
-      outcome: result,
-      reason,
-      pageSize,
-      memoryBytes,
-      startedAt: new Date(startedAtMs).toISOString(),
-      totalTimeMs: Math.max(0, (endedAtMs ?? Date.now()) - startedAtMs),
+      ...reportHead({ workflowId: info.workflowId, runId: info.runId, input, workload, outcome: result, reason, pageSize, memoryBytes, startedAtMs, endedAtMs }),
       // The guest's pause as its two QEMUs saw it: the source's STOP to the target's RESUME
       // (QMP event timestamps); QEMU's own figure when one of them is missing.
       downtimeMs: resumedAtMs !== null && outcome?.pausedAtMs ? Math.max(0, resumedAtMs - outcome.pausedAtMs) : outcome?.completedAtMs ? outcome.downtimeMs : null,
@@ -140,14 +127,10 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
               pbdataPages: 0,
               fellBackToPbData: false,
               pbdata: 'off',
-              ...(blocktime ? { blocktimeMs: blocktime } : {}),
+              ...(verification?.blocktime ? { blocktimeMs: verification.blocktime } : {}),
             }
           : null,
-      verification: verification
-        ? { ok: verification.ok, pagesChecked: verification.pagesChecked, mismatches: verification.mismatches, method: verification.method, where: 'target' }
-        : rollbackVerification
-          ? { ok: rollbackVerification.ok, pagesChecked: rollbackVerification.pagesChecked, mismatches: rollbackVerification.mismatches, method: rollbackVerification.method, where: 'source' }
-          : null,
+      verification: verificationOf(verification, rollbackVerification),
       driver: 'qemu',
       ...(recoveries.length ? { recoveries } : {}),
     };
@@ -257,7 +240,6 @@ export async function runQemuMigration(input: MigrationInput): Promise<Migration
     const verified = await fwdT.qemuVerifyTarget({ ...ref, passes: 2 });
     verification = verified;
     resumedAtMs = verified.resumedAtMs ?? null;
-    blocktime = verified.blocktime ?? null;
     const released = await fwdS.qemuRelease(ref).catch((e: unknown) => ({ releasedAtMs: Date.now(), transferredBytes: -1, problem: failureMessage(e) }));
     endedAtMs = outcome?.completedAtMs ?? released.releasedAtMs;
     const ok = verification.ok;

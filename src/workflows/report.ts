@@ -66,3 +66,44 @@ export interface MigrationReport {
   /** Test aid (digest option): SHA-256 of guest memory at the source pause and at the target before resume. */
   digests?: { source: string | null; target: string | null };
 }
+
+/** The fields every runbook's report opens with: who, what, when, and how it ended. */
+export function reportHead(h: {
+  workflowId: string;
+  runId: string;
+  input: { vm: string; source: string; target: string; strategy: StrategyName; ticket?: string | null; requestedBy?: string | null };
+  workload: string;
+  outcome: Outcome;
+  reason: string;
+  pageSize: number;
+  memoryBytes: number;
+  startedAtMs: number;
+  endedAtMs: number | null;
+}): Pick<MigrationReport, 'id' | 'vm' | 'source' | 'target' | 'strategy' | 'workload' | 'ticket' | 'requestedBy' | 'outcome' | 'reason' | 'pageSize' | 'memoryBytes' | 'startedAt' | 'totalTimeMs'> {
+  const { input } = h;
+  return {
+    id: `${h.workflowId}/${h.runId}`,
+    vm: input.vm,
+    source: input.source,
+    target: input.target,
+    strategy: input.strategy,
+    workload: h.workload,
+    ticket: input.ticket ?? null,
+    requestedBy: input.requestedBy ?? null,
+    outcome: h.outcome,
+    reason: h.reason,
+    pageSize: h.pageSize,
+    memoryBytes: h.memoryBytes,
+    startedAt: new Date(h.startedAtMs).toISOString(),
+    totalTimeMs: Math.max(0, (h.endedAtMs ?? Date.now()) - h.startedAtMs),
+  };
+}
+
+/** The report's verification: the target's when the guest got there, else the source's after a rollback. */
+export function verificationOf(
+  onTarget: { ok: boolean; pagesChecked: number; mismatches: number; method: string } | null,
+  onSource: { ok: boolean; pagesChecked: number; mismatches: number; method: string } | null,
+): MigrationReport['verification'] {
+  const v = onTarget ?? onSource;
+  return v ? { ok: v.ok, pagesChecked: v.pagesChecked, mismatches: v.mismatches, method: v.method, where: onTarget ? 'target' : 'source' } : null;
+}
