@@ -11,7 +11,8 @@ import { UsageError } from '../common/errors';
 import { CONTROL_QUEUE, migrationWorkflowId, VM_NAME_RE } from '../common/names';
 import { SourceHost, Strategy, TargetHost, TicketId, VmId, Phase } from '../common/search-attributes';
 import type { HostFacts } from '../activities/host';
-import { usesParMigrate, type StrategyName } from '../policy/types';
+import type { StrategyName } from '../policy/types';
+import { engineMatch } from '../workflows/engine';
 import type { InventoryResult } from '../workflows/inventory';
 import type { MigrationInput } from '../workflows/migration';
 import type { MigrationReport } from '../workflows/report';
@@ -97,9 +98,14 @@ export async function startMigration(client: Client, req: StartRequest): Promise
   }
   const source = req.source ?? (await locateVm(client, req.vm)).hostId;
   if (source === req.target) throw new UsageError(`vm ${req.vm} is already on ${req.target}`);
-  const driver = (await registeredHosts(client)).find((h) => h.hostId === source)?.driver;
-  if (driver === 'qemu' && usesParMigrate(req.strategy)) {
-    throw new UsageError(`strategy ${req.strategy} needs par-migrate, which QEMU cannot do (it exposes no dirty log to ferry): migrate ${req.vm} with as-hybrid (or another non-par strategy)`);
+  // The workflow chooses the engine from the hosts' own facts and refuses a mismatch; the
+  // same rule on the registered facts answers here at once, before a workflow starts.
+  const hosts = await registeredHosts(client);
+  const src = hosts.find((h) => h.hostId === source);
+  const tgt = hosts.find((h) => h.hostId === req.target);
+  if (src && tgt) {
+    const match = engineMatch(req.strategy, src, tgt);
+    if ('refused' in match) throw new UsageError(match.refused);
   }
   const input: MigrationInput = {
     vm: req.vm,
@@ -111,7 +117,6 @@ export async function startMigration(client: Client, req: StartRequest): Promise
     requestedBy: req.requestedBy ?? null,
     reason: req.reason ?? null,
     ...(req.via ? { audit: { via: req.via } } : {}),
-    ...(driver === 'qemu' ? { driver: 'qemu' as const } : {}),
   };
   const attrs = [
     { key: VmId, value: req.vm },

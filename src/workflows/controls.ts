@@ -1,5 +1,5 @@
 /**
- * The operator's controls of a migration, the same for every runbook (emulated and QEMU):
+ * The operator's controls of a migration, the same for every engine (emulated and QEMU):
  * the progress query, force-postcopy, set-bandwidth and cancel, with the refusals an operator
  * reads. The runbook keeps its state and says how each control acts on it.
  */
@@ -111,8 +111,8 @@ export interface ControlHooks {
   progress(): Progress;
   /** Apply a new migration-network cap (bytes/s, 0 = uncapped). */
   setBandwidth(rate: number): Promise<void>;
-  /** QEMU also caps its post-copy; the emulated post-copy is paced by faults. */
-  bandwidthAfterSwitch: boolean;
+  /** Whether the engine also paces post-copy (QEMU does; the emulated post-copy is paced by faults). */
+  bandwidthAfterSwitch(): boolean;
   cancel(req: { by?: string; reason?: string }): void;
 }
 
@@ -140,7 +140,7 @@ export function registerControls(h: ControlHooks): void {
         const phase = journal.phase;
         if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) throw new Error('bandwidth must be a number of bytes/s ≥ 0 (0 = uncapped)');
         if (rate > 0 && rate < 64 * 1024) throw new Error('bandwidth below 64 KiB/s would never converge; use at least 64KiB/s');
-        if ((journal.switched && !h.bandwidthAfterSwitch) || ['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
+        if ((journal.switched && !h.bandwidthAfterSwitch()) || ['completed', 'rolled-back', 'failed'].includes(phase)) throw new Error(`migration of ${vm} is ${phase}: nothing to pace`);
       },
     },
   );

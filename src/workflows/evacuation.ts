@@ -49,6 +49,7 @@ import {
   type ItemStatus,
   type TimelineEntry,
 } from './evacuation-messages';
+import { defaultStrategyFor } from './engine';
 import type { MigrationInput } from './migration';
 import type { MigrationReport } from './report';
 
@@ -159,7 +160,8 @@ async function plan(input: EvacuationInput, id: string): Promise<EvacuationState
     (facts[h]?.vms ?? []).filter((v) => v.state !== 'incoming').map((v) => ({ vm: v.name, source: h, memoryBytes: v.memoryBytes })),
   );
   const p = planPlacement(vms, candidates);
-  const strategy = input.strategy ?? 'pa-hybrid';
+  // Unchosen, each VM gets its engine's default (QEMU hosts have no static snapshot).
+  const strategyOf = (source: string): StrategyName => input.strategy ?? defaultStrategyFor(facts[source]?.driver ?? 'emulated');
   const prio = (vm: string): number => input.priorities?.[vm] ?? input.priority ?? PRIORITY.evacuation;
   const items: EvacuationItem[] = [];
   // Queue order: the placement order (largest first), which also breaks priority ties.
@@ -176,7 +178,7 @@ async function plan(input: EvacuationInput, id: string): Promise<EvacuationState
       attempts: 0,
       reason: pl.reason,
       placement: pl.reason,
-      strategy,
+      strategy: strategyOf(pl.source),
       attemptIds: [],
       notBeforeMs: 0,
       timeMs: 0,
@@ -196,7 +198,7 @@ async function plan(input: EvacuationInput, id: string): Promise<EvacuationState
       attempts: 0,
       reason: u.reason,
       placement: null,
-      strategy,
+      strategy: strategyOf(u.source),
       attemptIds: [],
       notBeforeMs: 0,
       timeMs: 0,
@@ -216,7 +218,7 @@ async function plan(input: EvacuationInput, id: string): Promise<EvacuationState
       attempts: 0,
       reason: `host ${h} did not answer: its VMs are unknown and were not evacuated`,
       placement: null,
-      strategy,
+      strategy: strategyOf(h),
       attemptIds: [],
       notBeforeMs: 0,
       timeMs: 0,

@@ -1,0 +1,199 @@
+/**
+ * The emulated engine: ferry's own data plane moves the pages (channel-2 between the agents,
+ * StaticData and PbData on shared storage), so every figure of the report is ferry's own
+ * measurement. Activities: src/activities/emulated-source.ts and emulated-target.ts.
+ */
+import { proxyActivities } from '@temporalio/workflow';
+import type { MigrationActivities } from '../activities/migration';
+import type { DrainResult, MigrationOptions, PbDataResult, PrepareTargetResult, StaticMergeResult, StaticSaveResult, StepRef, VerifyResult } from '../activities/types';
+import { hostQueue } from '../common/names';
+import type { StrategyName } from '../policy/types';
+import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
+import { failureMessage } from './saga';
+
+type Acts = MigrationActivities;
+const NON_RETRYABLE = ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'];
+
+/** Steps before the switch: bounded retries, so a dead host ends in a rollback. */
+function preSwitch(host: string, startToCloseTimeout: string, attempts = 4) {
+  return proxyActivities<Acts>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout,
+    scheduleToStartTimeout: '30s',
+    heartbeatTimeout: '15s',
+    retry: { maximumAttempts: attempts, initialInterval: '500ms', maximumInterval: '5s', nonRetryableErrorTypes: NON_RETRYABLE },
+  });
+}
+
+/** Steps after the switch on the target: retried without limit; the guest lives there now. */
+function postSwitch(host: string) {
+  return proxyActivities<Acts>({ taskQueue: hostQueue(host), startToCloseTimeout: '2h', heartbeatTimeout: '20s', retry: { initialInterval: '1s', maximumInterval: '10s' } });
+}
+
+/**
+ * The source's steps after the switch (PbData, push, release). The guest runs on the target
+ * and completes from PbData without the source, so a dead source must not hold the migration
+ * open: its death shows as a missed heartbeat, and a step no agent picks up within 20 s fails.
+ * The push is not retried: its pages live in the agent process that ran it.
+ */
+function afterSwitchOnSource(host: string, attempts: number) {
+  return proxyActivities<Acts>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout: '2h',
+    scheduleToStartTimeout: '20s',
+    heartbeatTimeout: '10s',
+    retry: { maximumAttempts: attempts, initialInterval: '1s', maximumInterval: '5s' },
+  });
+}
+
+/** Cleanup: a few tries; a cleanup that fails is reported, it does not hide the reason. */
+function cleanup(host: string) {
+  return proxyActivities<Acts>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout: '20s',
+    scheduleToCloseTimeout: '20s',
+    retry: { maximumAttempts: 5, initialInterval: '500ms', maximumInterval: '5s' },
+  });
+}
+
+export interface EngineArgs {
+  ref: StepRef;
+  source: string;
+  target: string;
+  strategy: StrategyName;
+  options: MigrationOptions;
+}
+
+export function emulatedEngine({ ref, source, target, strategy, options }: EngineArgs): Engine {
+  const src = preSwitch(source, '10m');
+  const tgt = preSwitch(target, '10m');
+  const srcLong = preSwitch(source, '2h');
+  const tgtLong = preSwitch(target, '2h');
+  let prep: PrepareTargetResult | null = null;
+  const m = {
+    save: null as StaticSaveResult | null,
+    merge: null as StaticMergeResult | null,
+    pausedAtMs: 0,
+    resumedAtMs: null as number | null,
+    stopCopy: null as EngineReport['stopAndCopy'],
+    drain: null as DrainResult | null,
+    pb: null as PbDataResult | null,
+    pbdata: 'off' as 'sync' | 'async' | 'off',
+    channelBytes: null as number | null,
+    digests: { source: null as string | null, target: null as string | null },
+  };
+
+  const resume = async (postcopy: boolean, pausedAtMs: number): Promise<void> => {
+    const r = await tgt.resumeTarget({ ...ref, postcopy, digest: options.digest === true });
+    m.digests.target = r.digest;
+    m.pausedAtMs = pausedAtMs;
+    m.resumedAtMs = r.resumedAtMs;
+  };
+
+  return {
+    name: 'emulated',
+    caps: ENGINE_CAPS.emulated,
+
+    async describe(): Promise<VmFacts> {
+      const d = await src.describeVm({ vm: ref.vm });
+      return { workload: d.workload, memoryBytes: d.memoryBytes, pageCount: d.pageCount, pageSize: d.pageSize, vcpus: d.vcpus };
+    },
+    async prepareTarget(vm: VmFacts): Promise<void> {
+      prep = await tgt.prepareTarget({ ...ref, source, memoryBytes: vm.memoryBytes, pageSize: vm.pageSize, pageCount: vm.pageCount, vcpus: vm.vcpus, workload: vm.workload });
+    },
+    abortTarget: () => cleanup(target).abortTarget(ref),
+    async prepareSource(bandwidthBytesPerSec: number) {
+      const p = prep!;
+      const r = await src.prepareSource({ ...ref, target, dataAddress: p.dataAddress, secret: p.secret, strategy, options: { ...options, bandwidthBytesPerSec } });
+      return { startedAtMs: r.startedAtMs };
+    },
+    rollbackSource: () => cleanup(source).rollbackSource(ref),
+    async setBandwidth(bandwidthBytesPerSec: number) {
+      await cleanup(source).setBandwidth({ ...ref, bandwidthBytesPerSec });
+    },
+
+    async saveStatic() {
+      m.save = await srcLong.saveStatic(ref);
+      return { bytesWritten: m.save.bytesWritten };
+    },
+    async mergeStatic() {
+      m.merge = await tgtLong.mergeStatic(ref);
+      return m.merge;
+    },
+    removeStaticData: () => cleanup(source).cleanupStorage(ref),
+
+    async round(index: number, bulk: boolean): Promise<RoundResult> {
+      const r = await srcLong.runIteration({ ...ref, index, bulk });
+      return { kind: 'round', iteration: { index: r.index, pages: r.pages, durationMs: r.durationMs, bytes: r.bytes, dirtyAfter: r.dirtyAfter, finishedAtMs: r.finishedAtMs } };
+    },
+
+    async stopAndCopy() {
+      const sc = await src.stopAndCopy(ref);
+      m.stopCopy = { pages: sc.pages, bytes: sc.bytes, sendMs: Math.round(sc.durationMs) };
+      await resume(false, sc.pausedAtMs);
+    },
+
+    async switchToPostcopy(pbdata) {
+      m.pbdata = pbdata;
+      const sw = await src.switchToPostcopy(ref);
+      if (pbdata === 'sync') m.pb = await srcLong.writePbData(ref);
+      await resume(true, sw.pausedAtMs);
+      return { missingPages: sw.missingPages };
+    },
+
+    /**
+     * The source pushes in the background and answers faults; the target drains. If the
+     * source dies, the target still completes from PbData, so the push's failure does not
+     * stop the migration. Async PbData is written beside it (bounded: if the source died
+     * before committing it, no retry can write it).
+     */
+    async postcopy(pbdata): Promise<PostcopyEnd> {
+      let pbProblem: string | null = null;
+      const pbPromise: Promise<PbDataResult | null> =
+        pbdata === 'async'
+          ? afterSwitchOnSource(source, 3).writePbData(ref).catch((err) => {
+              pbProblem = failureMessage(err);
+              return null;
+            })
+          : Promise.resolve(m.pb);
+      const pushPromise = afterSwitchOnSource(source, 1).pushPostcopy(ref).catch(() => null);
+      m.drain = await postSwitch(target).drainPostcopy({ ...ref, pbdata, faultTimeoutMs: options.faultTimeoutMs });
+      await pushPromise;
+      m.pb = await pbPromise;
+      return { done: true, note: pbProblem ? `PbData not written (${pbProblem})` : null };
+    },
+
+    verifyTarget: (): Promise<VerifyResult> => postSwitch(target).verifyTarget(ref),
+
+    async releaseSource() {
+      try {
+        const r = await afterSwitchOnSource(source, 3).releaseSource(ref);
+        if (r.digest) m.digests.source = r.digest;
+        if (r.channelBytes >= 0) m.channelBytes = r.channelBytes;
+        return { releasedAtMs: Math.max(r.releasedAtMs, m.drain?.completedAtMs ?? 0), problem: null };
+      } catch (err) {
+        return { releasedAtMs: Math.max(Date.now(), m.drain?.completedAtMs ?? 0), problem: failureMessage(err) };
+      }
+    },
+
+    cleanupTargetStorage: () => cleanup(target).cleanupStorage(ref).catch(() => undefined),
+
+    report(sentInRounds: number): EngineReport {
+      const storageWrite = (m.save?.bytesWritten ?? 0) + (m.pb?.bytesWritten ?? 0);
+      const storageRead = (m.merge?.bytesRead ?? 0) + (m.drain?.storageBytesRead ?? 0);
+      const net = m.channelBytes ?? sentInRounds;
+      const d = m.drain;
+      return {
+        downtimeMs: m.resumedAtMs !== null ? Math.max(0, m.resumedAtMs - m.pausedAtMs) : null,
+        postcopyDurationMs: d && m.resumedAtMs !== null ? Math.max(0, d.completedAtMs - m.resumedAtMs) : null,
+        bytes: { migrationNetwork: net, storageWrite, storageRead, total: net + storageWrite },
+        stopAndCopy: m.stopCopy,
+        static: m.save ? { pages: m.save.pages, saveMs: m.save.saveMs, mergeMs: m.merge?.mergeMs ?? 0, skippedNewer: m.merge?.skippedNewer ?? 0 } : null,
+        postcopy: d
+          ? { faults: d.faults, faultLatencyMs: d.faultLatencyMs, pushedPages: d.pushedPages, pbdataPages: d.pbdataPages, fellBackToPbData: d.fellBackToPbData, pbdata: m.pbdata }
+          : null,
+        ...(options.digest ? { digests: m.digests } : {}),
+      };
+    },
+  };
+}

@@ -1,0 +1,183 @@
+/**
+ * The QEMU engine: stock QEMU moves the pages itself; ferry decides when pre-copy ends.
+ *
+ * - the target's QEMU waits for the stream (`-incoming defer`), the source migrates with a
+ *   bandwidth cap and a tiny downtime limit, so ferry's policy, not QEMU's estimate, ends
+ *   pre-copy; one round = one pass (MIGRATION_PASS, the dirty-bitmap sync);
+ * - stop-and-copy raises the downtime limit; the switch is migrate-start-postcopy;
+ * - when post-copy stalls or breaks, both sides are paused and the stream resumes over the
+ *   second network (migrate-recover / resume);
+ * - the guest checks its own memory and reports on the target's serial console.
+ *
+ * Activities: src/activities/qemu-source.ts and qemu-target.ts.
+ */
+import { proxyActivities } from '@temporalio/workflow';
+import type { QemuActivities, QemuOutcome } from '../activities/qemu';
+import type { VerifyResult } from '../activities/types';
+import { hostQueue } from '../common/names';
+import { mayPostcopy } from '../policy/types';
+import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
+import type { EngineArgs } from './engine-emulated';
+import type { MigrationReport } from './report';
+import { failureMessage } from './saga';
+
+/** How long post-copy may make no progress before ferry recovers it over the second network. */
+export const DEFAULT_STALL_MS = 3000;
+/** Recoveries per migration before ferry gives up and reports the guest split between hosts. */
+const MAX_RECOVERIES = 5;
+
+function steps(host: string, startToCloseTimeout: string, attempts: number) {
+  return proxyActivities<QemuActivities>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout,
+    scheduleToStartTimeout: '30s',
+    heartbeatTimeout: '20s',
+    retry: { maximumAttempts: attempts, initialInterval: '500ms', maximumInterval: '5s', nonRetryableErrorTypes: ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'] },
+  });
+}
+
+type Described = Awaited<ReturnType<QemuActivities['qemuDescribe']>>;
+type Verified = Awaited<ReturnType<QemuActivities['qemuVerifyTarget']>>;
+
+export function qemuEngine({ ref, source, target, strategy, options }: EngineArgs): Engine {
+  const src = steps(source, '10m', 4);
+  const tgt = steps(target, '10m', 4);
+  const srcLong = steps(source, '2h', 2);
+  const cleanupS = steps(source, '2m', 3);
+  const cleanupT = steps(target, '2m', 3);
+  const fwdS = steps(source, '2h', 20);
+  const fwdT = steps(target, '2h', 20);
+  const stallMs = options.faultTimeoutMs && options.faultTimeoutMs > 0 ? options.faultTimeoutMs : DEFAULT_STALL_MS;
+  const pageSize = 4096;
+
+  let desc: Described | null = null;
+  let prep: { uri: string; tls: boolean } | null = null;
+  let outcome: QemuOutcome | null = null;
+  let switched: 'stop-and-copy' | 'postcopy' | null = null;
+  let verified: Verified | null = null;
+  const recoveries: NonNullable<MigrationReport['recoveries']> = [];
+
+  return {
+    name: 'qemu',
+    caps: ENGINE_CAPS.qemu,
+
+    async describe(): Promise<VmFacts> {
+      desc = await src.qemuDescribe({ vm: ref.vm });
+      return { workload: desc.workload, memoryBytes: desc.memoryBytes, pageCount: desc.pageCount, pageSize: desc.pageSize, vcpus: desc.vcpus };
+    },
+    async prepareTarget(vm: VmFacts): Promise<void> {
+      const d = desc!;
+      prep = await tgt.qemuPrepareTarget({
+        ...ref,
+        source,
+        memoryBytes: vm.memoryBytes,
+        vcpus: vm.vcpus,
+        workload: vm.workload,
+        seed: d.seed,
+        rate: d.rate,
+        postcopy: mayPostcopy(strategy),
+        ...(d.qemuArgs ? { qemuArgs: d.qemuArgs } : {}),
+        ...(d.tlsCommonName ? { sourceTlsCommonName: d.tlsCommonName } : {}),
+      });
+    },
+    abortTarget: () => cleanupT.qemuAbortTarget(ref),
+    async prepareSource(bandwidthBytesPerSec: number) {
+      const p = prep!;
+      const started = await src.qemuStart({ ...ref, uri: p.uri, strategy, options: { ...options, bandwidthBytesPerSec }, target, ...(p.tls !== undefined ? { targetTls: p.tls } : {}) });
+      return { startedAtMs: started.startedAtMs };
+    },
+    rollbackSource: () => cleanupS.qemuRollback(ref),
+    setBandwidth: (bandwidthBytesPerSec: number) => cleanupS.qemuSetBandwidth({ ...ref, bandwidthBytesPerSec }),
+
+    saveStatic: () => Promise.reject(new Error('the QEMU engine has no static snapshot')),
+    mergeStatic: () => Promise.reject(new Error('the QEMU engine has no static snapshot')),
+    removeStaticData: () => Promise.resolve(),
+
+    async round(index: number): Promise<RoundResult> {
+      const r = await srcLong.qemuAwaitPass({ ...ref, index });
+      if (r.kind === 'finished') {
+        if (r.status !== 'completed') throw new Error(`QEMU ended the migration (${r.status})${r.error ? `: ${r.error}` : ''}`);
+        return { kind: 'converged', reason: `stop-and-copy at iteration ${index}: QEMU found nothing left to send within its limit` };
+      }
+      return { kind: 'round', iteration: r.iteration };
+    },
+
+    async stopAndCopy() {
+      outcome = await src.qemuStopAndCopy(ref);
+      switched = 'stop-and-copy';
+    },
+    async switchToPostcopy() {
+      outcome = await src.qemuSwitchToPostcopy(ref);
+      switched = 'postcopy';
+      // QEMU moves the rest itself: the runbook has no missing-page count to show.
+      return { missingPages: 0 };
+    },
+
+    /** Wait for the end; when post-copy stalls or breaks, pause both ends and resume over the second network. */
+    async postcopy(_pbdata, workflowStartedAt: number): Promise<PostcopyEnd> {
+      for (;;) {
+        const c = await fwdS.qemuAwaitCompletion({ ...ref, stallMs });
+        outcome = c.outcome;
+        if (c.kind === 'completed') {
+          return { done: true, note: recoveries.length ? `recovered ${recoveries.length}× over the second network` : null };
+        }
+        if (c.kind === 'failed' || recoveries.length >= MAX_RECOVERIES) {
+          return {
+            done: false,
+            why: `post-copy of ${ref.vm} could not finish (${c.why}) after ${recoveries.length} recover${recoveries.length === 1 ? 'y' : 'ies'}: the guest is split between ${source} and ${target}; both QEMUs are kept for an operator`,
+          };
+        }
+        const atMs = Date.now() - workflowStartedAt;
+        await fwdS.qemuPause(ref);
+        await fwdT.qemuPause(ref);
+        const rec = await fwdT.qemuRecoverTarget({ ...ref, useFallback: true });
+        await fwdS.qemuResume({ ...ref, uri: rec.uri });
+        recoveries.push({ atMs, reason: c.why, uri: rec.uri, resumedAfterMs: Date.now() - workflowStartedAt - atMs });
+      }
+    },
+
+    async verifyTarget(): Promise<VerifyResult> {
+      verified = await fwdT.qemuVerifyTarget({ ...ref, passes: 2 });
+      return verified;
+    },
+
+    async releaseSource() {
+      try {
+        const r = await fwdS.qemuRelease(ref);
+        return { releasedAtMs: outcome?.completedAtMs ?? r.releasedAtMs, problem: null };
+      } catch (err) {
+        return { releasedAtMs: outcome?.completedAtMs ?? Date.now(), problem: failureMessage(err) };
+      }
+    },
+
+    cleanupTargetStorage: () => Promise.resolve(),
+
+    report(sentInRounds: number): EngineReport {
+      const net = outcome?.transferredBytes ?? sentInRounds;
+      const resumedAtMs = verified?.resumedAtMs ?? null;
+      return {
+        // The guest's pause as its two QEMUs saw it: the source's STOP to the target's RESUME
+        // (QMP event timestamps); QEMU's own figure when one of them is missing.
+        downtimeMs: resumedAtMs !== null && outcome?.pausedAtMs ? Math.max(0, resumedAtMs - outcome.pausedAtMs) : outcome?.completedAtMs ? outcome.downtimeMs : null,
+        postcopyDurationMs: outcome?.postcopyActiveAtMs && outcome.completedAtMs ? Math.max(0, outcome.completedAtMs - outcome.postcopyActiveAtMs) : null,
+        bytes: { migrationNetwork: net, storageWrite: 0, storageRead: 0, total: net },
+        static: null,
+        stopAndCopy: switched !== 'postcopy' && outcome?.completedAtMs ? { pages: Math.round(outcome.downtimeBytes / pageSize), bytes: outcome.downtimeBytes, sendMs: outcome.downtimeMs ?? 0 } : null,
+        postcopy:
+          switched === 'postcopy' && outcome
+            ? {
+                faults: outcome.postcopyRequests,
+                faultLatencyMs: null,
+                pushedPages: Math.round(outcome.postcopyBytes / pageSize),
+                pbdataPages: 0,
+                fellBackToPbData: false,
+                pbdata: 'off',
+                ...(verified?.blocktime ? { blocktimeMs: verified.blocktime } : {}),
+              }
+            : null,
+        driver: 'qemu',
+        ...(recoveries.length ? { recoveries } : {}),
+      };
+    },
+  };
+}
