@@ -251,8 +251,8 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
         const workflowId = migrationWorkflowId(b.vm);
         const existing = await findByTicket(client, workflowId, b.ticket);
         if (existing) return { status: 200, body: { id: workflowId, runId: existing, migration: `${workflowId}/${existing}`, vm: b.vm, ticket: b.ticket, created: false } };
-        const strategy = b.strategy ?? 'pa-hybrid';
-        const options = optionsFrom(strategy, b.options);
+        const strategy = b.strategy;
+        const options = optionsFrom(strategy ?? 'pa-hybrid', b.options);
         let target = b.target;
         let source: string | undefined;
         let placement: string | null = null;
@@ -266,7 +266,7 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
           vm: b.vm,
           target,
           source,
-          strategy,
+          ...(strategy ? { strategy } : {}),
           options,
           ticket: b.ticket,
           requestedBy: b.requestedBy,
@@ -329,7 +329,7 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
           reason: string;
           options?: OptionsBody;
         }>(validators.createEvacuation, await readBody(req), 'body');
-        const strategy = b.strategy ?? 'pa-hybrid';
+        const strategy = b.strategy;
         const r = await startEvacuation(client, {
           hosts: b.hosts,
           to: b.to ?? null,
@@ -339,8 +339,8 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
             ...(b.maxInboundPerHost !== undefined ? { maxInboundPerHost: b.maxInboundPerHost } : {}),
             ...(b.linkBudget !== undefined ? { linkBudgetBytesPerSec: rate(b.linkBudget, 'linkBudget', 0) } : {}),
           },
-          strategy,
-          options: optionsFrom(strategy, b.options),
+          ...(strategy ? { strategy } : {}),
+          options: optionsFrom(strategy ?? 'pa-hybrid', b.options),
           ticket: b.ticket,
           requestedBy: b.requestedBy,
           reason: b.reason,

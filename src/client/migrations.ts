@@ -12,7 +12,7 @@ import { CONTROL_QUEUE, migrationWorkflowId, VM_NAME_RE } from '../common/names'
 import { SourceHost, Strategy, TargetHost, TicketId, VmId, Phase } from '../common/search-attributes';
 import type { HostFacts } from '../activities/host';
 import type { StrategyName } from '../policy/types';
-import { engineMatch } from '../workflows/engine';
+import { defaultStrategyFor, engineMatch } from '../workflows/engine';
 import type { InventoryResult } from '../workflows/inventory';
 import type { MigrationInput } from '../workflows/migration';
 import type { MigrationReport } from '../workflows/report';
@@ -29,7 +29,8 @@ export interface StartRequest {
   vm: string;
   target: string;
   source?: string;
-  strategy: StrategyName;
+  /** Unset: the source engine's default (pa-hybrid; as-hybrid on QEMU hosts). */
+  strategy?: StrategyName;
   options: MigrationOptions;
   ticket?: string | null;
   requestedBy?: string | null;
@@ -102,16 +103,17 @@ export async function startMigration(client: Client, req: StartRequest): Promise
   // same rule on the registered facts answers here at once, before a workflow starts.
   const hosts = await registeredHosts(client);
   const src = hosts.find((h) => h.hostId === source);
+  const strategy = req.strategy ?? defaultStrategyFor(src?.driver ?? 'emulated');
   const tgt = hosts.find((h) => h.hostId === req.target);
   if (src && tgt) {
-    const match = engineMatch(req.strategy, src, tgt);
+    const match = engineMatch(strategy, src, tgt);
     if ('refused' in match) throw new UsageError(match.refused);
   }
   const input: MigrationInput = {
     vm: req.vm,
     source,
     target: req.target,
-    strategy: req.strategy,
+    strategy,
     options: req.options,
     ticket,
     requestedBy: req.requestedBy ?? null,
@@ -122,7 +124,7 @@ export async function startMigration(client: Client, req: StartRequest): Promise
     { key: VmId, value: req.vm },
     { key: SourceHost, value: source },
     { key: TargetHost, value: req.target },
-    { key: Strategy, value: req.strategy },
+    { key: Strategy, value: strategy },
     { key: Phase, value: 'preparing' },
     ...(ticket ? [{ key: TicketId, value: ticket }] : []),
   ];

@@ -71,7 +71,7 @@ export async function run(argv: string[]): Promise<number> {
       hosts: positionals,
       to: split.to.length ? split.to : null,
       limits,
-      strategy,
+      ...(values.strategy !== undefined ? { strategy } : {}),
       options,
       ticket: str(values.ticket) ?? null,
       requestedBy: str(values['requested-by']) ?? process.env.USER ?? null,

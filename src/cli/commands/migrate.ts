@@ -33,7 +33,8 @@ export async function run(argv: string[]): Promise<number> {
       vm,
       target,
       source: str(values.from),
-      strategy,
+      // Unchosen: the engine's default, decided where the source host is known.
+      ...(values.strategy !== undefined ? { strategy } : {}),
       options,
       ticket: str(values.ticket) ?? null,
       requestedBy: str(values['requested-by']) ?? process.env.USER ?? null,
