@@ -37,7 +37,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
-import { startLocalCluster } from '../cli/local';
+import { startLocalCluster } from '../support/local-cluster';
 import { loadConfig } from '../common/config';
 import { CONTROL_QUEUE } from '../common/names';
 import { formatBytes, parseSize } from '../common/units';

@@ -9,7 +9,7 @@
  */
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
-import { startLocalCluster } from '../cli/local';
+import { startLocalCluster } from '../support/local-cluster';
 import { reportOf, resolveHandle, startMigration } from '../client/migrations';
 import { loadConfig } from '../common/config';
 import { CONTROL_QUEUE } from '../common/names';

@@ -8,7 +8,8 @@
  * agents run QEMU's migration stream over mutual TLS, so the recovered stream is TLS too.
  */
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
-import { prng, startFaultCluster, type FaultCluster } from '../../src/bench/faults';
+import { startFaultCluster, type FaultCluster } from '../../src/support/fault-cluster';
+import { prng } from '../../src/support/prng';
 import type { MigrationReport } from '../../src/workflows/report';
 import { progressQuery } from '../../src/workflows/messages';
 import { createVm, MiB, startMigration } from '../helpers/migrate';

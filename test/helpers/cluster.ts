@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { inject } from 'vitest';
-import { spawnFerry, type FerryProcess } from '../../src/cli/processes';
+import { spawnFerry, type FerryProcess } from '../../src/support/processes';
 import { CONTROL_QUEUE } from '../../src/common/names';
 import { bundleWorkflows } from '../../src/workers/controller';
 import { installRuntime } from '../../src/workers/runtime';

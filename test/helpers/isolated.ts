@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { inject } from 'vitest';
-import { spawnFerry, type FerryProcess } from '../../src/cli/processes';
+import { spawnFerry, type FerryProcess } from '../../src/support/processes';
 import { startDevServer, type DevServer } from '../../src/common/dev-server';
 import { tempDir } from './cluster';
 
@@ -71,4 +71,4 @@ export async function startIsolated(hosts: string[], opts: { persistent?: boolea
 }
 
 /** The seeded PRNG of the fault bench (mulberry32); tests print their seed. */
-export { prng } from '../../src/bench/faults';
+export { prng } from '../../src/support/prng';

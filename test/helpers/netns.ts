@@ -3,7 +3,8 @@
  * namespaces of their own, joined by a migration link and a storage link (veth, shaped with
  * tc), each with a control link to the root namespace where the dev server (through a TCP
  * relay on the control address) and the controller run; shared storage is a tmpfs both see.
- * The fixture itself lives in src/bench/faults.ts (the fault bench runs the same scenarios).
+ * The fixture itself lives in src/support (fault-cluster.ts, netns.ts); the scenarios are
+ * those of the fault bench (src/bench/faults.ts).
  *
  * Registers beforeAll/afterAll: the cluster is torn down even when a test fails; leftovers
  * of a crashed earlier run (namespaces `ferryt-<dead pid>-…`, their processes, tmpfs mounts)
@@ -11,9 +12,13 @@
  * the reason (beforeAll throws); nothing is skipped.
  */
 import { afterAll, beforeAll, inject } from 'vitest';
-import { prng, scenarioById, startFaultCluster, trialSeed, type FaultCluster, type TrialResult } from '../../src/bench/faults';
+import { scenarioById, type TrialResult } from '../../src/bench/faults';
+import { startFaultCluster, type FaultCluster } from '../../src/support/fault-cluster';
+import { prng, trialSeed } from '../../src/support/prng';
 
-export { createTwoHostNet, cleanupStaleNets, netnsUnavailable, type FaultCluster, type TrialResult, type TwoHostNet } from '../../src/bench/faults';
+export { type TrialResult } from '../../src/bench/faults';
+export { type FaultCluster } from '../../src/support/fault-cluster';
+export { createTwoHostNet, cleanupStaleNets, netnsUnavailable, type TwoHostNet } from '../../src/support/netns';
 
 /** FERRY_FAULT_SEED or a fresh one; printed so a failing run can be repeated. */
 export function faultSeed(file: string): number {

@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { FerryProcess } from '../../src/cli/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { ensureTestGuest, type TestGuest } from '../../src/hypervisor/qemu/guest-image';
 import { killQemusUnder } from '../../src/hypervisor/qemu/driver';
 import { startAgentProcess, tempDir } from './cluster';

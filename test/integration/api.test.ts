@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadTokens, sha256Hex } from '../../src/api/auth';
 import { startApiServer, type RunningApi } from '../../src/api/server';
 import type { AuditAttempt } from '../../src/audit/types';
-import { spawnFerry, type FerryProcess } from '../../src/cli/processes';
+import { spawnFerry, type FerryProcess } from '../../src/support/processes';
 import type { MigrationReport } from '../../src/workflows/report';
 import { startAgentProcess, startTestController, tempDir, temporalAddress, testAuditStore, uniqueHost, type TestController } from '../helpers/cluster';
 import { maybeRecordHistory } from '../helpers/history';

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { buildCells, parseOnly, SCALES, type BenchResults } from '../../src/bench/suite';
-import { FERRY_BIN } from '../../src/cli/processes';
+import { FERRY_BIN } from '../../src/support/processes';
 import { tempDir, temporalAddress } from '../helpers/cluster';
 
 function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {

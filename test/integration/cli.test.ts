@@ -1,7 +1,7 @@
 /** The ferry command against a real server and real agents, as an operator would use it. */
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FERRY_BIN, type FerryProcess } from '../../src/cli/processes';
+import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
 import type { MigrationReport } from '../../src/workflows/report';
 import { startAgentProcess, startTestController, temporalAddress, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 

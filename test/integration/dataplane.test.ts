@@ -7,7 +7,7 @@
  * the target.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FerryProcess } from '../../src/cli/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, migrate, MiB } from '../helpers/migrate';
 

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { loadTokens } from '../../src/api/auth';
 import { startApiServer, type RunningApi } from '../../src/api/server';
-import { FERRY_BIN, type FerryProcess } from '../../src/cli/processes';
+import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
 import { inventory } from '../../src/client/migrations';
 import { startEvacuation } from '../../src/client/operations';
 import { evacuationQuery, type EvacuationSummary, type TimelineEntry } from '../../src/workflows/evacuation-messages';

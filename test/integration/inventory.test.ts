@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FerryProcess } from '../../src/cli/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { CONTROL_QUEUE } from '../../src/common/names';
 import type { InventoryResult } from '../../src/workflows/inventory';
 import { maybeRecordHistory } from '../helpers/history';

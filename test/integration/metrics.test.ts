@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadTokens } from '../../src/api/auth';
 import { startApiServer, type RunningApi } from '../../src/api/server';
-import type { FerryProcess } from '../../src/cli/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { createControllerMetrics } from '../../src/metrics/controller';
 import { startAgentProcess, startTestController, tempDir, testAuditStore, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, migrate, MiB } from '../helpers/migrate';

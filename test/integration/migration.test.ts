@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FerryProcess } from '../../src/cli/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { createVm, migrate, MiB } from '../helpers/migrate';
 import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FerryProcess } from '../../src/cli/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { inventory } from '../../src/client/migrations';
 import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Progress } from '../../src/workflows/messages';
 import type { MigrationReport } from '../../src/workflows/report';

@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnFerry } from '../../src/cli/processes';
+import { spawnFerry } from '../../src/support/processes';
 import { startTestController, tempDir, temporalAddress, uniqueHost, type TestController } from '../helpers/cluster';
 import { makeCa, makeHostCert, tlsArgs } from '../helpers/certs';
 import { createVm, migrate, MiB } from '../helpers/migrate';

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { Client, Connection } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
-import { FERRY_BIN } from '../../src/cli/processes';
+import { FERRY_BIN } from '../../src/support/processes';
 import { freePort } from '../../src/common/dev-server';
 import { CONTROL_QUEUE } from '../../src/common/names';
 import type { InventoryResult } from '../../src/workflows/inventory';

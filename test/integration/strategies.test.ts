@@ -3,7 +3,7 @@
  * agent processes that share a storage directory.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FerryProcess } from '../../src/cli/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { STRATEGIES, mayPostcopy, type StrategyName } from '../../src/policy/types';
 import type { MigrationReport } from '../../src/workflows/report';
 import { maybeRecordHistory } from '../helpers/history';

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FERRY_BIN, type FerryProcess } from '../../src/cli/processes';
+import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
 import { makeCa, makeHostCert, tlsArgs } from '../helpers/certs';
 import { createVm, migrate, MiB } from '../helpers/migrate';
 import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';

@@ -1,7 +1,7 @@
 /** `ferry evacuate`, `ferry audit` and `ferry controller --listen` refuse bad values with exit 2 and one line. */
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { FERRY_BIN } from '../../src/cli/processes';
+import { FERRY_BIN } from '../../src/support/processes';
 import { splitTo } from '../../src/cli/commands/evacuate';
 
 function ferry(...args: string[]) {

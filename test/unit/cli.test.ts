@@ -1,7 +1,7 @@
 /** The CLI refuses bad values with exit 2 and one line naming the option. */
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { FERRY_BIN } from '../../src/cli/processes';
+import { FERRY_BIN } from '../../src/support/processes';
 
 function ferry(...args: string[]) {
   const r = spawnSync(process.execPath, [FERRY_BIN, ...args], { encoding: 'utf8', env: { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1' } });

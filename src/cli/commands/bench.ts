@@ -19,7 +19,7 @@ import { QEMU_BENCH_STRATEGIES, qemuTable, runQemuBench, writeQemuOutputs } from
 import { spawnSync } from 'node:child_process';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
-import { startLocalCluster } from '../local';
+import { startLocalCluster } from '../../support/local-cluster';
 
 export const help =
   'ferry bench --suite qemu [--repeat N] [--strategies precopy,hybrid-1,as-hybrid] [--workload W] [--memory SIZE] [--bandwidth RATE] [--warmup T] [--out DIR] [--json]   the QEMU cell (real guests, TCG) · ' +

@@ -14,7 +14,7 @@ import { workloadNames } from '../../guest/workloads';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
 import { reportText, watchProgress } from '../display';
-import { startLocalCluster } from '../local';
+import { startLocalCluster } from '../../support/local-cluster';
 import path from 'node:path';
 import { killQemusUnder, QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
 import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';

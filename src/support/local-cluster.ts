@@ -1,6 +1,7 @@
 /**
  * A whole ferry on one machine: the embedded dev server (unless FERRY_TEMPORAL_ADDRESS is
- * set), a controller process and host-agent processes. `ferry demo` and `ferry bench` use it.
+ * set), a controller process and host-agent processes. `ferry demo`, `ferry bench` and the
+ * overhead and data-plane benches use it.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,6 +1,7 @@
 /**
  * Running ferry's own processes (agents, controller) as real OS processes, the way the
- * demo and the integration tests do: each one logs a ready line on start.
+ * demo, the benches and the tests do: each one logs a ready line on start; optionally inside
+ * a network namespace.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
@@ -89,6 +90,16 @@ export function spawnFerry(
       return code;
     },
   };
+}
+
+/** Like spawnFerry, optionally inside a network namespace (`ip netns exec` execs node itself). */
+export function spawnFerryIn(netns: string | null, name: string, args: string[], env: NodeJS.ProcessEnv): FerryProcess {
+  return spawnFerry(name, args, { env, wrap: netns ? ['ip', 'netns', 'exec', netns] : undefined });
+}
+
+/** Still running (neither exited nor killed by a signal). */
+export function isAlive(p: FerryProcess | null | undefined): boolean {
+  return !!p && p.child.exitCode === null && p.child.signalCode === null;
 }
 
 /** "… data 127.0.0.1:40123 …" from an agent's ready line. */
