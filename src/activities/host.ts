@@ -1,6 +1,7 @@
 /**
  * Activities every host agent serves on its own task queue (`ferry-host-<id>`): host facts
- * and VM lifecycle. Migration steps live in source.ts and target.ts.
+ * and VM lifecycle. Migration steps live per engine and side: emulated-source.ts,
+ * emulated-target.ts, qemu-source.ts, qemu-target.ts.
  */
 import os from 'node:os';
 import type { HypervisorDriver, VmInfo } from '../hypervisor/driver';

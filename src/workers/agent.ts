@@ -8,7 +8,7 @@ import { CONTROL_QUEUE } from '../common/names';
 import { hostDownSignal, hostUpSignal, REGISTRY_WORKFLOW_ID } from '../workflows/registry';
 import os from 'node:os';
 import { createHostActivities } from '../activities/host';
-import { createMigrationActivities, type MigrationContext } from '../activities/migration';
+import { createEmulatedActivities, type EmulatedContext } from '../activities/emulated';
 import { PageChannelServer } from '../dataplane/channel';
 import { checkOwnIdentity, commonNameOf, loadChannelTls, tlsServerOptions, type ChannelTlsFiles } from '../dataplane/tls';
 import { SharedStore } from '../dataplane/store';
@@ -129,7 +129,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     startedAtMs: Date.now(),
   };
   const migrationActivities = emulated
-    ? createMigrationActivities({ ...ctx, driver: emulated, channels, store: new SharedStore(opts.storageDir), ...(tls ? { tls } : {}) } satisfies MigrationContext)
+    ? createEmulatedActivities({ ...ctx, driver: emulated, channels, store: new SharedStore(opts.storageDir), ...(tls ? { tls } : {}) } satisfies EmulatedContext)
     : createQemuActivities({
         ...ctx,
         driver: qemuDriver!,

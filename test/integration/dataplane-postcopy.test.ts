@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createMigrationActivities, type MigrationActivities, type MigrationContext } from '../../src/activities/migration';
+import { createEmulatedActivities as createMigrationActivities, type EmulatedActivities as MigrationActivities, type MigrationContext } from '../../src/activities/emulated';
 import type { DrainResult, MigrationOptions, PbDataResult, PushResult, StepRef } from '../../src/activities/types';
 import { PageChannelServer } from '../../src/dataplane/channel';
 import { SharedStore } from '../../src/dataplane/store';

@@ -1,0 +1,231 @@
+/**
+ * Emulated engine, target side: the steps the agent that receives the guest executes —
+ * prepareTarget, mergeStatic, resumeTarget, drainPostcopy, verifyTarget, abortTarget,
+ * cleanupStorage. Pages arrive on channel-2 into the session's registration handlers
+ * (emulated-sessions.ts); StaticData and PbData come from the shared store. Every step is
+ * idempotent on (migrationId, step) through the session's StepRecord.
+ */
+import { randomBytes } from 'node:crypto';
+import { Context, activityInfo } from '@temporalio/activity';
+import { loadPbData, mergeStatic, type MergeProgress } from '../dataplane/merge';
+import { EmulatedGuest } from '../guest';
+import { userError } from './errors';
+import { digestOf, EmulatedSessions, heartbeatEvery, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
+import type { DrainResult, PrepareTargetInput, PrepareTargetResult, ResumeResult, StaticMergeResult, StepRef, VerifyResult } from './types';
+
+const DEFAULT_FAULT_TIMEOUT_MS = 2000;
+const STALL_MS = 10_000;
+/**
+ * The post-copy drain wakes when a missing page is installed, a fault is requested or
+ * channel-2 is lost, and at its next deadline (a fault unanswered, no progress); at the
+ * latest after this long, so it re-checks its state at least as often as it heartbeats.
+ */
+const DRAIN_RECHECK_MS = 1000;
+
+/**
+ * The target-side activities. `sessions` is the agent's registry, shared with its source-side
+ * activities (createEmulatedActivities passes one to both).
+ */
+export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: EmulatedSessions = new EmulatedSessions(ctx.hostId)) {
+  return {
+    async prepareTarget(input: PrepareTargetInput): Promise<PrepareTargetResult> {
+      const existing = sessions.findTarget(input.migrationId);
+      if (existing) return { dataAddress: ctx.dataAddress, secret: existing.secret, atMs: Date.now() };
+      if (ctx.driver.describe(input.vm)) throw userError('Conflict', `host ${ctx.hostId} already has a vm named ${input.vm}`);
+      const free = ctx.memoryCapacityBytes - ctx.driver.allocatedBytes();
+      if (input.memoryBytes > free) {
+        throw userError('InsufficientCapacity', `target ${ctx.hostId} has ${free} bytes free; vm ${input.vm} needs ${input.memoryBytes}`);
+      }
+      const memory = ctx.driver.reserveIncoming(
+        { name: input.vm, memoryBytes: input.memoryBytes, vcpus: input.vcpus, workload: input.workload, seed: 0 },
+        input.pageSize,
+      );
+      if (memory.pageCount !== input.pageCount) {
+        ctx.driver.dropIncoming(input.vm);
+        throw userError('InvalidInput', `page count mismatch: source ${input.pageCount}, target ${memory.pageCount}`);
+      }
+      const secret = randomBytes(32).toString('hex');
+      // The session registers channel-2 for this migration as it is made.
+      const s = new TargetSession({ migrationId: input.migrationId, vm: input.vm, source: input.source, memory, secret }, ctx.channels);
+      sessions.addTarget(s);
+      return { dataAddress: ctx.dataAddress, secret, atMs: Date.now() };
+    },
+
+    async mergeStatic(ref: StepRef): Promise<StaticMergeResult> {
+      const s = sessions.target(ref);
+      return s.steps.once('merge-static', async () => {
+        const t0 = Date.now();
+        const reader = ctx.store.openReader(s.migrationId, 'static');
+        const resumeFrom = activityInfo().heartbeatDetails as MergeProgress | undefined;
+        const actx = Context.current();
+        // Heartbeat while waiting for chunks too: a cancel (the workflow gave up on StaticData
+        // because the save failed) reaches the activity only through a heartbeat.
+        let progress = resumeFrom;
+        const r = await heartbeatEvery(
+          1000,
+          () => progress,
+          mergeStatic({
+            reader,
+            sink: s.memory,
+            hasDynamic: (pfn) => s.hasDynamic.get(pfn),
+            signal: actx.cancellationSignal,
+            onProgress: (p) => {
+              progress = p;
+              actx.heartbeat(p);
+            },
+            resumeFrom,
+          }),
+        );
+        return { pages: r.pages, skippedNewer: r.skippedNewer, bytesRead: r.bytesRead, mergeMs: Date.now() - t0 };
+      });
+    },
+
+    async resumeTarget(input: StepRef & { postcopy: boolean; digest: boolean }): Promise<ResumeResult> {
+      const s = sessions.target(input);
+      return s.steps.once('resume', async () => {
+        if (!s.deviceState) throw new Error(`migration ${s.migrationId}: device state has not arrived on ${ctx.hostId}`);
+        if (input.postcopy) {
+          if (!s.missing) throw new Error(`migration ${s.migrationId}: the missing-page set has not arrived on ${ctx.hostId}`);
+          s.memory.markMissing(s.missing.toPfns());
+          s.postcopy = true;
+        }
+        const digest = input.digest && !input.postcopy ? digestOf(s.memory) : null;
+        const guest = EmulatedGuest.restore({ memory: s.memory, deviceState: s.deviceState });
+        guest.onFault = (pfn) => {
+          if (s.outstanding.has(pfn)) return;
+          s.outstanding.set(pfn, performance.now());
+          s.registration.channel?.requestPages([pfn]).catch(() => undefined);
+          // A new deadline for the drain: this request must be answered in time.
+          s.wakeup.notify();
+        };
+        s.guest = guest;
+        s.faultBase = guest.stats().faults;
+        ctx.driver.adoptIncoming(s.vm, guest);
+        await guest.resume();
+        return { resumedAtMs: Date.now(), digest };
+      });
+    },
+
+    async drainPostcopy(input: StepRef & { pbdata: 'sync' | 'async' | 'off'; faultTimeoutMs?: number }): Promise<DrainResult> {
+      const s = sessions.target(input);
+      return s.steps.once('drain', async () => {
+        const faultTimeoutMs = input.faultTimeoutMs ?? DEFAULT_FAULT_TIMEOUT_MS;
+        // A link that drops silently raises no error; if nothing arrives for this long while
+        // pages are missing, channel-2 counts as lost even when no vCPU is waiting.
+        const stallMs = Math.max(STALL_MS, 2 * faultTimeoutMs);
+        let lastMissing = s.memory.missingCount();
+        let lastProgress = performance.now();
+        const actx = Context.current();
+        let fellBack = false;
+        let pbdataPages = 0;
+        let storageBytesRead = 0;
+        const work = (async () => {
+          for (;;) {
+            const missing = s.memory.missingCount();
+            if (missing === 0) break;
+            actx.cancellationSignal.throwIfAborted();
+            const now = performance.now();
+            let stale = false;
+            let oldestAsk = Infinity;
+            for (const t of s.outstanding.values()) {
+              if (now - t > faultTimeoutMs) stale = true;
+              if (t < oldestAsk) oldestAsk = t;
+            }
+            if (missing < lastMissing) {
+              lastMissing = missing;
+              lastProgress = now;
+            } else if (now - lastProgress > stallMs) {
+              stale = true;
+            }
+            const ch = s.registration.channel;
+            if (s.channelLost || stale || (ch && !ch.isOpen)) {
+              if (input.pbdata === 'off') {
+                throw new Error(`channel-2 of migration ${s.migrationId} is lost in post-copy and PbData is off: ${s.missing ? s.memory.missingCount() : 0} pages wait for the source`);
+              }
+              // Request mode switch: the rest comes from PbData on shared storage.
+              fellBack = true;
+              const reader = ctx.store.openReader(s.migrationId, 'pbdata');
+              const r = await loadPbData({ reader, install: (pfn, data) => s.memory.installPage(pfn, data), signal: actx.cancellationSignal, timeoutMs: 30 * 60_000 });
+              pbdataPages = r.installed;
+              storageBytesRead = r.bytesRead;
+              break;
+            }
+            // Nothing to do until a page lands, a fault is asked, channel-2 goes, the activity
+            // is cancelled, or the first deadline passes (just past it: the checks are strict).
+            const deadline = Math.min(oldestAsk + faultTimeoutMs, lastProgress + stallMs);
+            await s.wakeup.wait(Math.min(DRAIN_RECHECK_MS, Math.max(1, deadline - now + 1)), actx.cancellationSignal);
+          }
+        })();
+        await heartbeatEvery(1000, () => ({ missing: s.memory.missingCount() }), work);
+        const completedAtMs = Date.now();
+        // Every page is here: the source can stop pushing. Late frames still in flight are
+        // ignored (post-copy mode installs only missing pages, and none is missing).
+        s.registration.channel?.sendControl({ type: 'all-present' }).catch(() => undefined);
+        // vCPUs report faults by message; some may still be in flight (a page installed
+        // before its 'fault' message was read). Let them land, briefly, so the count and
+        // the latencies cover every fault of this post-copy.
+        const g = s.guest;
+        const settleBy = performance.now() + 250;
+        while (g && performance.now() < settleBy) {
+          const f = g.faultStats();
+          if (f.pending === 0 && g.stats().faults - s.faultBase <= f.faults) break;
+          await sleep(2);
+        }
+        const fs = s.guest?.faultStats();
+        const ch = s.registration.channel;
+        return {
+          completedAtMs,
+          faults: fs?.faults ?? 0,
+          faultLatencyMs: { p50: round3(fs?.p50 ?? 0), p99: round3(fs?.p99 ?? 0), max: round3(fs?.max ?? 0) },
+          pushedPages: s.pushedPages,
+          pbdataPages,
+          fellBackToPbData: fellBack,
+          bytesReceived: ch?.stats().received.wireBytes ?? 0,
+          storageBytesRead,
+        };
+      });
+    },
+
+    async verifyTarget(ref: StepRef): Promise<VerifyResult> {
+      const s = sessions.findTarget(ref.migrationId);
+      const guest = s ? s.guest : ctx.driver.guest(ref.vm);
+      if (!guest) throw userError('NotFound', `vm ${ref.vm} is not running on ${ctx.hostId}`);
+      const run = async (): Promise<VerifyResult> => {
+        const r = await verifyPaused(guest, true);
+        if (s) {
+          ctx.channels.forget(s.migrationId);
+          sessions.dropTarget(ref.migrationId);
+        }
+        return r;
+      };
+      return s ? s.steps.once('verify', run) : run();
+    },
+
+    async abortTarget(ref: StepRef): Promise<{ aborted: boolean }> {
+      const s = sessions.findTarget(ref.migrationId);
+      ctx.channels.forget(ref.migrationId);
+      sessions.dropTarget(ref.migrationId);
+      if (s) {
+        if (s.guest) await ctx.driver.destroyVm(s.vm);
+        else ctx.driver.dropIncoming(s.vm);
+        return { aborted: true };
+      }
+      return { aborted: false };
+    },
+
+    async cleanupStorage(ref: StepRef): Promise<{ removed: boolean }> {
+      await ctx.store.remove(ref.migrationId);
+      return { removed: true };
+    },
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function round3(n: number): number {
+  return Math.round(n * 1000) / 1000;
+}
+
+export type EmulatedTargetActivities = ReturnType<typeof createEmulatedTargetActivities>;

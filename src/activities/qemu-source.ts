@@ -1,0 +1,322 @@
+/**
+ * QEMU engine, source side: the steps the agent that runs the guest's QEMU executes —
+ * qemuDescribe, qemuStart, qemuAwaitPass, qemuStopAndCopy, qemuSwitchToPostcopy,
+ * qemuAwaitCompletion, qemuPause (shared, qemu-common.ts), qemuResume, qemuRelease,
+ * qemuRollback, qemuSetBandwidth. Thin: each step is one or two QMP commands and a wait for
+ * the event that says it happened. Per-pass statistics are the ones the driver captured at
+ * MIGRATION_PASS (the dirty-bitmap sync), never polled.
+ */
+import type { QemuVm } from '../hypervisor/qemu/driver';
+import { mayPostcopy, type StrategyName } from '../policy/types';
+import { userError } from './errors';
+import { cancelled, createQemuSharedActivities, heartbeat, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
+import type { MigrationOptions, StepRef, VerifyResult, VmDescription } from './types';
+
+/** QEMU's upper bound for downtime-limit (ms): raising it to this forces the completion. */
+const FORCE_COMPLETE_DOWNTIME_MS = 2_000_000;
+/** ferry's policy decides stop-and-copy, not QEMU's own estimate: keep QEMU's limit tiny. */
+const POLICY_DRIVEN_DOWNTIME_MS = 1;
+const UNCAPPED = 64 * 2 ** 30;
+const NO_RAM_YET = { transferred: 0, remaining: 0, total: 0, dirtySyncCount: 0, pageSize: 4096, normal: 0, duplicate: 0, postcopyRequests: 0, precopyBytes: 0, postcopyBytes: 0, downtimeBytes: 0, mbps: 0 };
+
+export interface QemuIteration {
+  index: number;
+  pages: number;
+  bytes: number;
+  durationMs: number;
+  dirtyAfter: number;
+  finishedAtMs: number;
+}
+
+export type QemuPassResult =
+  | { kind: 'iteration'; iteration: QemuIteration }
+  | { kind: 'finished'; status: string; error: string | null };
+
+export interface QemuOutcome {
+  status: string;
+  error: string | null;
+  /** QEMU's own measurement of the pause (ms), when completed. */
+  downtimeMs: number | null;
+  pausedAtMs: number | null;
+  postcopyActiveAtMs: number | null;
+  completedAtMs: number | null;
+  transferredBytes: number;
+  postcopyBytes: number;
+  downtimeBytes: number;
+  postcopyRequests: number;
+}
+
+export type QemuCompletion = { kind: 'completed' | 'failed' | 'paused' | 'stalled'; why: string; outcome: QemuOutcome };
+
+const lastStatus = (v: QemuVm, since = 0) => {
+  for (let i = v.statuses.length - 1; i >= 0; i--) if (v.statuses[i]!.atMs >= since) return v.statuses[i]!;
+  return null;
+};
+const statusAt = (v: QemuVm, status: string, since: number) => v.statuses.find((s) => s.status === status && s.atMs >= since)?.atMs ?? null;
+
+async function outcomeOf(v: QemuVm, since: number): Promise<QemuOutcome> {
+  const info = await query(v);
+  return {
+    status: info.status,
+    error: info.error,
+    downtimeMs: info.downtimeMs,
+    pausedAtMs: v.lastStopAtMs !== null && v.lastStopAtMs >= since ? v.lastStopAtMs : null,
+    postcopyActiveAtMs: statusAt(v, 'postcopy-active', since),
+    completedAtMs: statusAt(v, 'completed', since),
+    transferredBytes: info.ram?.transferred ?? 0,
+    postcopyBytes: info.ram?.postcopyBytes ?? 0,
+    downtimeBytes: info.ram?.downtimeBytes ?? 0,
+    postcopyRequests: info.ram?.postcopyRequests ?? 0,
+  };
+}
+
+/**
+ * The source-side activities. `sessions` is the agent's registry, shared with its target-side
+ * activities (createQemuActivities passes one to both).
+ */
+export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessions = new QemuSessions(ctx.hostId)) {
+  const d = ctx.driver;
+  return {
+    ...createQemuSharedActivities(ctx),
+
+    async qemuDescribe(
+      input: { vm: string },
+    ): Promise<VmDescription & { seed: number; rate: number | null; driver: string; qemuArgs?: string[]; tlsCommonName: string | null }> {
+      const v = vmOf(ctx, input?.vm);
+      if (v.incoming) throw userError('NotFound', `QEMU guest ${input.vm} on ${ctx.hostId} is an incoming migration, not a running VM`);
+      return {
+        vm: v.spec.name,
+        host: ctx.hostId,
+        memoryBytes: v.spec.memoryBytes,
+        pageSize: 4096,
+        pageCount: Math.floor(v.spec.memoryBytes / 4096),
+        vcpus: v.spec.vcpus,
+        workload: v.spec.workload,
+        state: v.state,
+        seed: v.spec.seed,
+        rate: v.spec.rate ?? null,
+        driver: 'qemu',
+        ...(v.spec.qemuArgs ? { qemuArgs: v.spec.qemuArgs } : {}),
+        tlsCommonName: d.migrationTls ? (ctx.tlsCommonName ?? null) : null,
+      };
+    },
+
+    async qemuStart(
+      input: StepRef & { uri: string; strategy: StrategyName; options: MigrationOptions; target?: string; targetTls?: boolean },
+    ): Promise<{ startedAtMs: number; pageSize: number }> {
+      const v = vmOf(ctx, input.vm);
+      const known = sessions.find(input.migrationId);
+      if (known) return { startedAtMs: known.startedAtMs, pageSize: 4096 };
+      const status = (await query(v)).status;
+      if (['active', 'setup', 'postcopy-active', 'device'].includes(status)) throw userError('Conflict', `vm ${input.vm} on ${ctx.hostId} is already migrating (${status})`);
+      if (input.targetTls !== undefined && input.targetTls !== d.migrationTls) {
+        const [withTls, without] = d.migrationTls ? [ctx.hostId, input.target ?? 'the target'] : [input.target ?? 'the target', ctx.hostId];
+        throw userError('Conflict', `migration TLS mismatch: ${withTls} runs its migration streams over mutual TLS, ${without} does not (give both agents --tls-ca/--tls-cert/--tls-key, or neither)`);
+      }
+      await setCaps(v, mayPostcopy(input.strategy), 'source');
+      // QEMU checks that the target's certificate names the host ferry meant to reach.
+      await setTls(d, v, 'client', { hostname: input.target ?? null });
+      await v.qmp.execute('migrate-set-parameters', {
+        'max-bandwidth': input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : UNCAPPED,
+        // The same cap after the switch (QEMU's default there is unlimited).
+        'max-postcopy-bandwidth': input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : 0,
+        'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS,
+      });
+      const passBase = v.passes.length;
+      const startedAtMs = Date.now();
+      sessions.set(input.migrationId, { vm: input.vm, passBase, uri: input.uri, startedAtMs, strategy: input.strategy });
+      await v.qmp.execute('migrate', { uri: input.uri });
+      return { startedAtMs, pageSize: 4096 };
+    },
+
+    /**
+     * Iteration `index` ends at the (index+1)-th bitmap sync of this migration: its pages are
+     * what went out between the two syncs, its dirtyAfter what the second sync found.
+     */
+    async qemuAwaitPass(input: StepRef & { index: number }): Promise<QemuPassResult> {
+      const s = sessions.of(input);
+      const v = vmOf(ctx, input.vm);
+      const since = s.startedAtMs - 1000;
+      const r = await Promise.race([
+        d.waitFor(
+          input.vm,
+          (vm): QemuPassResult | null => {
+            const passes = vm.passes.slice(s.passBase);
+            const a = passes[input.index - 1];
+            const b = passes[input.index];
+            if (a && b) {
+              // The first sync happens while QEMU is still in setup, before it has RAM
+              // counters: nothing was sent yet, so zeros are the truth there.
+              const ra = a.info.ram ?? NO_RAM_YET;
+              const rb = b.info.ram ?? NO_RAM_YET;
+              const pageSize = rb.pageSize || 4096;
+              // Pages sent between the two syncs (zero pages too: they were dirty); wire bytes.
+              const bytes = Math.max(0, rb.transferred - ra.transferred);
+              return {
+                kind: 'iteration',
+                iteration: {
+                  index: input.index,
+                  pages: Math.max(0, rb.normal + rb.duplicate - (ra.normal + ra.duplicate)),
+                  bytes,
+                  durationMs: Math.max(0, b.atMs - a.atMs),
+                  dirtyAfter: Math.round(rb.remaining / pageSize),
+                  finishedAtMs: b.atMs,
+                },
+              };
+            }
+            const st = lastStatus(vm, since)?.status;
+            if (st && ['completed', 'failed', 'cancelled', 'postcopy-active', 'postcopy-paused'].includes(st)) return { kind: 'finished', status: st, error: null };
+            return null;
+          },
+          2 * 3600_000,
+          () => heartbeat({ passes: v.passes.length - s.passBase }),
+        ),
+        cancelled(),
+      ]);
+      if (r?.kind === 'finished') r.error = (await query(v)).error;
+      return r!;
+    },
+
+    /** ferry's policy chose stop-and-copy: raise QEMU's downtime limit so it completes now. */
+    async qemuStopAndCopy(input: StepRef): Promise<QemuOutcome> {
+      const s = sessions.of(input);
+      const v = vmOf(ctx, input.vm);
+      await v.qmp.execute('migrate-set-parameters', { 'downtime-limit': FORCE_COMPLETE_DOWNTIME_MS });
+      const st = await d.waitFor(input.vm, (vm) => {
+        const x = lastStatus(vm, s.startedAtMs - 1000)?.status;
+        return x === 'completed' || x === 'failed' || x === 'cancelled' ? x : null;
+      }, 3600_000, () => heartbeat());
+      const out = await outcomeOf(v, s.startedAtMs - 1000);
+      if (st !== 'completed') throw new Error(`stop-and-copy of ${input.vm} ended ${st ?? 'nowhere'}: ${out.error ?? 'no error from QEMU'}`);
+      return out;
+    },
+
+    async qemuSwitchToPostcopy(input: StepRef): Promise<QemuOutcome> {
+      const s = sessions.of(input);
+      const v = vmOf(ctx, input.vm);
+      const since = s.startedAtMs - 1000;
+      if (!statusAt(v, 'postcopy-active', since)) {
+        await v.qmp.execute('migrate-start-postcopy').catch((e: Error) => {
+          // Already switched (a retried step) or completed meanwhile: the wait below tells.
+          if (!/postcopy already started|not active/i.test(e.message)) throw e;
+        });
+      }
+      const st = await d.waitFor(input.vm, (vm) => {
+        const x = lastStatus(vm, since)?.status;
+        return x && ['postcopy-active', 'postcopy-paused', 'completed', 'failed', 'cancelled'].includes(x) ? x : null;
+      }, 600_000, () => heartbeat());
+      const out = await outcomeOf(v, since);
+      if (st === 'failed' || st === 'cancelled' || !st) throw new Error(`switch to post-copy of ${input.vm} ended ${st ?? 'nowhere'}: ${out.error ?? 'no error from QEMU'}`);
+      return out;
+    },
+
+    /**
+     * Wait for the end of post-copy (or of a stop-and-copy). A stall — no page moved for
+     * `stallMs` while QEMU still says postcopy-active (a silently dropped link) — or QEMU
+     * pausing on its own returns early, so the workflow can recover over the other network.
+     */
+    async qemuAwaitCompletion(input: StepRef & { stallMs: number }): Promise<QemuCompletion> {
+      const s = sessions.of(input);
+      const v = vmOf(ctx, input.vm);
+      const since = s.startedAtMs - 1000;
+      let lastBytes = -1;
+      let lastChange = Date.now();
+      let stalled = false;
+      let pausedNow = false;
+      // A pause recorded before this call is history (the recovery that followed resumed it);
+      // only a pause from now on, or QEMU saying paused now, counts.
+      const callStart = Date.now();
+      const probe = async () => {
+        const info = await query(v).catch(() => null);
+        if (info?.status === 'postcopy-paused') pausedNow = true;
+        if (!info?.ram) return;
+        const b = info.ram.transferred;
+        if (b !== lastBytes) {
+          lastBytes = b;
+          lastChange = Date.now();
+        } else if (info.status === 'postcopy-active' && Date.now() - lastChange >= input.stallMs) stalled = true;
+      };
+      const timer = setInterval(() => void probe(), Math.max(100, Math.min(1000, input.stallMs / 5)));
+      try {
+        const kind = await Promise.race([
+          d.waitFor(input.vm, (vm) => {
+            const last = lastStatus(vm, since);
+            const x = last?.status;
+            if (x === 'completed') return 'completed' as const;
+            if (x === 'failed' || x === 'cancelled') return 'failed' as const;
+            if ((x === 'postcopy-paused' && last!.atMs >= callStart - 50) || pausedNow) return 'paused' as const;
+            if (stalled) return 'stalled' as const;
+            return null;
+          }, 2 * 3600_000, () => heartbeat({ lastBytes })),
+          cancelled(),
+        ]);
+        const out = await outcomeOf(v, since);
+        const why =
+          kind === 'stalled'
+            ? `no post-copy progress for ${input.stallMs} ms (${lastBytes} bytes sent), QEMU still postcopy-active`
+            : kind === 'paused'
+              ? `QEMU paused post-copy: ${out.error ?? 'the migration stream broke'}`
+              : kind === 'failed'
+                ? `QEMU failed the migration: ${out.error ?? 'no error given'}`
+                : 'completed';
+        return { kind: kind ?? 'failed', why, outcome: out };
+      } finally {
+        clearInterval(timer);
+      }
+    },
+
+    /** Source: resume the paused post-copy towards the target's recovery listener. */
+    async qemuResume(input: StepRef & { uri: string }): Promise<{ status: string }> {
+      const v = vmOf(ctx, input.vm);
+      await v.qmp.execute('migrate', { uri: input.uri, resume: true });
+      for (let i = 0; i < 300; i++) {
+        const st = (await query(v)).status;
+        if (st === 'postcopy-active' || st === 'completed') return { status: st };
+        if (st === 'postcopy-paused' && i > 20) throw new Error(`${input.vm}: resume towards ${input.uri} did not take (still postcopy-paused)`);
+        await new Promise((res) => setTimeout(res, 100));
+        heartbeat();
+      }
+      throw new Error(`${input.vm}: post-copy did not resume towards ${input.uri}`);
+    },
+
+    /** Source: the guest left; stop its paused copy here. */
+    async qemuRelease(input: StepRef): Promise<{ releasedAtMs: number; transferredBytes: number }> {
+      const v = d.vm(input.vm);
+      sessions.drop(input.migrationId);
+      if (!v) return { releasedAtMs: Date.now(), transferredBytes: 0 };
+      const info = await query(v);
+      if (info.status !== 'completed') throw new Error(`refusing to release ${input.vm} on ${ctx.hostId}: its migration is ${info.status}, not completed`);
+      await d.destroyVm(input.vm);
+      return { releasedAtMs: Date.now(), transferredBytes: info.ram?.transferred ?? 0 };
+    },
+
+    /** Source, before the switch: cancel, make sure the guest runs here, check it. */
+    async qemuRollback(input: StepRef): Promise<{ guestRunning: boolean; note: string; verification: VerifyResult | null }> {
+      sessions.drop(input.migrationId);
+      const v = d.vm(input.vm);
+      if (!v) return { guestRunning: false, note: `no QEMU for ${input.vm} on ${ctx.hostId}`, verification: null };
+      const st = (await query(v)).status;
+      if (st === 'postcopy-active' || st === 'postcopy-paused' || st === 'completed') {
+        return { guestRunning: false, note: `${input.vm} already switched to the target (migration ${st}); not rolled back`, verification: null };
+      }
+      if (['active', 'setup', 'device', 'pre-switchover'].includes(st)) {
+        await v.qmp.execute('migrate_cancel');
+        for (let i = 0; i < 100 && ['active', 'setup', 'device', 'cancelling'].includes((await query(v)).status); i++) await new Promise((r) => setTimeout(r, 100));
+      }
+      const status = (await v.qmp.execute<{ status: string }>('query-status')).status;
+      if (status !== 'running') await v.qmp.execute('cont');
+      const verification = await verifyOn(ctx, input.vm, 1, 60_000, 0).catch(() => null);
+      return { guestRunning: true, note: `${input.vm} runs on ${ctx.hostId}`, verification };
+    },
+
+    async qemuSetBandwidth(input: StepRef & { bandwidthBytesPerSec: number }): Promise<void> {
+      const v = vmOf(ctx, input.vm);
+      await v.qmp.execute('migrate-set-parameters', {
+        'max-bandwidth': input.bandwidthBytesPerSec > 0 ? input.bandwidthBytesPerSec : UNCAPPED,
+        'max-postcopy-bandwidth': input.bandwidthBytesPerSec > 0 ? input.bandwidthBytesPerSec : 0,
+      });
+    },
+  };
+}
+
+export type QemuSourceActivities = ReturnType<typeof createQemuSourceActivities>;
