@@ -4,14 +4,14 @@
  * measurement. Activities: src/activities/emulated-source.ts and emulated-target.ts.
  */
 import { proxyActivities } from '@temporalio/workflow';
-import type { MigrationActivities } from '../activities/migration';
+import type { EmulatedActivities } from '../activities/emulated';
 import type { DrainResult, MigrationOptions, PbDataResult, PrepareTargetResult, StaticMergeResult, StaticSaveResult, StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
 import type { StrategyName } from '../policy/types';
 import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
 import { failureMessage } from './saga';
 
-type Acts = MigrationActivities;
+type Acts = EmulatedActivities;
 const NON_RETRYABLE = ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'];
 
 /** Steps before the switch: bounded retries, so a dead host ends in a rollback. */
