@@ -11,6 +11,7 @@ import {
   type ChannelHandlers,
   type Lane,
 } from '../../src/dataplane/channel';
+import { ManualClock } from '../../src/dataplane/clock';
 import { encodePagesFrame } from '../../src/dataplane/codec';
 import { FrameDecoder, FrameError, FrameType, HEADER_BYTES, decodeFrames, encodeFrame, encodeJsonFrame, type Frame } from '../../src/dataplane/frame';
 import type { PageSink, PageSource } from '../../src/dataplane/pages';
@@ -206,11 +207,17 @@ describe('channel-2 transfer', () => {
     const src = new Mem(N).fill(13);
     const t = target(N);
     let clientErr: Error | undefined;
-    const ch = await connect(t, N, { rateBytesPerSec: 1024 * 1024, handlers: { onClose: (e) => (clientErr = e) } });
+    const clock = new ManualClock(); // the rate cap's time moves only when the test says so
+    const ch = await connect(t, N, { rateBytesPerSec: 1024 * 1024, clock, handlers: { onClose: (e) => (clientErr = e) } });
     const tch = await t.reg.connected;
     const sending = ch.sendPages(range(N), src);
     const barrier = ch.barrier();
-    await new Promise((r) => setTimeout(r, 50));
+    // Two frames go out, the third waits on the cap: the transfer is surely under way.
+    for (let i = 0; i < 2; i++) {
+      await clock.sleeping();
+      clock.advance();
+    }
+    await clock.sleeping();
     tch.destroy(); // the target side of the link goes away without CLOSE
     await expect(barrier).rejects.toThrow(ChannelClosedError);
     await expect(barrier).rejects.toThrow(/connection|closed/);
