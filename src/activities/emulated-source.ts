@@ -27,6 +27,27 @@ import type {
   VmDescription,
 } from './types';
 
+/** Growth samples kept per round: enough to interpolate, small in workflow history. */
+const GROWTH_POINTS = 16;
+
+/**
+ * How the dirty set grows while a round runs: the dirty log is peeked (counted, not cleared)
+ * every 20 ms; the policy reads what the next round will leave from it (src/policy/ferry-switch.ts).
+ */
+function sampleGrowth(count: () => number, t0: number): { stop(): void; curve(last: [number, number]): number[][] } {
+  const points: number[][] = [];
+  const timer = setInterval(() => points.push([Math.round(performance.now() - t0), count()]), 20);
+  return {
+    stop: () => clearInterval(timer),
+    curve(last) {
+      const all = [...points.filter((p) => p[0]! < last[0]), last];
+      if (all.length <= GROWTH_POINTS) return all;
+      // Thin evenly, keeping the last point.
+      return Array.from({ length: GROWTH_POINTS }, (_, i) => all[Math.round(((i + 1) * all.length) / GROWTH_POINTS) - 1]!);
+    },
+  };
+}
+
 /** Post-copy push: no byte left the source for this long = the link is silently dead. */
 const PUSH_STALL_MS = 10_000;
 /**
@@ -193,16 +214,19 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
           pfns = pendingPages(s);
         }
         let sent = 0;
-        const bytes = await heartbeatEvery(1000, () => ({ pages: pfns.length, sent }), sendAndConfirm(s, pfns));
+        const growth = sampleGrowth(() => s.memory.dirtyCount(), t0);
+        const bytes = await heartbeatEvery(1000, () => ({ pages: pfns.length, sent }), sendAndConfirm(s, pfns)).finally(() => growth.stop());
         sent = pfns.length;
         if (input.bulk) s.baselineSent = true;
         const durationMs = performance.now() - t0;
+        const dirtyAfter = s.memory.dirtyCount();
         return {
           index: input.index,
           pages: pfns.length,
           durationMs: Math.round(durationMs * 1000) / 1000,
           bytes,
-          dirtyAfter: s.memory.dirtyCount(),
+          dirtyAfter,
+          growth: growth.curve([Math.round(durationMs), dirtyAfter]),
           finishedAtMs: Date.now(),
         };
       });

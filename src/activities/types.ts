@@ -2,7 +2,7 @@
  * Inputs and results of the migration activities. JSON-safe: they sit in workflow history.
  * Every number is measured by the agent that did the work.
  */
-import type { IterationStat, StrategyName } from '../policy/types';
+import type { IterationStat, StrategyName, SwitchRule } from '../policy/types';
 
 export type PbDataMode = 'sync' | 'async' | 'off';
 
@@ -21,6 +21,10 @@ export interface MigrationOptions {
   digest?: boolean;
   /** Post-copy: a fault request unanswered this long counts as a lost channel (PbData fallback). */
   faultTimeoutMs?: number;
+  /** as-hybrid / pa-hybrid: ferry's switch rule (the default) or the paper's exactly. */
+  switchRule?: SwitchRule;
+  /** Sweeps (bench --suite regret): switch to post-copy after this many rounds. */
+  switchAfterRounds?: number;
 }
 
 export interface StepRef {

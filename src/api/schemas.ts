@@ -26,6 +26,7 @@ export const migrationOptionsSchema = {
     maxDowntimeMs: { type: 'integer', minimum: 0, maximum: 600000 },
     maxIterations: { type: 'integer', minimum: 1, maximum: 1000 },
     pbdata: { type: 'string', enum: ['sync', 'async', 'off'] },
+    switchRule: { type: 'string', enum: ['ferry', 'paper'], description: "as-hybrid/pa-hybrid switch rule: ferry's (default) or the paper's exactly" },
   },
 } as const;
 

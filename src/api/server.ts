@@ -123,6 +123,7 @@ interface OptionsBody {
   maxDowntimeMs?: number;
   maxIterations?: number;
   pbdata?: 'sync' | 'async' | 'off';
+  switchRule?: 'ferry' | 'paper';
 }
 
 function rate(text: string | undefined, field: string, dflt: number): number {
@@ -146,6 +147,7 @@ export function optionsFrom(strategy: StrategyName, o: OptionsBody = {}): Migrat
     pbdata: o.pbdata ?? (strategy === 'as-hybrid' || strategy === 'pa-hybrid' ? 'async' : 'off'),
     compression: false,
     zeroElision: true,
+    switchRule: o.switchRule ?? 'ferry',
   };
 }
 

@@ -2,7 +2,7 @@
 import type { MigrationOptions, PbDataMode } from '../activities/types';
 import { UsageError } from '../common/errors';
 import { parseDuration, parseRate } from '../common/units';
-import { STRATEGIES, type StrategyName } from '../policy/types';
+import { STRATEGIES, SWITCH_RULES, type StrategyName } from '../policy/types';
 import { choice, int, str } from './args';
 
 export const migrationOptionSpec = {
@@ -15,6 +15,7 @@ export const migrationOptionSpec = {
   compression: { type: 'boolean' },
   'no-zero-elision': { type: 'boolean' },
   'fault-timeout': { type: 'string' },
+  'switch-rule': { type: 'string' },
 } as const;
 
 export const MIGRATION_DEFAULTS = {
@@ -33,6 +34,7 @@ export function migrationOptionsFrom(values: Record<string, unknown>): { strateg
   const maxDowntimeMs = parseDuration(str(values['max-downtime']) ?? MIGRATION_DEFAULTS.maxDowntime, '--max-downtime');
   const maxIterations = int(values['max-iterations'], 'max-iterations', 1, 1000) ?? MIGRATION_DEFAULTS.maxIterations;
   const pbdata = choice(values.pbdata, 'pbdata', ['sync', 'async', 'off'] as const) ?? defaultPbData(strategy);
+  const switchRule = choice(values['switch-rule'], 'switch-rule', SWITCH_RULES) ?? 'ferry';
   // Post-copy: a fault unanswered this long (emulated) / no progress this long (QEMU) = a lost link.
   const faultTimeout = str(values['fault-timeout']);
   const faultTimeoutMs = faultTimeout !== undefined ? parseDuration(faultTimeout, '--fault-timeout') : undefined;
@@ -47,6 +49,7 @@ export function migrationOptionsFrom(values: Record<string, unknown>): { strateg
       pbdata,
       compression: values.compression === true,
       zeroElision: values['no-zero-elision'] !== true,
+      switchRule,
       ...(faultTimeoutMs !== undefined ? { faultTimeoutMs } : {}),
     },
   };

@@ -4,6 +4,7 @@
  * Every result carries the reason with the numbers it was decided on.
  */
 import { estimateSendMs, fmt, lambdas } from './convergence';
+import { ferrySwitch } from './ferry-switch';
 import type { Decision, PolicyConfig, PolicyState } from './types';
 
 const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
@@ -13,10 +14,14 @@ export function stopAndCopyTest(state: PolicyState, cfg: PolicyConfig): Decision
   const it = state.iterations.length;
   if (state.remainingPages === 0) return { action: 'stop-and-copy', reason: `stop-and-copy at iteration ${it + 1}: no dirty pages left` };
   const { ms, bytesPerSec: bw } = estimateSendMs(state.iterations, state.remainingPages, cfg.pageSize, cfg.bandwidthBytesPerSec);
-  if (ms <= cfg.maxDowntimeMs) {
+  // Downtime is a promise: the pause also costs device state, the switch-over's round trips
+  // and the target's resume, as measured so far.
+  const overhead = state.pauseOverheadMs ?? 0;
+  if (ms + overhead <= cfg.maxDowntimeMs) {
+    const plus = state.pauseOverheadMs !== undefined ? ` + ${Math.round(overhead)} ms pause overhead` : '';
     return {
       action: 'stop-and-copy',
-      reason: `stop-and-copy at iteration ${it + 1}: ${state.remainingPages} pages take ${Math.round(ms)} ms at ${fmt(bw / 2 ** 20)} MiB/s ≤ max downtime ${cfg.maxDowntimeMs} ms`,
+      reason: `stop-and-copy at iteration ${it + 1}: ${state.remainingPages} pages take ${Math.round(ms)} ms at ${fmt(bw / 2 ** 20)} MiB/s${plus} ≤ max downtime ${cfg.maxDowntimeMs} ms`,
     };
   }
   return null;
@@ -49,6 +54,13 @@ export function maxIterationsValve(state: PolicyState, cfg: PolicyConfig, action
   if (it < cfg.maxIterations) return null;
   const verb = action === 'stop-and-copy' ? 'stop-and-copy anyway' : 'switch to post-copy';
   return { action, reason: `${verb} at iteration ${it + 1}: max iterations (${cfg.maxIterations}) reached with ${state.remainingPages} pages dirty` };
+}
+
+/** A sweep's fixed switch point: post-copy after n rounds (the bench's hindsight search). */
+export function fixedSwitchPoint(state: PolicyState, cfg: PolicyConfig): Decision | null {
+  const n = cfg.switchAfterRounds;
+  if (!n || state.iterations.length < n) return null;
+  return { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${state.iterations.length + 1}: fixed switch point after ${n} round${n > 1 ? 's' : ''} (${state.remainingPages} pages left)` };
 }
 
 /** Heuristic hybrid (Li et al. 2019): switch once a round dirties at least as many pages as it sent. */
@@ -148,8 +160,15 @@ export function decide(state: PolicyState, cfg: PolicyConfig): Decision {
       if (cfg.strategy === 'as-hybrid' && done < 1) return CONTINUE('continue: bulk round not done');
       const stop = stopAndCopyTest(state, cfg);
       if (stop) return stop;
+      const fixed = fixedSwitchPoint(state, cfg);
+      if (fixed) return fixed;
       const adaptive = adaptiveSwitch(state);
       if (adaptive.action !== 'continue') return adaptive;
+      if (cfg.switchRule === 'ferry') {
+        const f = ferrySwitch(state, cfg);
+        if (f.decision) return f.decision;
+        return maxIterationsValve(state, cfg, 'switch-to-postcopy') ?? CONTINUE(`continue at iteration ${done + 1}: ${f.why}`);
+      }
       return maxIterationsValve(state, cfg, 'switch-to-postcopy') ?? adaptive;
     }
   }

@@ -32,7 +32,17 @@ export interface IterationStat {
   bytes: number;
   /** Pages dirtied while this iteration ran (the dirty log, peeked at its end): pages(i+1). */
   dirtyAfter: number;
+  /**
+   * How the dirty set grew during the round: [ms since the round started, distinct pages
+   * dirtied so far] pairs, ascending (the dirty log peeked, not cleared). Absent where the
+   * engine cannot peek (QEMU) and in histories recorded before it existed.
+   */
+  growth?: number[][];
 }
+
+/** `paper`: MECHANISM.md's adaptive switch exactly. `ferry`: it, plus the plateau and the cost of another round. */
+export type SwitchRule = 'ferry' | 'paper';
+export const SWITCH_RULES: readonly SwitchRule[] = ['ferry', 'paper'];
 
 export interface PolicyConfig {
   strategy: StrategyName;
@@ -42,6 +52,10 @@ export interface PolicyConfig {
   maxIterations: number;
   /** The migration-network cap (bytes/s); used when no iteration has measured one yet. */
   bandwidthBytesPerSec: number;
+  /** as-hybrid / pa-hybrid: which switch rule (absent = paper, as histories before the choice were recorded). */
+  switchRule?: SwitchRule;
+  /** A fixed switch point for sweeps: switch to post-copy after this many rounds (stop-and-copy still wins if it fits first). */
+  switchAfterRounds?: number;
 }
 
 export interface PolicyState {
@@ -50,6 +64,11 @@ export interface PolicyState {
   remainingPages: number;
   /** par-migrate: the target has merged StaticData (always true without par-migrate). */
   staticMerged: boolean;
+  /**
+   * What the pause costs beyond sending the last pages (device state, the switch-over's round
+   * trips, the target's resume), in ms, as measured so far. Absent = nothing learnt (0).
+   */
+  pauseOverheadMs?: number;
 }
 
 export function isStrategy(s: unknown): s is StrategyName {

@@ -124,7 +124,10 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
 
     async round(index: number, bulk: boolean): Promise<RoundResult> {
       const r = await srcLong.runIteration({ ...ref, index, bulk });
-      return { kind: 'round', iteration: { index: r.index, pages: r.pages, durationMs: r.durationMs, bytes: r.bytes, dirtyAfter: r.dirtyAfter, finishedAtMs: r.finishedAtMs } };
+      return {
+        kind: 'round',
+        iteration: { index: r.index, pages: r.pages, durationMs: r.durationMs, bytes: r.bytes, dirtyAfter: r.dirtyAfter, finishedAtMs: r.finishedAtMs, ...(r.growth ? { growth: r.growth } : {}) },
+      };
     },
 
     async stopAndCopy() {

@@ -21,7 +21,7 @@ import type { HostActivities } from '../activities/host';
 import type { MigrationOptions, StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
 import { decide, lambdaOf, transferMs } from '../policy';
-import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName } from '../policy/types';
+import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName, type SwitchRule } from '../policy/types';
 import { audited, type AttemptLink } from './audit';
 import { Journal, progressOf, registerControls } from './controls';
 import { engineFor, type Engine, type EngineName, type VmFacts } from './engine';
@@ -52,6 +52,8 @@ export interface MigrationInput {
 
 /** Marks runs of the one runbook; histories without it replay the order they were recorded with. */
 export const ONE_RUNBOOK_PATCH = 'ferry-one-runbook';
+/** Marks runs whose as-hybrid/pa-hybrid default to ferry's switch rule. */
+export const SWITCH_RULE_PATCH = 'ferry-switch-rule';
 
 const facts = (host: string) =>
   proxyActivities<HostActivities>({
@@ -79,6 +81,8 @@ class Runbook {
   private readonly journal = new Journal(this.startedAt);
   /** Replaying a history recorded before the one runbook: keep the order it was recorded with. */
   private readonly legacy = !patched(ONE_RUNBOOK_PATCH);
+  /** Unset in the input: ferry's rule, except in histories recorded before the choice existed. */
+  private readonly switchRule: SwitchRule;
   private readonly par: boolean;
   private readonly pbdataMode: 'sync' | 'async' | 'off';
   private engine: Engine | null = null;
@@ -116,6 +120,7 @@ class Runbook {
     this.pbdataMode = mayPostcopy(input.strategy) ? input.options.pbdata : 'off';
     this.bandwidth = input.options.bandwidthBytesPerSec;
     this.staticMerged = this.par ? false : null;
+    this.switchRule = input.options.switchRule ?? (patched(SWITCH_RULE_PATCH) ? 'ferry' : 'paper');
     this.registerControls();
   }
 
@@ -259,7 +264,16 @@ class Runbook {
     const f = this.vmFacts!;
     return decide(
       { iterations: this.journal.iterations.map(toStat), remainingPages: this.remainingPages, staticMerged: this.staticMerged ?? true },
-      { strategy, pageSize: f.pageSize, pageCount: f.pageCount, maxDowntimeMs: options.maxDowntimeMs, maxIterations: options.maxIterations, bandwidthBytesPerSec: this.bandwidth || 1e12 },
+      {
+        strategy,
+        pageSize: f.pageSize,
+        pageCount: f.pageCount,
+        maxDowntimeMs: options.maxDowntimeMs,
+        maxIterations: options.maxIterations,
+        bandwidthBytesPerSec: this.bandwidth || 1e12,
+        switchRule: this.switchRule,
+        ...(options.switchAfterRounds ? { switchAfterRounds: options.switchAfterRounds } : {}),
+      },
     );
   }
 
@@ -430,7 +444,7 @@ class Runbook {
 }
 
 function toStat(it: ReportIteration): IterationStat {
-  return { index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter };
+  return { index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter, ...(it.growth ? { growth: it.growth } : {}) };
 }
 
 function validate(input: MigrationInput): void {

@@ -12,6 +12,8 @@ export interface ReportIteration {
   dirtyAfter: number;
   startedAtMs: number;
   finishedAtMs: number;
+  /** The dirty set's growth during the round: [ms, pages] (emulated engine). */
+  growth?: number[][];
 }
 
 export interface ReportDecision {

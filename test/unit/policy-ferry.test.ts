@@ -1,0 +1,158 @@
+/** ferry's switch rule, the paper's rule beside it, the fixed switch point and the pause's overhead. */
+import { describe, expect, it } from 'vitest';
+import { budgetPages, decide, growthAt, predictNextRound, stopAndCopyTest } from '../../src/policy';
+import type { IterationStat, PolicyConfig, PolicyState, StrategyName, SwitchRule } from '../../src/policy';
+
+const PAGE = 4096;
+const MiB = 2 ** 20;
+
+/** Rounds from page counts at 0.1 ms a page (≈ 39 MiB/s): pages(i+1) is round i's dirtyAfter. */
+function rounds(pages: number[], lastDirty: number, growth?: (i: number) => number[][] | undefined): IterationStat[] {
+  return pages.map((p, i) => ({
+    index: i + 1,
+    pages: p,
+    durationMs: Math.max(1, p * 0.1),
+    bytes: p * PAGE,
+    dirtyAfter: i + 1 < pages.length ? pages[i + 1]! : lastDirty,
+    ...(growth?.(i) ? { growth: growth(i)! } : {}),
+  }));
+}
+
+function cfg(strategy: StrategyName, switchRule?: SwitchRule, over: Partial<PolicyConfig> = {}): PolicyConfig {
+  return { strategy, pageSize: PAGE, pageCount: 65536, maxDowntimeMs: 300, maxIterations: 30, bandwidthBytesPerSec: 32 * MiB, ...(switchRule ? { switchRule } : {}), ...over };
+}
+
+function state(iterations: IterationStat[], over: Partial<PolicyState> = {}): PolicyState {
+  return { iterations, remainingPages: iterations[iterations.length - 1]!.dirtyAfter, staticMerged: true, ...over };
+}
+
+/** A working set of `w` pages touched within `fillMs`, then nothing new: a plateau. */
+const saturating = (w: number, fillMs: number, untilMs: number): number[][] =>
+  Array.from({ length: 8 }, (_, k) => {
+    const t = ((k + 1) * untilMs) / 8;
+    return [t, Math.round(w * Math.min(1, t / fillMs))];
+  });
+/** A load that dirties `perMs` pages per ms, steadily. */
+const linear = (perMs: number, untilMs: number): number[][] => Array.from({ length: 8 }, (_, k) => [((k + 1) * untilMs) / 8, Math.round(((k + 1) * untilMs * perMs) / 8)]);
+
+describe('growthAt', () => {
+  it.each([
+    [[[10, 100], [20, 150]], 5, 50],
+    [[[10, 100], [20, 150]], 15, 125],
+    [[[10, 100], [20, 150]], 20, 150],
+    // past the curve: the late slope (100→150 over 10 ms) goes on
+    [[[10, 100], [20, 150]], 30, 200],
+    [[[10, 0], [20, 0]], 40, 0],
+  ])('curve %j at %d ms = %d', (curve, ms, expected) => {
+    expect(growthAt(curve, ms)).toBeCloseTo(expected, 6);
+  });
+  it('has nothing to say without points', () => {
+    expect(growthAt([], 10)).toBeNull();
+  });
+});
+
+describe('predicting the next round', () => {
+  it('reads the last rounds’ growth curves at the next round’s duration (median: one burst does not decide)', () => {
+    // 20000 pages left take 2000 ms at 0.1 ms/page. Curves: two say ~4000 pages by then, one (a burst) 19000.
+    const its = rounds([65536, 30000, 25000], 20000, (i) => (i === 1 ? linear(9.5, 2500) : linear(2, 2500)));
+    const next = predictNextRound(state(its), cfg('as-hybrid', 'ferry'))!;
+    expect(next.pages).toBe(20000);
+    expect(next.ms).toBeCloseTo(2000, 0);
+    expect(next.leaves).toBe(4000);
+  });
+  it('falls back to the median λ without curves (QEMU)', () => {
+    const next = predictNextRound(state(rounds([65536, 20000, 10000, 5000], 2500)), cfg('as-hybrid', 'ferry'))!;
+    expect(next.leaves).toBe(1250); // λ = [0.5, 0.5, 0.5]
+    expect(next.basis).toMatch(/median/);
+  });
+  it('knows nothing after a bulk round without a curve', () => {
+    expect(predictNextRound(state(rounds([65536], 20000)), cfg('as-hybrid', 'ferry'))).toBeNull();
+  });
+});
+
+describe("ferry's rule (as-hybrid, pa-hybrid)", () => {
+  it.each<[string, StrategyName, IterationStat[], 'continue' | 'switch-to-postcopy' | 'stop-and-copy', RegExp]>([
+    [
+      'plateau seen in the bulk round’s curve: switch right after it',
+      'as-hybrid',
+      rounds([65536], 20000, () => saturating(21000, 1500, 6553)),
+      'switch-to-postcopy',
+      /no progress: next round sends 20000 pages in 2000 ms and leaves ~2\d{4}/,
+    ],
+    ['plateau in λ noise around 1 (no curves)', 'pa-hybrid', rounds([20000, 20300, 19800, 20100], 19900), 'switch-to-postcopy', /no progress/],
+    ['a fast-converging load goes on towards stop-and-copy', 'as-hybrid', rounds([65536, 40000, 12000], 3600), 'continue', /fit the downtime budget/],
+    ['shrinking by 40 % a round: not worth the rounds', 'pa-hybrid', rounds([30000, 24000, 19000], 15000), 'switch-to-postcopy', /not worth another round/],
+    ['a dirty set that grows: the paper’s diverge test', 'pa-hybrid', rounds([20000, 22000, 25000, 29000], 34000), 'switch-to-postcopy', /3 of 3 > 1, mean/],
+    [
+      'one write burst among quiet rounds: continue',
+      'as-hybrid',
+      rounds([65536, 12000, 10000, 30000], 11000, (i) => (i === 3 ? linear(20, 3000) : linear(1, 3000))),
+      'continue',
+      /continue at iteration 5: next round sends 11000 pages .* leaves ~1100 .*fit the downtime budget/,
+    ],
+  ])('%s', (_name, strategy, its, expected, reason) => {
+    const d = decide(state(its), cfg(strategy, 'ferry'));
+    expect(d.action).toBe(expected);
+    expect(d.reason).toMatch(reason);
+  });
+
+  it('a converging load ends in stop-and-copy, never post-copy', () => {
+    // λ = 0.15 a round: replay the boundaries until a decision other than continue.
+    const pages = [65536];
+    let d = decide(state(rounds(pages, 9000)), cfg('as-hybrid', 'ferry'));
+    let left = 9000;
+    while (d.action === 'continue' && pages.length < 30) {
+      pages.push(left);
+      left = Math.round(left * 0.15);
+      d = decide(state(rounds(pages, left)), cfg('as-hybrid', 'ferry'));
+    }
+    expect(d.action).toBe('stop-and-copy');
+  });
+});
+
+describe("the paper's rule is kept exactly (--switch-rule paper, and histories without a rule)", () => {
+  const cases: [string, IterationStat[]][] = [
+    ['plateau', rounds([20000, 20300, 19800, 20100], 19900)],
+    ['sustained rise', rounds([20000, 22000, 25000, 29000], 34000)],
+    ['single burst', rounds([20000, 15000, 11000, 25000], 18000)],
+    ['converging', rounds([20000, 15000, 11000, 8000], 6000)],
+    ['plateau curve after bulk', rounds([65536], 20000, () => saturating(21000, 1500, 6553))],
+  ];
+  it.each(cases)('%s: the same decision with rule paper as with none', (_n, its) => {
+    for (const s of ['as-hybrid', 'pa-hybrid'] as const) expect(decide(state(its), cfg(s, 'paper'))).toEqual(decide(state(its), cfg(s)));
+  });
+  it('on a plateau the paper continues where ferry switches', () => {
+    const its = rounds([20000, 20300, 19800, 20100], 19900);
+    expect(decide(state(its), cfg('pa-hybrid', 'paper')).action).toBe('continue');
+    expect(decide(state(its), cfg('pa-hybrid', 'ferry')).action).toBe('switch-to-postcopy');
+  });
+});
+
+describe('fixed switch point (the regret sweep)', () => {
+  it.each([
+    [1, 1, 'switch-to-postcopy'],
+    [3, 2, 'continue'],
+    [3, 3, 'switch-to-postcopy'],
+  ] as const)('after %d rounds, at %d done: %s', (n, done, expected) => {
+    const its = rounds([65536, 20300, 19800].slice(0, done), 19900);
+    expect(decide(state(its), cfg('as-hybrid', 'paper', { switchAfterRounds: n })).action).toBe(expected);
+  });
+  it('stop-and-copy still wins when the rest fits', () => {
+    expect(decide(state(rounds([65536, 2000], 100)), cfg('as-hybrid', 'ferry', { switchAfterRounds: 1 })).action).toBe('stop-and-copy');
+  });
+});
+
+describe('downtime: the pause costs more than the last pages', () => {
+  it.each([
+    [undefined, 2000, 'stop-and-copy'], // 200 ms of pages ≤ 300
+    [80, 2000, 'stop-and-copy'], // 200 + 80 ≤ 300
+    [150, 2000, null], // 200 + 150 > 300
+  ])('overhead %s ms, %d pages left', (overhead, remaining, expected) => {
+    const s = state(rounds([65536, 4000], remaining), { remainingPages: remaining, ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}) });
+    expect(stopAndCopyTest(s, cfg('precopy'))?.action ?? null).toBe(expected);
+  });
+  it('the budget in pages shrinks by the overhead', () => {
+    const s = state(rounds([65536, 4000], 2000));
+    expect(budgetPages({ ...s, pauseOverheadMs: 150 }, cfg('precopy'))).toBeLessThan(budgetPages(s, cfg('precopy')));
+  });
+});
