@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { Context, activityInfo } from '@temporalio/activity';
 import { loadPbData, mergeStatic, type MergeProgress } from '../dataplane/merge';
 import { EmulatedGuest } from '../guest';
+import { prepareWorkload } from '../guest/workloads';
 import { userError } from './errors';
 import { digestOf, EmulatedSessions, heartbeatEvery, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
 import type { DrainResult, PrepareTargetInput, PrepareTargetResult, ResumeResult, StaticMergeResult, StepRef, VerifyResult } from './types';
@@ -27,10 +28,17 @@ const DRAIN_RECHECK_MS = 1000;
  * activities (createEmulatedActivities passes one to both).
  */
 export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: EmulatedSessions = new EmulatedSessions(ctx.hostId)) {
+  /** This agent's last resume durations: part of the pause the next stop-and-copy test must count. */
+  const resumes: number[] = [];
+  const resumeEstimateMs = (): number | null => {
+    if (resumes.length === 0) return null;
+    const s = [...resumes].sort((a, b) => a - b);
+    return s[Math.floor(s.length / 2)]!;
+  };
   return {
     async prepareTarget(input: PrepareTargetInput): Promise<PrepareTargetResult> {
       const existing = sessions.findTarget(input.migrationId);
-      if (existing) return { dataAddress: ctx.dataAddress, secret: existing.secret, atMs: Date.now() };
+      if (existing) return { dataAddress: ctx.dataAddress, secret: existing.secret, atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
       if (ctx.driver.describe(input.vm)) throw userError('Conflict', `host ${ctx.hostId} already has a vm named ${input.vm}`);
       const free = ctx.memoryCapacityBytes - ctx.driver.allocatedBytes();
       if (input.memoryBytes > free) {
@@ -48,7 +56,9 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
       // The session registers channel-2 for this migration as it is made.
       const s = new TargetSession({ migrationId: input.migrationId, vm: input.vm, source: input.source, memory, secret }, ctx.channels);
       sessions.addTarget(s);
-      return { dataAddress: ctx.dataAddress, secret, atMs: Date.now() };
+      // What can be prepared before the pause is: a trace workload's file is parsed now.
+      prepareWorkload(input.workload);
+      return { dataAddress: ctx.dataAddress, secret, atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
     },
 
     async mergeStatic(ref: StepRef): Promise<StaticMergeResult> {
@@ -90,6 +100,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
           s.postcopy = true;
         }
         const digest = input.digest && !input.postcopy ? digestOf(s.memory) : null;
+        const t0 = performance.now();
         const guest = EmulatedGuest.restore({ memory: s.memory, deviceState: s.deviceState });
         guest.onFault = (pfn) => {
           if (s.outstanding.has(pfn)) return;
@@ -102,6 +113,8 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         s.faultBase = guest.stats().faults;
         ctx.driver.adoptIncoming(s.vm, guest);
         await guest.resume();
+        resumes.push(performance.now() - t0);
+        if (resumes.length > 5) resumes.shift();
         return { resumedAtMs: Date.now(), digest };
       });
     },

@@ -53,6 +53,8 @@ export interface PrepareTargetInput extends StepRef {
 }
 
 export interface PrepareTargetResult {
+  /** How long this target's last resumes took (restore + vCPUs running), median ms; null before its first. */
+  resumeEstimateMs?: number | null;
   dataAddress: string;
   /** Per-migration channel-2 secret. */
   secret: string;

@@ -18,7 +18,7 @@
  * `deterministic: true`, a virtual clock advancing 1/rate per access, which makes every
  * profile repeatable access for access.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { UsageError } from '../common/errors';
 import { parseRate } from '../common/units';
 import { parseTrace, type Trace } from './trace';
@@ -231,6 +231,40 @@ export function normaliseWorkload(w: string | WorkloadSpec): { profile: string; 
  * Resolve a profile for a guest. For 'trace:<file>' the file is read and parsed here
  * (the Trace is returned next to the JSON-safe description).
  */
+/** Parsed traces by file, while the file is unchanged: a target parses before the pause, not in it. */
+const traces = new Map<string, { mtimeMs: number; size: number; trace: Trace; digest: string }>();
+
+function loadTrace(file: string): { trace: Trace; digest: string } {
+  let st: { mtimeMs: number; size: number };
+  try {
+    st = statSync(file);
+  } catch (e) {
+    throw new UsageError(`workload: cannot read trace file '${file}': ${(e as Error).message}`);
+  }
+  const known = traces.get(file);
+  if (known && known.mtimeMs === st.mtimeMs && known.size === st.size) return known;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`workload: cannot read trace file '${file}': ${(e as Error).message}`);
+  }
+  const entry = { mtimeMs: st.mtimeMs, size: st.size, trace: parseTrace(text, file), digest: digest(text) };
+  if (traces.size >= 4) traces.delete(traces.keys().next().value!);
+  traces.set(file, entry);
+  return entry;
+}
+
+/** Parse a trace workload's file ahead of a resume (a no-op for other workloads); errors wait for the resume. */
+export function prepareWorkload(workload: string): void {
+  if (!workload.startsWith('trace:')) return;
+  try {
+    loadTrace(workload.slice('trace:'.length));
+  } catch {
+    // The resume reports it with the device state's settings.
+  }
+}
+
 export function resolveWorkload(w: string | WorkloadSpec, geo: WorkloadGeometry): { resolved: ResolvedWorkload; trace: Trace | null } {
   const { profile, overrides: o } = normaliseWorkload(w);
   if (geo.dataPages < geo.vcpus) throw new UsageError(`workload: ${geo.dataPages} data pages cannot be shared by ${geo.vcpus} vCPUs`);
@@ -242,13 +276,7 @@ export function resolveWorkload(w: string | WorkloadSpec, geo: WorkloadGeometry)
   if (profile.startsWith('trace:')) {
     const file = profile.slice('trace:'.length);
     if (file === '') throw new UsageError("workload: 'trace:' needs a file, e.g. trace:./accesses.trace");
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (e) {
-      throw new UsageError(`workload: cannot read trace file '${file}': ${(e as Error).message}`);
-    }
-    const trace = parseTrace(text, file);
+    const { trace, digest: traceDigest } = loadTrace(file);
     const speed = num(o, 'speed', 1, 1e-6, 1e6);
     const loop = o.loop ?? true;
     const unthrottled = o.rate === 'max' || o.rate === 0;
@@ -267,7 +295,7 @@ export function resolveWorkload(w: string | WorkloadSpec, geo: WorkloadGeometry)
         dist: { kind: 'trace' },
         writes: { kind: 'const', ratio: 0 },
         readWords: 16,
-        trace: { file, accesses: trace.times.length, durationMs: trace.durationMs, speed, loop, digest: digest(text) },
+        trace: { file, accesses: trace.times.length, durationMs: trace.durationMs, speed, loop, digest: traceDigest },
       },
       trace,
     };

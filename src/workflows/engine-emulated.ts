@@ -181,6 +181,22 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
 
     cleanupTargetStorage: () => cleanup(target).cleanupStorage(ref).catch(() => undefined),
 
+    /**
+     * The emulated pause: stop-and-copy (or the switch) on the source, then a workflow round
+     * trip to the target's resume, then the resume itself. The round trip is measured between
+     * rounds (one round's end to the next one's start, the same path); the resume is what the
+     * target's last resumes took.
+     */
+    pauseOverheadMs(iterations) {
+      const gaps: number[] = [];
+      for (let i = 1; i < iterations.length; i++) gaps.push(iterations[i]!.startedAtMs - iterations[i - 1]!.finishedAtMs);
+      const recent = gaps.slice(-5).filter((g) => g >= 0);
+      const trip = recent.length > 0 ? [...recent].sort((a, b) => a - b)[Math.floor(recent.length / 2)]! : null;
+      const resume = prep?.resumeEstimateMs ?? null;
+      if (trip === null && resume === null) return undefined;
+      return Math.round((trip ?? 0) + (resume ?? 0));
+    },
+
     report(sentInRounds: number): EngineReport {
       const storageWrite = (m.save?.bytesWritten ?? 0) + (m.pb?.bytesWritten ?? 0);
       const storageRead = (m.merge?.bytesRead ?? 0) + (m.drain?.storageBytesRead ?? 0);

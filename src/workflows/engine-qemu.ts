@@ -152,6 +152,9 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
 
     cleanupTargetStorage: () => Promise.resolve(),
 
+    /** QEMU pauses inside its own completion (no round trip of ferry's in the pause): nothing to add. */
+    pauseOverheadMs: () => undefined,
+
     report(sentInRounds: number): EngineReport {
       const net = outcome?.transferredBytes ?? sentInRounds;
       const resumedAtMs = verified?.resumedAtMs ?? null;

@@ -91,6 +91,11 @@ export interface Engine {
   releaseSource(): Promise<{ releasedAtMs: number; problem: string | null }>;
   /** Remove what the migration left on shared storage (after a completed migration). */
   cleanupTargetStorage(): Promise<unknown>;
+  /**
+   * What a pause costs beyond sending the last pages, learnt from this migration so far
+   * (undefined: nothing measured). The stop-and-copy test counts it: downtime is a promise.
+   */
+  pauseOverheadMs(iterations: readonly ReportIteration[]): number | undefined;
   /** The engine's measured report fields; `sentInRounds` is what the rounds reported, for engines that learn no total. */
   report(sentInRounds: number): EngineReport;
 }

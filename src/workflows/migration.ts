@@ -54,6 +54,8 @@ export interface MigrationInput {
 export const ONE_RUNBOOK_PATCH = 'ferry-one-runbook';
 /** Marks runs whose as-hybrid/pa-hybrid default to ferry's switch rule. */
 export const SWITCH_RULE_PATCH = 'ferry-switch-rule';
+/** Marks runs whose stop-and-copy test counts the pause's measured overhead. */
+export const DOWNTIME_PATCH = 'ferry-downtime-promise';
 
 const facts = (host: string) =>
   proxyActivities<HostActivities>({
@@ -83,6 +85,7 @@ class Runbook {
   private readonly legacy = !patched(ONE_RUNBOOK_PATCH);
   /** Unset in the input: ferry's rule, except in histories recorded before the choice existed. */
   private readonly switchRule: SwitchRule;
+  private readonly countsPauseOverhead: boolean;
   private readonly par: boolean;
   private readonly pbdataMode: 'sync' | 'async' | 'off';
   private engine: Engine | null = null;
@@ -121,6 +124,7 @@ class Runbook {
     this.bandwidth = input.options.bandwidthBytesPerSec;
     this.staticMerged = this.par ? false : null;
     this.switchRule = input.options.switchRule ?? (patched(SWITCH_RULE_PATCH) ? 'ferry' : 'paper');
+    this.countsPauseOverhead = patched(DOWNTIME_PATCH);
     this.registerControls();
   }
 
@@ -262,8 +266,9 @@ class Runbook {
     const { strategy, options } = this.input;
     if (this.journal.forcedBy) return { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${this.journal.forcedBy}` };
     const f = this.vmFacts!;
+    const overhead = this.countsPauseOverhead ? this.engine!.pauseOverheadMs(this.journal.iterations) : undefined;
     return decide(
-      { iterations: this.journal.iterations.map(toStat), remainingPages: this.remainingPages, staticMerged: this.staticMerged ?? true },
+      { iterations: this.journal.iterations.map(toStat), remainingPages: this.remainingPages, staticMerged: this.staticMerged ?? true, ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}) },
       {
         strategy,
         pageSize: f.pageSize,

@@ -20,8 +20,10 @@ import { spawnSync } from 'node:child_process';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
 import { startLocalCluster } from '../../support/local-cluster';
+import { runRegretSuite } from './bench-regret';
 
 export const help =
+  'ferry bench --suite regret [--workloads memcached,…,trace:<file>] [--repeat N] [--sweep N] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--out DIR] [--json]   ferry\'s default vs the hindsight-best switch point · ' +
   'ferry bench --suite qemu [--repeat N] [--strategies precopy,hybrid-1,as-hybrid] [--workload W] [--memory SIZE] [--bandwidth RATE] [--warmup T] [--out DIR] [--json]   the QEMU cell (real guests, TCG) · ' +
   'ferry bench [--suite paper|faults] [--trials N] [--seed S] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
 
@@ -48,11 +50,15 @@ export async function run(argv: string[]): Promise<number> {
       memory: { type: 'string' },
       bandwidth: { type: 'string' },
       warmup: { type: 'string' },
+      workloads: { type: 'string' },
+      sweep: { type: 'string' },
+      'storage-bandwidth': { type: 'string' },
     },
     false,
   );
-  const suite = choice(values.suite, 'suite', ['paper', 'faults', 'qemu'] as const) ?? 'paper';
+  const suite = choice(values.suite, 'suite', ['paper', 'faults', 'qemu', 'regret'] as const) ?? 'paper';
   if (suite === 'qemu') return runQemuSuite(values, argv);
+  if (suite === 'regret') return runRegretSuite(values, argv);
   if (suite === 'faults') {
     // The reliability table: every fault scenario `--trials` times (src/bench/faults.ts).
     const { runFaultSuite, faultTable } = await import('../../bench/faults');

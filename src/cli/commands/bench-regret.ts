@@ -1,0 +1,59 @@
+/**
+ * `ferry bench --suite regret [--workloads a,b,trace:<file>] [--repeat N] [--sweep N]
+ * [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--out DIR] [--json]`:
+ * ferry's default against the hindsight-best fixed switch point (src/bench/regret.ts), on
+ * one local cluster of emulated hosts.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { REGRET_WORKLOADS, regretMarkdown, runRegret, type RegretPlan } from '../../bench/regret';
+import { UsageError } from '../../common/errors';
+import { parseDuration, parseRate, parseSize } from '../../common/units';
+import { startLocalCluster } from '../../support/local-cluster';
+import { int, str } from '../args';
+import { configFrom, say } from '../context';
+
+export async function runRegretSuite(values: Record<string, unknown>, argv: string[]): Promise<number> {
+  const workloads = str(values.workloads)?.split(',').filter(Boolean) ?? [...REGRET_WORKLOADS];
+  for (const w of workloads) {
+    if (!w.startsWith('trace:') && !(REGRET_WORKLOADS as readonly string[]).includes(w)) throw new UsageError(`--workloads: '${w}' is not one of ${REGRET_WORKLOADS.join(', ')}, trace:<file>`);
+    if (w.startsWith('trace:') && !fs.existsSync(w.slice(6))) throw new UsageError(`--workloads: trace file ${w.slice(6)} does not exist`);
+  }
+  const plan: RegretPlan = {
+    workloads,
+    repeats: int(values.repeat, 'repeat', 1, 100) ?? 3,
+    sweepRounds: int(values.sweep, 'sweep', 1, 30) ?? 4,
+    memoryBytes: values.memory !== undefined ? parseSize(String(values.memory), '--memory') : null,
+    bandwidthBytesPerSec: values.bandwidth !== undefined ? parseRate(String(values.bandwidth), '--bandwidth') : 32 * 2 ** 20,
+    storageBandwidthBytesPerSec: values['storage-bandwidth'] !== undefined ? parseRate(String(values['storage-bandwidth']), '--storage-bandwidth') : 400 * 2 ** 20,
+    maxDowntimeMs: values['max-downtime'] !== undefined ? parseDuration(String(values['max-downtime']), '--max-downtime') : 300,
+    maxIterations: int(values['max-iterations'], 'max-iterations', 1, 1000) ?? 30,
+    seedBase: int(values.seed, 'seed', 0, 0xffffff) ?? 1,
+  };
+  const warmupMs = values.warmup !== undefined ? parseDuration(String(values.warmup), '--warmup') : 1000;
+  const runId = randomBytes(3).toString('hex');
+  const [source, target] = [`regret-${runId}-a`, `regret-${runId}-b`];
+  const storageDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-regret-storage-'));
+  const cfg = { ...configFrom(values), storageDir };
+  const outDir = path.resolve(str(values.out) ?? path.join('bench-results', `regret-${new Date().toISOString().replace(/[:.]/g, '-')}`));
+  const command = ['ferry', 'bench', ...argv].join(' ');
+  const cluster = await startLocalCluster({ cfg, hosts: [source, target], memoryCapacity: String(2 * 2 ** 30), log: say, verbose: values.verbose === true });
+  try {
+    const connection = await Connection.connect({ address: cluster.address });
+    try {
+      const client = new Client({ connection, namespace: cfg.namespace });
+      const { summary, results } = await runRegret(plan, { client, source, target, vmPrefix: `r${runId}`, outDir, command, warmupMs, progressOut: process.stderr });
+      if (values.json === true) process.stdout.write(`${JSON.stringify({ plan, summary }, null, 2)}\n`);
+      else process.stdout.write(`${regretMarkdown(summary, plan, command)}\n${path.join(outDir, 'results.md')}\n`);
+      return results.every((r) => r.status === 'ok') ? 0 : 1;
+    } finally {
+      await connection.close();
+    }
+  } finally {
+    await cluster.stop();
+    fs.rmSync(storageDir, { recursive: true, force: true });
+  }
+}
