@@ -203,10 +203,13 @@ export class FrameDecoder {
     }
   }
 
-  /** The stream ended: throws a TRUNCATED FrameError if a partial frame is buffered. */
+  /**
+   * The stream ended: throws a TRUNCATED FrameError if a partial frame is pending, counting
+   * a header already taken out of the buffer (its payload not, or not fully, received).
+   */
   end(): void {
     if (this.failed) throw this.failed;
-    if (this.buffered > 0) {
+    if (this.header || this.buffered > 0) {
       const want = this.header ? HEADER_BYTES + this.header.length : HEADER_BYTES;
       const have = this.header ? HEADER_BYTES + this.buffered : this.buffered;
       this.failed = new FrameError('TRUNCATED', `truncated frame: the connection ended after ${have} of ${want} bytes`);

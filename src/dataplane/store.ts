@@ -35,6 +35,7 @@ import * as path from 'node:path';
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { UsageError } from '../common/errors';
 import { Bitmap } from './bitmap';
+import { realClock, type Clock } from './clock';
 import { isZeroPage, type PageSource } from './pages';
 import { sleep, TokenBucket } from './rate';
 
@@ -100,6 +101,11 @@ export interface WriterOptions {
   resume?: boolean;
   /** fsync chunks and the manifest (default true; tests may turn it off for speed). */
   fsync?: boolean;
+  /**
+   * The clock the rate cap paces by and elapsedMs is measured on (default realClock).
+   * Tests pass a virtual clock (ManualClock) to check the pacing exactly.
+   */
+  clock?: Clock;
 }
 
 export interface WriterStats {
@@ -178,6 +184,7 @@ export class SnapshotWriter {
   /** Pfns in committed chunks of this snapshot (resumed ones included). */
   readonly covered: Bitmap;
   private readonly bucket: TokenBucket;
+  private readonly clock: Clock;
   private readonly elide: boolean;
   private readonly durable: boolean;
   private readonly resume: boolean;
@@ -186,7 +193,7 @@ export class SnapshotWriter {
   private busy = false;
   private state: 'open' | 'committed' | 'aborted' = 'open';
   private committedManifest: Manifest | null = null;
-  private readonly started = performance.now();
+  private readonly started: number;
   private ended: number | null = null;
   private readonly s = { bytesWritten: 0, pages: 0, zeroPages: 0, chunks: 0 };
 
@@ -203,7 +210,9 @@ export class SnapshotWriter {
     this.pageCount = pageCount;
     this.chunkPages = opts.chunkPages ?? 1024;
     if (!Number.isInteger(this.chunkPages) || this.chunkPages < 1) throw new UsageError(`chunkPages ${this.chunkPages} must be a positive integer`);
-    this.bucket = new TokenBucket(opts.rateBytesPerSec ?? 0);
+    this.clock = opts.clock ?? realClock;
+    this.started = this.clock.now();
+    this.bucket = new TokenBucket(opts.rateBytesPerSec ?? 0, { now: () => this.clock.now() });
     this.elide = opts.elideZeroPages ?? true;
     this.durable = opts.fsync ?? true;
     this.resume = opts.resume ?? false;
@@ -258,7 +267,7 @@ export class SnapshotWriter {
   }
 
   stats(): WriterStats {
-    return { ...this.s, elapsedMs: (this.ended ?? performance.now()) - this.started };
+    return { ...this.s, elapsedMs: (this.ended ?? this.clock.now()) - this.started };
   }
 
   /**
@@ -295,7 +304,8 @@ export class SnapshotWriter {
         const seq = this.nextSeq++;
         const entry = this.buildChunk(buf, batch.subarray(0, n), seq, source);
         const chunkPfns = batch.slice(0, n);
-        await this.bucket.take(entry.bytes, signal);
+        const waitMs = this.bucket.reserve(entry.bytes); // TokenBucket.take on this writer's clock
+        if (waitMs > 0) await this.clock.sleep(waitMs, signal);
         await pending;
         if (failed) throw failed.error;
         pending = this.atomicWrite(entry.name, buf.subarray(0, entry.bytes)).then(
@@ -379,14 +389,14 @@ export class SnapshotWriter {
     if (this.durable) await fsyncDir(this.dir);
     this.state = 'committed';
     this.committedManifest = body;
-    this.ended = performance.now();
+    this.ended = this.clock.now();
     return body;
   }
 
   /** Stop and delete this snapshot's directory (committed or not). */
   async abort(): Promise<void> {
     this.state = 'aborted';
-    this.ended ??= performance.now();
+    this.ended ??= this.clock.now();
     await fsp.rm(this.dir, { recursive: true, force: true });
   }
 

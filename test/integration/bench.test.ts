@@ -96,7 +96,9 @@ describe('ferry bench --scale smoke', () => {
         expect(r.verification!.pagesChecked).toBe(r.memoryBytes / r.pageSize);
         expect(r.bytes.total).toBe(r.bytes.migrationNetwork + r.bytes.storageWrite);
         expect(r.totalTimeMs).toBeGreaterThan(0);
-        expect(r.downtimeMs).toBeGreaterThanOrEqual(0);
+        expect(r.downtimeMs).toBeGreaterThan(0); // paused for the stop-and-copy or at the switch
+        expect(r.downtimeMs!).toBeLessThanOrEqual(r.totalTimeMs);
+        if (r.stopAndCopy) expect(r.downtimeMs!).toBeGreaterThanOrEqual(r.stopAndCopy.sendMs);
         expect(r.decisions.length).toBeGreaterThan(0);
         const m = c.metrics!;
         expect(m.verified).toBe(true);

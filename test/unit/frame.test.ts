@@ -2,7 +2,6 @@ import { crc32, deflateRawSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { decodeMessage, decodePages, encodePagesFrame, encodePfnList, encodeU32 } from '../../src/dataplane/codec';
 import {
-  ChannelError,
   FLAG_PRIORITY,
   FrameDecoder,
   FrameError,
@@ -129,6 +128,23 @@ describe('frame header', () => {
     expect(e?.message).toMatch(/declares 8388609 payload bytes, more than the limit of 8388608/);
   });
 
+  it('a stream ending after a header whose payload never came is TRUNCATED, whole or in chunks', () => {
+    const first = encodeJsonFrame(FrameType.CONTROL, { a: 1 });
+    const barrier = encodeFrame(FrameType.BARRIER, encodeU32(9)); // 4 payload bytes
+    for (const chunk of [0, 1, 7, HEADER_BYTES]) {
+      // Header only, then after a complete frame: the header is consumed, no payload byte buffered.
+      expect(codeOf(() => decodeAll(barrier.subarray(0, HEADER_BYTES), chunk))).toBe('TRUNCATED');
+      expect(codeOf(() => decodeAll(Buffer.concat([first, barrier.subarray(0, HEADER_BYTES)]), chunk))).toBe('TRUNCATED');
+      // A frame whose payload is empty is complete after its header: accepted.
+      expect(decodeAll(Buffer.concat([first, encodeFrame(FrameType.CLOSE)]), chunk).map((f) => f.type)).toEqual([FrameType.CONTROL, FrameType.CLOSE]);
+    }
+    const d = new FrameDecoder();
+    d.push(barrier.subarray(0, HEADER_BYTES));
+    expect(d.next()).toBeNull();
+    expect(() => d.end()).toThrow(/truncated frame: the connection ended after 16 of 20 bytes/);
+    expect(() => d.next()).toThrow(FrameError); // and the decoder stays failed
+  });
+
   it('a decoder stays failed after an error', () => {
     const d = new FrameDecoder();
     d.push(Buffer.alloc(HEADER_BYTES, 1));
@@ -199,7 +215,7 @@ describe('isZeroPage', () => {
 });
 
 describe('decoder fuzz', () => {
-  it('a few thousand seeded mutations: a typed error or valid frames, never a crash or a hang', () => {
+  it('a few thousand seeded mutations: a FrameError, or frames that re-encode to the input bytes', () => {
     const rnd = mulberry32(0xfe77);
     const int = (n: number): number => Math.floor(rnd() * n);
     const src = memory(64, 4);
@@ -213,8 +229,8 @@ describe('decoder fuzz', () => {
       encodeJsonFrame(FrameType.ERROR, { code: 'A', message: 'b' }),
       encodeFrame(FrameType.CLOSE),
     ];
-    let valid = 0;
-    let typed = 0;
+    let accepted = 0; // mutated inputs (not equal to a seed) accepted with at least one frame
+    const codes = new Map<string, number>();
     for (let iter = 0; iter < 3000; iter++) {
       let b = Buffer.from(seeds[int(seeds.length)] as Buffer);
       const edits = 1 + int(4);
@@ -234,18 +250,31 @@ describe('decoder fuzz', () => {
         b = Buffer.from(b.subarray(0, HEADER_BYTES + len));
         b.writeUInt32BE(crc32(b.subarray(HEADER_BYTES), crc32(b.subarray(0, 12))), 12);
       }
+      const frames: Frame[] = [];
       try {
         const d = new FrameDecoder();
         d.push(b);
-        for (let f = d.next(); f; f = d.next()) decodeMessage(f, geo);
+        for (let f = d.next(); f; f = d.next()) {
+          decodeMessage(f, geo);
+          frames.push({ ...f, payload: Buffer.from(f.payload) });
+        }
         d.end();
-        valid++;
       } catch (err) {
-        if (!(err instanceof ChannelError)) throw err;
-        typed++;
+        if (!(err instanceof FrameError)) throw new Error(`case ${iter}: ${String(err)}`, { cause: err });
+        codes.set(err.code, (codes.get(err.code) ?? 0) + 1);
+        continue;
       }
+      // Accepted: the frame layer has one encoding, so the frames re-encode to the input bytes.
+      const again = Buffer.concat(frames.map((f) => encodeFrame(f.type, f.payload, f.flags)));
+      expect(again.equals(b), `case ${iter}: accepted frames re-encode to the input`).toBe(true);
+      if (frames.length > 0 && !seeds.some((s) => s.equals(b))) accepted++;
     }
-    expect(valid + typed).toBe(3000);
-    expect(typed).toBeGreaterThan(1000);
+    const rejected = [...codes.values()].reduce((a, n) => a + n, 0);
+    // Both outcomes occur, and the rejections come from the header, checksum and payload checks.
+    expect(accepted, 'some mutated inputs decode to frames').toBeGreaterThan(0);
+    expect(rejected, 'most mutated inputs are rejected').toBeGreaterThan(1000);
+    expect(codes.get('BAD_CRC') ?? 0).toBeGreaterThan(0);
+    expect(codes.get('TRUNCATED') ?? 0).toBeGreaterThan(0);
+    expect((codes.get('BAD_PAGES') ?? 0) + (codes.get('BAD_PAYLOAD') ?? 0)).toBeGreaterThan(0);
   });
 });
