@@ -78,6 +78,8 @@ export class Journal {
   switched = false;
   /** Who asked to switch to post-copy at the next boundary. */
   forcedBy: string | null = null;
+  /** A pre-copy round is running: the next boundary comes after it. */
+  roundInFlight = false;
   readonly iterations: ReportIteration[] = [];
   readonly decisions: ReportDecision[] = [];
 
@@ -96,10 +98,10 @@ export class Journal {
     return bytesSentOf(this.iterations);
   }
 
-  /** Switch to post-copy at the next boundary; returns that iteration's number. */
+  /** Switch to post-copy at the next boundary; returns the iteration its decision is taken at. */
   force(by: string): number {
     this.forcedBy = by;
-    return this.iterations.length + 1;
+    return this.iterations.length + (this.roundInFlight ? 2 : 1);
   }
 }
 

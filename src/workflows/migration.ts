@@ -112,8 +112,11 @@ class Runbook {
   private savePromise: Promise<unknown> | null = null;
   private mergePromise: Promise<unknown> | null = null;
   private mergeScope: CancellationScope | null = null;
+  private saveScope: CancellationScope | null = null;
   /** Why the static save failed for good, and that the migration went on without it. */
   private saveError: string | null = null;
+  /** The target's merge failed (not cancelled): the migration rolls back. */
+  private mergeFailed = false;
   private staticAbandoned: string | null = null;
 
   constructor(private readonly input: MigrationInput) {
@@ -143,6 +146,7 @@ class Runbook {
       });
     } catch (err) {
       if (this.journal.switched || this.refused) throw err;
+      if (!this.legacy) await this.stopStaticSnapshot();
       return this.rollBack(err);
     }
     return CancellationScope.nonCancellable(() => this.afterTheSwitch());
@@ -185,8 +189,11 @@ class Runbook {
         this.sourceAnswer = await engine.rollbackSource();
       },
     });
-    this.startedAtMs = (await engine.prepareSource(this.bandwidth)).startedAtMs;
+    const asked = this.bandwidth;
+    this.startedAtMs = (await engine.prepareSource(asked)).startedAtMs;
     this.journal.setPhase('precopy');
+    // A set-bandwidth accepted while the source was being prepared reaches it now.
+    if (!this.legacy && this.bandwidth !== asked) await engine.setBandwidth(this.bandwidth);
   }
 
   /** par-migrate: channel-1 (the snapshot to shared storage, merged at the target) runs beside the rounds. */
@@ -194,12 +201,15 @@ class Runbook {
     const engine = this.engine!;
     if (!this.par || !engine.caps.staticSnapshot) return;
     this.undos.push({ what: 'remove StaticData/PbData', run: () => engine.removeStaticData() });
-    this.savePromise = engine.saveStatic();
+    this.saveScope = new CancellationScope();
+    this.savePromise = this.saveScope.run(() => engine.saveStatic());
     this.mergeScope = new CancellationScope();
     this.mergePromise = this.mergeScope.run(() => engine.mergeStatic());
     this.mergePromise.then(
       () => (this.staticMerged = true),
-      () => undefined,
+      (err) => {
+        if (!isCancellation(err)) this.mergeFailed = true;
+      },
     );
     this.savePromise.then(
       () => undefined,
@@ -229,7 +239,8 @@ class Runbook {
       // The valve bounds the rounds even while StaticData is still being merged: no more
       // rounds; wait for the merge (or the save's failure), then decide.
       if (this.par && !this.staticMerged && !bulkNext && journal.iterations.length >= options.maxIterations) {
-        await condition(() => this.staticMerged === true || this.saveError !== null);
+        await condition(() => this.staticMerged === true || this.saveError !== null || this.mergeFailed);
+        if (this.mergeFailed) await this.mergePromise; // throws: roll back
         statsStale = false;
         if (!this.staticMerged) {
           i--; // the save failed: redo this boundary (the bulk round comes next)
@@ -241,7 +252,8 @@ class Runbook {
         journal.record(d);
         if (d.action !== 'continue') return d.action;
       }
-      const r = await this.engine!.round(i, (i === 1 && !this.par) || bulkNext);
+      journal.roundInFlight = true;
+      const r = await this.engine!.round(i, (i === 1 && !this.par) || bulkNext).finally(() => (journal.roundInFlight = false));
       if (r.kind === 'converged') {
         journal.record({ action: 'stop-and-copy', reason: r.reason });
         return 'stop-and-copy';
@@ -288,6 +300,14 @@ class Runbook {
     if (transferMs(pages, this.vmFacts!.pageSize, this.bandwidth || 1e12) >= 100) return false;
     await Promise.race([this.mergePromise.then(() => undefined), sleep(200)]);
     return true;
+  }
+
+  /** Before the undos: the save and the merge stop, so StaticData is not written while it is removed. */
+  private async stopStaticSnapshot(): Promise<void> {
+    if (!this.savePromise) return;
+    this.saveScope?.cancel();
+    this.mergeScope?.cancel();
+    await CancellationScope.nonCancellable(() => Promise.allSettled([this.savePromise, this.mergePromise]));
   }
 
   /** The save first: if it fails now (a forced switch ended the rounds early), the rollback says so. */

@@ -216,16 +216,18 @@ describe('evacuation', () => {
     expect(byVm[c1]).toMatchObject({ outcome: 'completed', attempts: 1, target: srcB });
     expect(byVm[c2]).toMatchObject({ outcome: 'cancelled', attempts: 0 });
     expect(byVm[c2]!.reason).toBe('cancelled while queued by dc-ops (keep it here)');
-    expect(byVm[c3]).toMatchObject({ outcome: 'rolled-back', attempts: 2 });
-    expect(byVm[c3]!.reason).toMatch(/^rolled-back on attempt 2 of 2: giving up: /);
+    // Gone from the source: each attempt is refused before anything moves ("failed", not
+    // "rolled back": no source confirmed the guest runs there).
+    expect(byVm[c3]).toMatchObject({ outcome: 'failed', attempts: 2 });
+    expect(byVm[c3]!.reason).toMatch(new RegExp(`^failed on attempt 2 of 2: giving up: .*vm ${c3} is not on ${srcA}`));
     // The retry waited for its backoff after the first failure.
     const [t1, t2] = summary.timeline.filter((e) => e.vm === c3) as [TimelineEntry, TimelineEntry];
     expect(t2.startMs - t1.endMs!).toBeGreaterThanOrEqual(300);
     // The audit trail links the retry to the attempt it retried.
     const audit = (await testAuditStore().query({ vm: c3 })).attempts;
     expect(audit.map((a) => [a.attempt, a.retryOf, a.outcome])).toEqual([
-      [1, null, 'rolled-back'],
-      [2, audit[0]!.attemptId, 'rolled-back'],
+      [1, null, 'failed'],
+      [2, audit[0]!.attemptId, 'failed'],
     ]);
     expect(audit[0]!.retriedBy).toEqual([audit[1]!.attemptId]);
     expect((await testAuditStore().query({ ticket, vm: c2 })).events.map((e) => e.kind)).toEqual(['placed', 'cancelled']);

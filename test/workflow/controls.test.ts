@@ -109,11 +109,9 @@ describe.each(['emulated', 'qemu'] as const)('operator controls on the %s engine
       });
     });
 
-    // BUG (src/workflows/controls.ts Journal.force): the answer counts the round in flight as
-    // not started: forced during round 2 it says iteration 2, the switch comes at the boundary
-    // after round 2, which the decision (and its reason) call iteration 3. `ferry force-postcopy`
-    // prints the former.
-    it.fails('its answer names the iteration the switch is decided at', async () => {
+    // Forced during round 2, the switch comes at the boundary after it: the answer (what
+    // `ferry force-postcopy` prints) names the same iteration as the decision.
+    it('its answer names the iteration the switch is decided at', async () => {
       await withCluster(h, spec, async (c) => {
         const held = c.holdAt(S.round, 1);
         const handle = await c.migrate('as-hybrid', { maxIterations: 50 });
@@ -182,11 +180,9 @@ describe.each(['emulated', 'qemu'] as const)('operator controls on the %s engine
       });
     });
 
-    // BUG (src/workflows/migration.ts registerControls → setBandwidth): while the source is being
-    // prepared the phase is still 'preparing', so the new rate is only stored — but the
-    // prepare step in flight already carries the old one, and nothing applies the new rate
-    // afterwards. The update answers the new rate; the source keeps migrating at the old one.
-    it.fails('while the source is being prepared: the accepted rate reaches the source', async () => {
+    // While the source is being prepared the step in flight carries the old rate: the
+    // runbook applies the accepted one as soon as the source is ready.
+    it('while the source is being prepared: the accepted rate reaches the source', async () => {
       await withCluster(h, spec, async (c) => {
         const held = c.holdAt(S.prepareSource);
         const handle = await c.migrate('as-hybrid', { maxIterations: 4 });

@@ -100,12 +100,9 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
     });
   });
 
-  // BUG (src/workflows/migration.ts, precopyRounds): a merge that fails for good is only noticed
-  // by pauseWhileMerging, which waits on the merge only while rounds are short (< 100 ms of
-  // transfer). With longer rounds the valve (maxIterations) waits on
-  // `condition(() => this.staticMerged === true || this.saveError !== null)`: neither ever
-  // becomes true, and the migration sits in pre-copy forever, nothing pending.
-  it.fails('the merge fails while rounds are long: the migration must still end (it stalls at the valve)', async () => {
+  // A merge that fails for good ends the migration even when rounds are long (no short-round
+  // wait on the merge): the valve's wait for the merge also ends on its failure.
+  it('the merge fails while rounds are long: the migration must still end (it stalls at the valve)', async () => {
     await withCluster(h, { rounds: steady }, async (c) => {
       c.fail('mergeStatic', 'nonRetryable', 'StaticData unreadable (stub)');
       const handle = await c.migrate('pa-hybrid', { maxIterations: 3 });
@@ -116,10 +113,9 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
     });
   });
 
-  // BUG (src/workflows/migration.ts, run/rollBack): on a failure (not a cancel) before the switch
-  // the undos run while channel-1 is still in flight: saveStatic (source) and mergeStatic
-  // (target) are never cancelled, so "remove StaticData" runs while the save may still write it.
-  it.fails('a failure before the switch cancels the static save and merge before StaticData is removed', async () => {
+  // On a failure (not a cancel) before the switch, channel-1 stops first: saveStatic and
+  // mergeStatic are cancelled before "remove StaticData" runs.
+  it('a failure before the switch cancels the static save and merge before StaticData is removed', async () => {
     await withCluster(h, { rounds: steady }, async (c) => {
       const save = c.gate();
       const merge = c.gate();
