@@ -28,6 +28,7 @@ afterAll(async () => {
   await iso?.stop();
 });
 
+// The paper's switch rule keeps pre-copy going on a plateau: these faults aim at its rounds.
 async function start(strategy: StrategyName, workload: string, options: Partial<MigrationOptions>): Promise<WorkflowHandle> {
   const vm = `crash-${++n}`;
   await iso.client.workflow.execute('vmCommandWorkflow', {
@@ -38,7 +39,7 @@ async function start(strategy: StrategyName, workload: string, options: Partial<
   return iso.client.workflow.start('migrationWorkflow', {
     taskQueue: CONTROL_QUEUE,
     workflowId: migrationWorkflowId(vm),
-    args: [{ vm, source: 'crash-a', target: 'crash-b', strategy, options: defaultOptions({ digest: true, ...options }) }],
+    args: [{ vm, source: 'crash-a', target: 'crash-b', strategy, options: defaultOptions({ digest: true, switchRule: 'paper', ...options }) }],
   });
 }
 

@@ -119,7 +119,7 @@ describe('ferry bench --scale smoke', () => {
       const md = fs.readFileSync(path.join(out, 'results.md'), 'utf8');
       for (const h of ['## 1. ', '## 2. ', '## 3. ', '## 4. ', '## 5. ', '## 6. ']) expect(md).toContain(h);
       expect(md).toContain('| workload | metric | precopy | par-migrate | par-migrate vs precopy | paper |');
-      expect(md).toContain('| strategy | ended | total time (s) | total data (MiB) |');
+      expect(md).toContain('| strategy | ended | total time (s) | data: migration network (MiB) | storage write (MiB) |');
       expect(md).toMatch(/\| -37\.7 % \|/);
 
       expect(res.outputs.charts.length).toBeGreaterThanOrEqual(6);

@@ -55,7 +55,7 @@ describe('operator controls', () => {
   it('cancel before the switch rolls back: the guest keeps running, verified, on the source', async () => {
     const vm = 'op-cancel-early';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 3 });
-    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'pa-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1 } });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'pa-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1, switchRule: 'paper' } });
     await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 2);
     await handle.executeUpdate(cancelUpdate, { args: [{ by: 'alice', reason: 'change window closed' }] });
     const r = (await handle.result()) as MigrationReport;
@@ -88,7 +88,7 @@ describe('operator controls', () => {
   it('force-postcopy switches at the next boundary; set-bandwidth re-caps the link', async () => {
     const vm = 'op-force';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 5 });
-    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'as-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1 } });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'as-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1, switchRule: 'paper' } });
     await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
     const bw = await handle.executeUpdate(setBandwidthUpdate, { args: [48 * MiB] });
     expect(bw.bandwidthBytesPerSec).toBe(48 * MiB);

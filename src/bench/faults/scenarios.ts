@@ -21,26 +21,31 @@ const controllerKill = (ctx: TrialContext) => async (): Promise<string> => {
   return `controller SIGKILLed, restarted after ${ms(down)}`;
 };
 
+/*
+ * The hybrids here run the paper's switch rule: on a plateau it keeps pre-copy going (the
+ * rounds these faults aim at); ferry's rule would switch after the first round.
+ */
+
 /** The scenarios of test/faults/crash.test.ts: processes die, state survives in Temporal. */
 export const CRASH_SCENARIOS: Scenario[] = [
   scenario('controller-static-save', 'controller killed during the static save (pa-hybrid)', 'local', ['completed'], (ctx) => ({
     strategy: 'pa-hybrid',
     workload: 'memcached',
-    options: { storageBandwidthBytesPerSec: 8 * MiB, pbdata: 'async', maxIterations: 10 },
+    options: { switchRule: 'paper', storageBandwidthBytesPerSec: 8 * MiB, pbdata: 'async', maxIterations: 10 },
     when: (p) => p.phase === 'precopy' && p.staticMerged === false && p.iteration >= 1,
     inject: controllerKill(ctx),
   })),
   scenario('controller-iterations', 'controller killed mid-iterations (as-hybrid)', 'local', ['completed'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
-    options: { maxDowntimeMs: 1, maxIterations: 12 },
+    options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 12 },
     when: (p) => p.iteration >= 3,
     inject: controllerKill(ctx),
   })),
   scenario('controller-switch', 'controller killed at the switch (pa-hybrid, PbData sync)', 'local', ['completed'], (ctx) => ({
     strategy: 'pa-hybrid',
     workload: 'memcached',
-    options: { storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1 },
+    options: { switchRule: 'paper', storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1 },
     when: (p) => p.phase === 'switching',
     inject: controllerKill(ctx),
   })),
@@ -54,7 +59,7 @@ export const CRASH_SCENARIOS: Scenario[] = [
   scenario('server-restart', 'Temporal server killed and restarted mid-iterations', 'local', ['completed'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
-    options: { maxDowntimeMs: 1, maxIterations: 10 },
+    options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 10 },
     when: (p) => p.iteration >= 2,
     inject: async () => {
       const down = 500 + ctx.random() * 1500;
@@ -65,7 +70,7 @@ export const CRASH_SCENARIOS: Scenario[] = [
   scenario('target-agent-killed', 'target agent killed before the switch', 'local', ['rolled-back'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
-    options: { maxDowntimeMs: 1, maxIterations: 50 },
+    options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 50 },
     when: (p) => p.iteration >= 2,
     jitterMs: 500,
     inject: () => {
@@ -76,7 +81,7 @@ export const CRASH_SCENARIOS: Scenario[] = [
   scenario('source-agent-restarted', 'source agent restarted before the switch (the emulated guest lives in its process)', 'local', ['host-died'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
-    options: { maxDowntimeMs: 1, maxIterations: 50 },
+    options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 50 },
     when: (p) => p.iteration >= 2,
     jitterMs: 500,
     hostDies: true,
@@ -99,7 +104,7 @@ export const NET_SCENARIOS: Scenario[] = [
   scenario('link-blip', 'migration link down 1–3 s before the switch', 'net', ['completed'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
-    options: { maxDowntimeMs: 1, maxIterations: 8 },
+    options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 8 },
     when: preSwitch,
     jitterMs: 500,
     inject: async () => {
@@ -114,7 +119,7 @@ export const NET_SCENARIOS: Scenario[] = [
   scenario('link-outage', 'migration link down 9–12 s before the switch (stall, retry, redial)', 'net', ['completed'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
-    options: { maxDowntimeMs: 1, maxIterations: 8 },
+    options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 8 },
     when: preSwitch,
     jitterMs: 500,
     inject: async () => {
@@ -130,7 +135,7 @@ export const NET_SCENARIOS: Scenario[] = [
   scenario('link-dead', 'migration link down for good before the switch', 'net', ['rolled-back'], (ctx) => ({
     strategy: 'as-hybrid',
     workload: 'memcached',
-    options: { maxDowntimeMs: 1, maxIterations: 8 },
+    options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 8 },
     when: preSwitch,
     jitterMs: 500,
     inject: () => {
@@ -167,7 +172,7 @@ export const NET_SCENARIOS: Scenario[] = [
     workload: 'memcached',
     // A slow storage link keeps the save running for a few seconds (the guest is young:
     // StaticData is mostly zero pages, elided).
-    options: { storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
+    options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
     when: (p) => p.phase === 'precopy' && p.staticMerged === false,
     jitterMs: 800,
     inject: () => {
@@ -181,7 +186,7 @@ export const NET_SCENARIOS: Scenario[] = [
   scenario('storage-gone', 'storage unreachable during the static save (pa-hybrid)', 'net', ['completed', 'rolled-back'], (ctx) => ({
     strategy: 'pa-hybrid',
     workload: 'memcached',
-    options: { storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
+    options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
     when: (p) => p.phase === 'precopy' && p.staticMerged === false,
     jitterMs: 800,
     inject: () => {
@@ -193,7 +198,7 @@ export const NET_SCENARIOS: Scenario[] = [
   scenario('storage-full-sync', 'storage full from the start, PbData sync (pa-hybrid)', 'net', ['rolled-back'], (ctx) => ({
     strategy: 'pa-hybrid',
     workload: 'memcached',
-    options: { storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 4, pbdata: 'sync' },
+    options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 4, pbdata: 'sync' },
     before: () => {
       const st = ctx.cluster.storage!;
       const room = Math.round(ctx.random() * 256) * 1024;

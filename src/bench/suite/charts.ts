@@ -83,7 +83,7 @@ interface MetricDef {
 
 const M = {
   time: { name: 'total time (s)', pick: (m) => m.totalTimeMs / 1000 },
-  data: { name: 'total data (MiB)', pick: (m) => m.totalBytes / MiB },
+  data: { name: 'data: migration network (MiB)', pick: (m) => m.migrationNetworkBytes / MiB },
   downtime: { name: 'downtime (s)', pick: (m) => (m.downtimeMs === null ? null : m.downtimeMs / 1000) },
   stopCopy: { name: 'stop-and-copy data (MiB)', pick: (m) => (m.stopAndCopyBytes === null ? null : m.stopAndCopyBytes / MiB) },
   pcDuration: { name: 'post-copy duration (s)', pick: (m) => (m.postcopyDurationMs === null ? null : m.postcopyDurationMs / 1000) },
@@ -374,7 +374,7 @@ export async function buildCharts(results: CellResult[]): Promise<Chart[]> {
         const gib = (cells[0]!.cell.memoryBytes) / 2 ** 30;
         for (const [panel, pick] of [
           ['time per GiB (s/GiB)', (m: NonNullable<CellResult['metrics']>) => m.totalTimeMs / 1000 / gib],
-          ['data per GiB of memory (GiB/GiB)', (m: NonNullable<CellResult['metrics']>) => m.totalBytes / 2 ** 30 / gib],
+          ['migration-network data per GiB of memory (GiB/GiB)', (m: NonNullable<CellResult['metrics']>) => m.migrationNetworkBytes / 2 ** 30 / gib],
         ] as const) {
           const s = metricSummary(results, c, group, variant, pick);
           if (s) rows.push({ x, series: variant, panel, median: s.median, min: s.min, max: s.max });

@@ -33,7 +33,8 @@ function table(head: string[], rows: string[][]): string {
 
 const P = {
   time: ((m) => m.totalTimeMs / 1000) as Pick,
-  data: ((m) => m.totalBytes / MiB) as Pick,
+  /** The paper's "total data": what crossed the migration network (storage writes beside it). */
+  data: ((m) => m.migrationNetworkBytes / MiB) as Pick,
   downtime: ((m) => m.downtimeMs) as Pick,
   stopCopy: ((m) => (m.stopAndCopyBytes === null ? null : m.stopAndCopyBytes / MiB)) as Pick,
   rounds: ((m) => m.iterations) as Pick,
@@ -96,7 +97,7 @@ function parVsPrecopy(results: CellResult[]): string {
       paperPct,
     ];
     rows.push(line('total time (s)', P.time, 2, paper ? pct(paper.time) : '–'));
-    rows.push(line('total data (MiB)', P.data, 1, paper ? pct(paper.data) : '–'));
+    rows.push(line('data: migration network (MiB)', P.data, 1, paper ? pct(paper.data) : '–'));
     rows.push(line('downtime (ms)', P.downtime, 0, g === 'memcached' ? 'precopy 11,217 ms; par-migrate also long' : g === 'kernel-compile' ? 'precopy 1,210 ms; par-migrate < 300 ms' : 'precopy > 300 ms; par-migrate < 300 ms'));
     rows.push(line('stop-and-copy data (MiB)', P.stopCopy, 2, 'precopy ≫ par-migrate (Table 3)'));
     rows.push(line('dynamic rounds', P.rounds, 0, '–'));
@@ -151,7 +152,7 @@ function scenarios(results: CellResult[]): string {
     out.push(`**${g}**`, '');
     out.push(
       table(
-        ['strategy', 'ended', 'switch at (s)', 'paper: switch at (s)', 'post-copy duration (s)', 'post-copy data (MiB)', 'faults', 'fault p50 / p99 / max (ms)', 'total time (s)', 'total data (MiB)', 'downtime (ms)'],
+        ['strategy', 'ended', 'switch at (s)', 'paper: switch at (s)', 'post-copy duration (s)', 'post-copy data (MiB)', 'faults', 'fault p50 / p99 / max (ms)', 'total time (s)', 'data: migration network (MiB)', 'downtime (ms)'],
         vs.map((v) => [
           v,
           endings(results, c, g, v),
@@ -183,7 +184,7 @@ function scenarios(results: CellResult[]): string {
       ]);
     }
     if (rows.length) {
-      out.push(table(['change', 'post-copy duration', 'paper', 'post-copy data', 'paper', 'total time', 'total data', 'paper (time, data)'], rows), '');
+      out.push(table(['change', 'post-copy duration', 'paper', 'post-copy data', 'paper', 'total time', 'data: migration network', 'paper (time, data)'], rows), '');
     }
     if (g === 'scenario-bursty') {
       const switched = allCells(results, c, g, 'as-hybrid').filter((r) => r.metrics?.ending === 'switch-to-postcopy').length;
@@ -238,7 +239,7 @@ function fixedSwitch(results: CellResult[]): string {
   }
   const as = med(results, c, g, 'as-hybrid', P.pcData);
   return [
-    table(['switch', 'rounds before switch', 'post-copy data (MiB)', 'post-copy duration (s)', 'faults', 'total time (s)', 'total data (MiB)', 'note'], rows),
+    table(['switch', 'rounds before switch', 'post-copy data (MiB)', 'post-copy duration (s)', 'faults', 'total time (s)', 'data: migration network (MiB)', 'note'], rows),
     '',
     best ? `Least post-copy data among the fixed switches: ${best.replace('fixed-', 'after ')} rounds (${bestVal.toFixed(1)} MiB); as-hybrid: ${as === null ? '–' : `${as.toFixed(1)} MiB`}. Paper (Fig. 10): the least after 5 rounds, more before and after; As-hybrid switches at the best moment.` : '',
     '',
@@ -258,6 +259,7 @@ function comprehensive(results: CellResult[]): string {
       endings(results, c, g, v),
       cell(s(results, c, g, v, P.time), 2),
       cell(s(results, c, g, v, P.data), 1),
+      cell(s(results, c, g, v, P.storage), 1),
       cell(s(results, c, g, v, P.pcDuration), 2),
       cell(s(results, c, g, v, P.downtime), 0),
       cell(s(results, c, g, v, P.staticSave), 2),
@@ -270,7 +272,7 @@ function comprehensive(results: CellResult[]): string {
   return [
     `Memcached, ${formatBytes(mem)} guest, migration network 50 MB/s.`,
     '',
-    table(['strategy', 'ended', 'total time (s)', 'total data (MiB)', 'post-copy duration (s)', 'downtime (ms)', 'StaticData save (s)', 'pa-hybrid vs this: time', 'data', 'paper (time / data)'], rows),
+    table(['strategy', 'ended', 'total time (s)', 'data: migration network (MiB)', 'storage write (MiB)', 'post-copy duration (s)', 'downtime (ms)', 'StaticData save (s)', 'pa-hybrid vs this: time', 'data', 'paper (time / data)'], rows),
     '',
     "`pa-hybrid+zero+compression` is pa-hybrid with ferry's zero-page elision and compression on both channels (beyond the paper); every other cell runs without them, like the paper's prototype.",
   ].join('\n');
@@ -289,13 +291,13 @@ function scaling(results: CellResult[]): string {
         cell(s(results, c, g, v, P.time), 2),
         cell(s(results, c, g, v, (m) => m.totalTimeMs / 1000 / gib), 1),
         cell(s(results, c, g, v, P.data), 1),
-        cell(s(results, c, g, v, (m) => m.totalBytes / 2 ** 30 / gib), 2),
+        cell(s(results, c, g, v, (m) => m.migrationNetworkBytes / 2 ** 30 / gib), 2),
         cell(s(results, c, g, v, P.pcDuration), 2),
       ]);
     }
   }
   return [
-    table(['guest memory', 'strategy', 'ended', 'total time (s)', 'time per GiB (s/GiB)', 'total data (MiB)', 'data per GiB (GiB/GiB)', 'post-copy duration (s)'], rows),
+    table(['guest memory', 'strategy', 'ended', 'total time (s)', 'time per GiB (s/GiB)', 'data: migration network (MiB)', 'data per GiB (GiB/GiB)', 'post-copy duration (s)'], rows),
     '',
     'Memcached, migration network 32 MB/s, storage 10 GbE, profile dirty rate: only memory grows. Flat per-GiB figures = linear scaling.',
   ].join('\n');
