@@ -1,20 +1,10 @@
 /** The ferry command against a real server and real agents, as an operator would use it. */
-import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import type { MigrationReport } from '../../src/workflows/report';
-import { startAgentProcess, startTestController, temporalAddress, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
+import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
+import { ferry } from '../helpers/ferry-cli';
 
-function ferry(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FERRY_BIN, ...args], { env: { ...process.env, FERRY_TEMPORAL_ADDRESS: temporalAddress() } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 let controller: TestController;
 const agents: FerryProcess[] = [];

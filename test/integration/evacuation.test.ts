@@ -6,29 +6,19 @@
  * ticket over real HTTP returning the same evacuation.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { loadTokens } from '../../src/api/auth';
 import { startApiServer, type RunningApi } from '../../src/api/server';
-import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
+import type { FerryProcess } from '../../src/support/processes';
 import { inventory } from '../../src/client/migrations';
 import { startEvacuation } from '../../src/client/operations';
 import { evacuationQuery, type EvacuationSummary, type TimelineEntry } from '../../src/workflows/evacuation-messages';
-import { startAgentProcess, startTestController, tempDir, temporalAddress, testAuditStore, uniqueHost, type TestController } from '../helpers/cluster';
+import { startAgentProcess, startTestController, tempDir, testAuditStore, uniqueHost, type TestController } from '../helpers/cluster';
 import { maybeRecordHistory } from '../helpers/history';
 import { createVm, defaultOptions, MiB } from '../helpers/migrate';
+import { ferry } from '../helpers/ferry-cli';
 
 const TOKEN = 'evacuation-test-token';
 
-function ferry(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FERRY_BIN, ...args], { env: { ...process.env, FERRY_TEMPORAL_ADDRESS: temporalAddress() } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 const run = Math.random().toString(36).slice(2, 8);
 const srcA = uniqueHost('ev-a');
 const srcB = uniqueHost('ev-b');

@@ -4,25 +4,14 @@
  * QEMU engine from the hosts' own facts (no driver named anywhere), the strategy left to the
  * engine's default. Every guest verifies its own pages on the target.
  */
-import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inventory, reportOf, resolveHandle } from '../../src/client/migrations';
-import { FERRY_BIN } from '../../src/support/processes';
 import type { EvacuationSummary } from '../../src/workflows/evacuation-messages';
-import { startTestController, temporalAddress, uniqueHost, type TestController } from '../helpers/cluster';
+import { startTestController, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, MiB } from '../helpers/migrate';
 import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+import { ferry } from '../helpers/ferry-cli';
 
-function ferry(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FERRY_BIN, ...args], { env: { ...process.env, FERRY_TEMPORAL_ADDRESS: temporalAddress() } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 let controller: TestController;
 let a: QemuAgent;

@@ -15,19 +15,11 @@ import { ManualClock } from '../../src/dataplane/clock';
 import { encodePagesFrame } from '../../src/dataplane/codec';
 import { FrameDecoder, FrameError, FrameType, HEADER_BYTES, decodeFrames, encodeFrame, encodeJsonFrame, type Frame } from '../../src/dataplane/frame';
 import type { PageSink, PageSource } from '../../src/dataplane/pages';
+import { prng } from '../../src/support/prng';
 
 const PS = 4096;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const mulberry32 = prng;
 
 class Mem implements PageSource, PageSink {
   readonly mem: Buffer;

@@ -14,19 +14,11 @@ import {
   type Frame,
 } from '../../src/dataplane/frame';
 import { isZeroPage, type PageSource } from '../../src/dataplane/pages';
+import { prng } from '../../src/support/prng';
 
 const PS = 4096;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const mulberry32 = prng;
 
 /** Pages: every 4th all-zero, every 4th+1 compressible, the rest random. */
 function memory(pageCount: number, seed: number, pageSize = PS): PageSource & { mem: Buffer } {

@@ -18,19 +18,11 @@ import { Bitmap } from '../../src/dataplane/bitmap';
 import { mergeStatic } from '../../src/dataplane/merge';
 import type { PageSink, PageSource } from '../../src/dataplane/pages';
 import { SharedStore } from '../../src/dataplane/store';
+import { prng } from '../../src/support/prng';
 
 const PS = 64;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const mulberry32 = prng;
 
 class Memory implements PageSource, PageSink {
   readonly pageSize = PS;
