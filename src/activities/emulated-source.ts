@@ -7,6 +7,7 @@
  */
 import { Context } from '@temporalio/activity';
 import { Bitmap } from '../dataplane/bitmap';
+import { sampleGrowth } from './dirty-growth';
 import { PageChannel } from '../dataplane/channel';
 import { tlsCreateConnection } from '../dataplane/tls';
 import { userError } from './errors';
@@ -26,27 +27,6 @@ import type {
   SwitchResult,
   VmDescription,
 } from './types';
-
-/** Growth samples kept per round: enough to interpolate, small in workflow history. */
-const GROWTH_POINTS = 16;
-
-/**
- * How the dirty set grows while a round runs: the dirty log is peeked (counted, not cleared)
- * every 20 ms; the policy reads what the next round will leave from it (src/policy/ferry-switch.ts).
- */
-function sampleGrowth(count: () => number, t0: number): { stop(): void; curve(last: [number, number]): number[][] } {
-  const points: number[][] = [];
-  const timer = setInterval(() => points.push([Math.round(performance.now() - t0), count()]), 20);
-  return {
-    stop: () => clearInterval(timer),
-    curve(last) {
-      const all = [...points.filter((p) => p[0]! < last[0]), last];
-      if (all.length <= GROWTH_POINTS) return all;
-      // Thin evenly, keeping the last point.
-      return Array.from({ length: GROWTH_POINTS }, (_, i) => all[Math.round(((i + 1) * all.length) / GROWTH_POINTS) - 1]!);
-    },
-  };
-}
 
 /** Post-copy push: no byte left the source for this long = the link is silently dead. */
 const PUSH_STALL_MS = 10_000;

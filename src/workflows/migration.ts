@@ -18,37 +18,22 @@
  */
 import { ApplicationFailure, CancellationScope, allHandlersFinished, condition, isCancellation, patched, proxyActivities, sleep, workflowInfo } from '@temporalio/workflow';
 import type { HostActivities } from '../activities/host';
-import type { MigrationOptions, StepRef, VerifyResult } from '../activities/types';
+import type { StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
 import { decide, lambdaOf, transferMs } from '../policy';
-import { isStrategy, mayPostcopy, usesParMigrate, type Decision, type IterationStat, type StrategyName, type SwitchRule } from '../policy/types';
-import { audited, type AttemptLink } from './audit';
+import { mayPostcopy, usesParMigrate, type Decision, type IterationStat, type SwitchRule } from '../policy/types';
+import { audited } from './audit';
 import { Journal, progressOf, registerControls } from './controls';
 import { engineFor, type Engine, type EngineName, type VmFacts } from './engine';
 import { emulatedEngine } from './engine-emulated';
 import { qemuEngine } from './engine-qemu';
+import { validate, type MigrationInput } from './migration-input';
 import { reportHead, verificationOf, type MigrationReport, type ReportIteration } from './report';
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 
 export { failureMessage };
+export type { MigrationInput };
 
-export interface MigrationInput {
-  vm: string;
-  source: string;
-  target: string;
-  strategy: StrategyName;
-  options: MigrationOptions;
-  ticket?: string | null;
-  requestedBy?: string | null;
-  reason?: string | null;
-  /** Audit trail: attempt number, the attempt this one retries, who asked (see ./audit). */
-  audit?: AttemptLink;
-  /**
-   * Ignored by new runs (the engine is chosen from the hosts' facts); histories recorded
-   * before the one runbook carry it and replay with it.
-   */
-  driver?: EngineName;
-}
 
 /** Marks runs of the one runbook; histories without it replay the order they were recorded with. */
 export const ONE_RUNBOOK_PATCH = 'ferry-one-runbook';
@@ -470,21 +455,4 @@ class Runbook {
 
 function toStat(it: ReportIteration): IterationStat {
   return { index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter, ...(it.growth ? { growth: it.growth } : {}) };
-}
-
-function validate(input: MigrationInput): void {
-  const bad = (m: string): never => {
-    throw ApplicationFailure.nonRetryable(m, 'InvalidInput');
-  };
-  if (!input || typeof input.vm !== 'string' || !input.vm) bad('vm is required');
-  if (typeof input.source !== 'string' || !input.source) bad('source host is required');
-  if (typeof input.target !== 'string' || !input.target) bad('target host is required');
-  if (input.source === input.target) bad(`source and target are the same host (${input.source})`);
-  if (!isStrategy(input.strategy)) bad(`unknown strategy '${String(input.strategy)}'`);
-  if (input.driver !== undefined && input.driver !== 'emulated' && input.driver !== 'qemu') bad(`unknown driver '${String(input.driver)}'`);
-  const o = input.options;
-  if (!o) bad('options are required');
-  if (!(o.maxIterations >= 1)) bad('maxIterations must be ≥ 1');
-  if (!(o.maxDowntimeMs >= 0)) bad('maxDowntimeMs must be ≥ 0');
-  if (!['sync', 'async', 'off'].includes(o.pbdata)) bad(`pbdata must be sync, async or off`);
 }
