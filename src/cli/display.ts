@@ -44,7 +44,7 @@ export function reportText(r: MigrationReport): string {
   lines.push(`  outcome     ${r.outcome}: ${r.reason}`);
   lines.push(`  total time  ${ms(r.totalTimeMs)}   downtime ${ms(r.downtimeMs)}   post-copy ${ms(r.postcopyDurationMs)}`);
   lines.push(
-    `  data        ${formatBytes(r.bytes.total)} (migration network ${formatBytes(r.bytes.migrationNetwork)}, storage write ${formatBytes(r.bytes.storageWrite)}, storage read ${formatBytes(r.bytes.storageRead)})`,
+    `  data        ${formatBytes(r.bytes.migrationNetwork)} over the migration network (storage write ${formatBytes(r.bytes.storageWrite)}, storage read ${formatBytes(r.bytes.storageRead)}; network + storage write ${formatBytes(r.bytes.total)})`,
   );
   if (r.static) lines.push(`  static      ${r.static.pages} pages saved in ${ms(r.static.saveMs)}, merged in ${ms(r.static.mergeMs)}, ${r.static.skippedNewer} skipped (newer on target)`);
   if (r.iterations.length) {
