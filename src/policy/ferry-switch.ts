@@ -11,8 +11,9 @@
  *   the measured bandwidth B; what it leaves is what the guest dirties in that time. The
  *   source peeks at its dirty log while a round runs, so each round carries the growth of
  *   its dirty set, f(t) = distinct pages dirtied t ms into the round; the prediction is f at
- *   the next round's duration (the median over the last rounds' curves, so one burst does
- *   not decide). Without curves (QEMU), R·λ̂ with λ̂ the median of the last λ.
+ *   the next round's duration, the smallest over the last three rounds' curves: a write
+ *   burst in one round does not decide, a plateau shows in every round. Without curves
+ *   (QEMU), R·λ̂ with λ̂ the smallest of the last three λ.
  * - *no progress*: the next round would leave ≥ 90 % of what is dirty now while that does not
  *   fit the downtime budget: pre-copy cannot converge; more rounds resend the same pages.
  * - *worth another round?*: at the predicted ratio q, reaching the budget takes n more rounds
@@ -29,7 +30,7 @@ import type { Decision, IterationStat, PolicyConfig, PolicyState } from './types
 export const POSTCOPY_PAGE_COST = 1.25;
 /** The next round leaving at least this share of what is dirty now is no progress. */
 export const PLATEAU_RATIO = 0.9;
-/** Rounds whose curves (or λ) vote on the prediction. */
+/** Rounds whose curves (or λ) vote on the prediction; the smallest wins. */
 const WINDOW = 3;
 
 /** Distinct pages dirtied `ms` into a round, from its growth curve; extrapolated past its end at the curve's late slope. */
@@ -51,12 +52,6 @@ export function growthAt(curve: readonly number[][], ms: number): number | null 
   const span = last[0]! - mid[0]!;
   const slope = span > 0 ? (last[1]! - mid[1]!) / span : last[0]! > 0 ? last[1]! / last[0]! : 0;
   return last[1]! + slope * (ms - last[0]!);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 export interface NextRound {
@@ -81,13 +76,13 @@ export function predictNextRound(state: PolicyState, cfg: PolicyConfig): NextRou
     .map((it) => (it.growth && it.growth.length > 0 ? growthAt(it.growth, ms) : null))
     .filter((x): x is number => x !== null);
   if (curves.length > 0) {
-    const leaves = Math.min(cfg.pageCount, Math.round(median(curves)));
+    const leaves = Math.min(cfg.pageCount, Math.round(Math.min(...curves)));
     return { pages: R, ms, leaves, basis: `the dirty set's growth over ${Math.round(ms)} ms` };
   }
   const window = lambdas(dirtyRounds(state.iterations)).slice(-WINDOW);
   if (window.length === 0) return null;
-  const q = median(window);
-  return { pages: R, ms, leaves: Math.min(cfg.pageCount, Math.round(R * q)), basis: `λ̂=${fmt(q)} (median of [${window.map(fmt).join(', ')}])` };
+  const q = Math.min(...window);
+  return { pages: R, ms, leaves: Math.min(cfg.pageCount, Math.round(R * q)), basis: `λ̂=${fmt(q)} (least of [${window.map(fmt).join(', ')}])` };
 }
 
 /** Rounds that resend dirty pages: λ(1) is 1 by definition and says nothing. */

@@ -125,7 +125,7 @@ describe('behaviour the paper predicts', () => {
     // cannot fit the budget, and this test is about bursts, not about the budget.
     const as = await run('as-hybrid', 'scenario-bursty', { maxDowntimeMs: 2000 });
     expectComplete(as);
-    expect(as.decisions.some((d) => d.action === 'switch-to-postcopy')).toBe(false);
+    expect(as.decisions.some((d) => d.action === 'switch-to-postcopy'), JSON.stringify(as.decisions)).toBe(false);
     expect(as.postcopy).toBeNull();
     const h1 = await run('hybrid-1', 'scenario-bursty');
     expectComplete(h1);

@@ -52,7 +52,7 @@ describe('growthAt', () => {
 });
 
 describe('predicting the next round', () => {
-  it('reads the last rounds’ growth curves at the next round’s duration (median: one burst does not decide)', () => {
+  it('reads the last rounds’ growth curves at the next round’s duration (the least: one burst does not decide)', () => {
     // 20000 pages left take 2000 ms at 0.1 ms/page. Curves: two say ~4000 pages by then, one (a burst) 19000.
     const its = rounds([65536, 30000, 25000], 20000, (i) => (i === 1 ? linear(9.5, 2500) : linear(2, 2500)));
     const next = predictNextRound(state(its), cfg('as-hybrid', 'ferry'))!;
@@ -63,7 +63,7 @@ describe('predicting the next round', () => {
   it('falls back to the median λ without curves (QEMU)', () => {
     const next = predictNextRound(state(rounds([65536, 20000, 10000, 5000], 2500)), cfg('as-hybrid', 'ferry'))!;
     expect(next.leaves).toBe(1250); // λ = [0.5, 0.5, 0.5]
-    expect(next.basis).toMatch(/median/);
+    expect(next.basis).toMatch(/least of/);
   });
   it('knows nothing after a bulk round without a curve', () => {
     expect(predictNextRound(state(rounds([65536], 20000)), cfg('as-hybrid', 'ferry'))).toBeNull();
