@@ -18,8 +18,10 @@
  *   fit the downtime budget: pre-copy cannot converge; more rounds resend the same pages.
  * - *worth another round?*: at the predicted ratio q, reaching the budget takes n more rounds
  *   costing Σ R·qʲ/B; switching now costs the post-copy of R pages, each worth
- *   POSTCOPY_PAGE_COST pre-copy pages (the guest stalls on a missing page). Continue only
- *   while the rounds cost less. A converging load (q small) therefore ends in stop-and-copy.
+ *   POSTCOPY_PAGE_COST pre-copy pages (the guest stalls on a missing page). A load that
+ *   reaches the budget within CONVERGE_ROUNDS more rounds is converging and goes on to
+ *   stop-and-copy (no post-copy at all); a longer tail goes on only while its rounds cost
+ *   less than the post-copy they avoid.
  *
  * Pure: every input comes in, a decision and its reason (with its numbers) go out.
  */
@@ -30,6 +32,8 @@ import type { Decision, IterationStat, PolicyConfig, PolicyState } from './types
 export const POSTCOPY_PAGE_COST = 1.25;
 /** The next round leaving at least this share of what is dirty now is no progress. */
 export const PLATEAU_RATIO = 0.9;
+/** A load that reaches the downtime budget within this many more rounds is converging: it never switches. */
+export const CONVERGE_ROUNDS = 3;
 /** Rounds whose curves (or λ) vote on the prediction; the smallest wins. */
 const WINDOW = 3;
 
@@ -121,6 +125,7 @@ export function ferrySwitch(state: PolicyState, cfg: PolicyConfig): { decision: 
   const roundsMs = Number.isFinite(rounds) ? (next.ms * (1 - q ** rounds)) / (1 - q) : Infinity;
   const postcopyMs = next.ms * POSTCOPY_PAGE_COST;
   const cost = `${Number.isFinite(rounds) ? `~${rounds} more round(s) take ~${Math.round(roundsMs)} ms` : 'no number of rounds gets'} to reach the budget; post-copy of ${R} pages now ~${Math.round(postcopyMs)} ms`;
+  if (rounds <= CONVERGE_ROUNDS) return { decision: null, why: `converging: ${says}; ${cost}` };
   if (roundsMs <= postcopyMs) return { decision: null, why: `worth another round: ${says}; ${cost}` };
   return { decision: { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${at}: not worth another round: ${says}; ${cost}` }, why: '' };
 }

@@ -81,7 +81,8 @@ describe("ferry's rule (as-hybrid, pa-hybrid)", () => {
     ],
     ['plateau in λ noise around 1 (no curves)', 'pa-hybrid', rounds([20000, 20300, 19800, 20100], 19900), 'switch-to-postcopy', /no progress/],
     ['a fast-converging load goes on towards stop-and-copy', 'as-hybrid', rounds([65536, 40000, 12000], 3600), 'continue', /fit the downtime budget/],
-    ['shrinking by 40 % a round: not worth the rounds', 'pa-hybrid', rounds([30000, 24000, 19000], 15000), 'switch-to-postcopy', /not worth another round/],
+    ['shrinking by a fifth a round: the budget is 7 rounds away, not worth them', 'pa-hybrid', rounds([30000, 24000, 19000], 15000), 'switch-to-postcopy', /not worth another round: .*~7 more round/],
+    ['shrinking by a third a round, the budget 2 rounds away: converging, go on', 'pa-hybrid', rounds([30000, 15000, 10000], 6600), 'continue', /converging: .*~2 more round/],
     ['a dirty set that grows: the paper’s diverge test', 'pa-hybrid', rounds([20000, 22000, 25000, 29000], 34000), 'switch-to-postcopy', /3 of 3 > 1, mean/],
     [
       'one write burst among quiet rounds: continue',
