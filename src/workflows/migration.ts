@@ -90,6 +90,8 @@ class Runbook {
   private cancelRequest: { by?: string; reason?: string } | null = null;
   private scope: CancellationScope | null = null;
   private sourceTouched = false;
+  /** Before anything was touched: the source's own facts (or describe) said the guest is there. */
+  private sourceHasGuest = false;
   private sourceAnswer: { guestRunning: boolean; note: string; verification: VerifyResult | null } | null = null;
   private refused = false;
 
@@ -144,6 +146,7 @@ class Runbook {
     let name: EngineName = this.input.driver ?? 'emulated';
     if (!this.legacy) {
       const [s, t] = await Promise.all([facts(source).hostFacts(), facts(target).hostFacts()]);
+      this.sourceHasGuest = s.vms.some((v) => v.name === vm && v.state !== 'incoming');
       const choice = engineFor(vm, strategy, s, t);
       if ('refused' in choice) {
         this.refused = true;
@@ -156,6 +159,7 @@ class Runbook {
 
   private async describeVm(): Promise<void> {
     this.vmFacts = await this.engine!.describe();
+    this.sourceHasGuest = true;
     this.remainingPages = this.vmFacts.pageCount;
   }
 
@@ -364,8 +368,10 @@ class Runbook {
     this.endedAtMs = Date.now();
     const leftovers = undoErrors.length ? `; cleanup incomplete: ${undoErrors.join('; ')}` : '';
     const answer = this.sourceAnswer as Runbook['sourceAnswer'];
-    // Untouched, the guest is where the source last said it was (describe answered for it).
-    const confirmed = this.sourceTouched ? answer?.guestRunning === true : this.vmFacts !== null;
+    // Untouched, the guest is where the source last said it was; if it has said nothing yet
+    // (a cancel while its facts were asked for), ask it.
+    let confirmed = this.sourceTouched ? answer?.guestRunning === true : this.legacy ? this.vmFacts !== null : this.sourceHasGuest;
+    if (!confirmed && !this.sourceTouched && !this.legacy) confirmed = await this.askSourceForGuest();
     if (confirmed) return this.end('rolled-back', `${why}; rolled back, ${vm} runs on ${source}${leftovers}`);
     const known = answer
       ? answer.note
@@ -373,6 +379,16 @@ class Runbook {
         ? `the source ${source} did not answer the rollback`
         : `the source ${source} never answered, nothing was moved; ${vm}'s state there is unknown`;
     return this.end('failed', `${why}; rollback could not confirm ${vm} runs on ${source}: ${known}${leftovers}`);
+  }
+
+  private async askSourceForGuest(): Promise<boolean> {
+    const { vm, source } = this.input;
+    try {
+      const f = await CancellationScope.nonCancellable(() => facts(source).hostFacts());
+      return f.vms.some((v) => v.name === vm && v.state !== 'incoming');
+    } catch {
+      return false;
+    }
   }
 
   private async end(outcome: MigrationReport['outcome'], reason: string): Promise<MigrationReport> {

@@ -173,15 +173,13 @@ describe.each(['emulated', 'qemu'] as const)('runbook on the %s engine', (engine
       });
     });
 
-    it(`${S.describe} fails: nothing was prepared, nothing to undo; the source did not confirm the guest → failed`, async () => {
+    it(`${S.describe} fails: nothing was prepared, nothing to undo; the source's facts listed the guest → rolled back`, async () => {
       await withCluster(h, spec, async (c) => {
         c.fail(S.describe, 'nonRetryable', 'describe broke (stub)');
         const r = await report(await c.migrate('precopy'));
-        // Documented by the runbook: untouched, "rolled back" needs describe's answer.
-        expect(r.outcome).toBe('failed');
-        expect(r.reason).toBe(
-          `preparing failed: describe broke (stub); rollback could not confirm ${c.vm} runs on ${c.source}: the source ${c.source} never answered, nothing was moved; ${c.vm}'s state there is unknown`,
-        );
+        // Untouched, the guest is where the source's own facts (asked first) said it is.
+        expect(r.outcome).toBe('rolled-back');
+        expect(r.reason).toBe(`preparing failed: describe broke (stub); rolled back, ${c.vm} runs on ${c.source}`);
         expect(c.names()).toEqual([S.describe]);
         expect(r.verification).toBeNull();
       });
@@ -288,12 +286,12 @@ describe('engine choice from both hosts’ facts', () => {
     });
   });
 
-  it('a host that does not answer its facts: failed, nothing moved, nothing else called', async () => {
+  it('a target that does not answer its facts: nothing moved, the source confirms the guest → rolled back, nothing else called', async () => {
     await withCluster(h, {}, async (c) => {
       c.on('hostFacts', (_i, x) => (x.side === 'target' ? nonRetryable('target agent broken (stub)') : x.answer()));
       const r = await report(await c.migrate('precopy'));
-      expect(r.outcome).toBe('failed');
-      expect(r.reason).toMatch(/^preparing failed: target agent broken \(stub\); rollback could not confirm .*nothing was moved/);
+      expect(r.outcome).toBe('rolled-back');
+      expect(r.reason).toBe(`preparing failed: target agent broken (stub); rolled back, ${c.vm} runs on ${c.source}`);
       expect(c.names()).toEqual([]);
     });
   });
