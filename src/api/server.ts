@@ -27,7 +27,7 @@ import { parseRate } from '../common/units';
 import { ConflictError, findByTicket, NotFoundError, resolveHandle, startMigration } from '../client/migrations';
 import { evacuationHandle, placeVm, retryMigration, startEvacuation } from '../client/operations';
 import { listenAddress, splitListen, writeMetrics } from '../metrics/http';
-import type { StrategyName } from '../policy/types';
+import { defaultPbData, type StrategyName } from '../policy/types';
 import { cancelQueuedUpdate, evacuationQuery } from '../workflows/evacuation-messages';
 import { cancelUpdate, progressQuery } from '../workflows/messages';
 import type { MigrationReport } from '../workflows/report';
@@ -144,7 +144,7 @@ export function optionsFrom(strategy: StrategyName, o: OptionsBody = {}): Migrat
     storageBandwidthBytesPerSec: rate(o.storageBandwidth, 'options.storageBandwidth', 1024 ** 3),
     maxDowntimeMs: o.maxDowntimeMs ?? 300,
     maxIterations: o.maxIterations ?? 30,
-    pbdata: o.pbdata ?? (strategy === 'as-hybrid' || strategy === 'pa-hybrid' ? 'async' : 'off'),
+    pbdata: o.pbdata ?? defaultPbData(strategy),
     compression: false,
     zeroElision: true,
     switchRule: o.switchRule ?? 'ferry',

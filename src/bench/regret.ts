@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import type { MigrationOptions } from '../activities/types';
-import type { StrategyName, SwitchRule } from '../policy/types';
+import { defaultPbData, type StrategyName, type SwitchRule } from '../policy/types';
 import { ProgressBar } from './suite/progress';
 import { runCell } from './suite/runner';
 import { MiB, PAPER_TESTBED, SCALES, scaledMemory } from './suite/scale';
@@ -82,7 +82,7 @@ export function planRegretCells(plan: RegretPlan): CellSpec[] {
           storageBandwidthBytesPerSec: plan.storageBandwidthBytesPerSec,
           maxDowntimeMs: plan.maxDowntimeMs,
           maxIterations: plan.maxIterations,
-          pbdata: v.strategy === 'as-hybrid' || v.strategy === 'pa-hybrid' ? 'async' : 'off',
+          pbdata: defaultPbData(v.strategy),
           compression: false,
           zeroElision: true,
           ...(v.switchRule ? { switchRule: v.switchRule } : {}),

@@ -1,8 +1,8 @@
 /** Options shared by `ferry demo` and `ferry migrate` (CONTRACT.md). */
-import type { MigrationOptions, PbDataMode } from '../activities/types';
+import type { MigrationOptions } from '../activities/types';
 import { UsageError } from '../common/errors';
 import { parseDuration, parseRate } from '../common/units';
-import { STRATEGIES, SWITCH_RULES, type StrategyName } from '../policy/types';
+import { STRATEGIES, SWITCH_RULES, defaultPbData, type StrategyName } from '../policy/types';
 import { choice, int, str } from './args';
 
 export const migrationOptionSpec = {
@@ -55,7 +55,3 @@ export function migrationOptionsFrom(values: Record<string, unknown>): { strateg
   };
 }
 
-/** PbData is the paper's addition to its own hybrids; the baselines run without it. */
-export function defaultPbData(strategy: StrategyName): PbDataMode {
-  return strategy === 'as-hybrid' || strategy === 'pa-hybrid' ? 'async' : 'off';
-}

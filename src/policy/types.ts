@@ -80,6 +80,14 @@ export function usesParMigrate(s: StrategyName): boolean {
   return s === 'par-migrate' || s === 'pa-hybrid';
 }
 
+/**
+ * A strategy's PbData mode when none is asked for: PbData is the paper's addition to its own
+ * hybrids (as-hybrid, pa-hybrid); the baselines run without it, as the paper measured them.
+ */
+export function defaultPbData(s: StrategyName): 'sync' | 'async' | 'off' {
+  return s === 'as-hybrid' || s === 'pa-hybrid' ? 'async' : 'off';
+}
+
 /** Strategies that may switch to post-copy (and so write PbData). */
 export function mayPostcopy(s: StrategyName): boolean {
   return s !== 'precopy' && s !== 'par-migrate';

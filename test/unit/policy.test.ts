@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { adaptiveSwitch, decide, dynHybridRounds, lambdas, stopAndCopyTest } from '../../src/policy';
+import { defaultPbData } from '../../src/policy/types';
 import type { IterationStat, PolicyConfig, PolicyState, StrategyName } from '../../src/policy';
 
 const PAGE = 4096;
@@ -111,5 +112,19 @@ describe('dyn-hybrid rounds', () => {
   ])('%s', (_n, dirty, ms, expected) => {
     const its: IterationStat[] = [{ index: 1, pages: 65536, durationMs: ms, bytes: 65536 * PAGE, dirtyAfter: dirty }];
     expect(dynHybridRounds(state(its), cfg('dyn-hybrid'))?.rounds).toBe(expected);
+  });
+});
+
+describe('PbData default', () => {
+  it.each([
+    ['as-hybrid', 'async'],
+    ['pa-hybrid', 'async'],
+    ['hybrid-1', 'off'],
+    ['dyn-hybrid', 'off'],
+    ['postcopy', 'off'],
+    ['precopy', 'off'],
+    ['par-migrate', 'off'],
+  ] as const)('%s → %s (the paper\'s hybrids carry PbData; the baselines run as the paper measured them)', (s, mode) => {
+    expect(defaultPbData(s)).toBe(mode);
   });
 });

@@ -3,8 +3,8 @@
  * paper's own figures to put next to ours (MECHANISM.md "Paper figures to reproduce", and
  * the paper text for the ones that table leaves out).
  */
-import type { MigrationOptions, PbDataMode } from '../../activities/types';
-import type { StrategyName } from '../../policy/types';
+import type { MigrationOptions } from '../../activities/types';
+import { defaultPbData, type StrategyName } from '../../policy/types';
 import { MiB, PAPER_TESTBED, scaledMemory, type Scale } from './scale';
 import { COMPARISONS, type CellSpec, type ComparisonId } from './types';
 
@@ -76,10 +76,6 @@ export const PAPER_NOTES: Record<ComparisonId, string[]> = {
   scaling: ['Not in the paper. Ideal scaling: time and data per GiB stay flat as memory grows with the same links and dirty rate.'],
 };
 
-/** The strategies' PbData modes, as `ferry migrate` picks them (src/cli/migration-options.ts defaultPbData): PbData is the paper's addition to its own hybrids. */
-function pbdataFor(strategy: StrategyName): PbDataMode {
-  return strategy === 'as-hybrid' || strategy === 'pa-hybrid' ? 'async' : 'off';
-}
 
 export interface SuiteOptions {
   scale: Scale;
@@ -100,7 +96,7 @@ export function buildCells(o: SuiteOptions): CellSpec[] {
     storageBandwidthBytesPerSec: PAPER_TESTBED.storageLinkBytesPerSec,
     maxDowntimeMs: o.maxDowntimeMs,
     maxIterations: o.maxIterations,
-    pbdata: pbdataFor(strategy),
+    pbdata: defaultPbData(strategy),
     // The paper's prototype had neither; ferry's additions get their own cell (comprehensive).
     compression: false,
     zeroElision: false,
