@@ -8,6 +8,7 @@ import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { TestProject } from 'vitest/node';
 import { FERRY_SEARCH_ATTRIBUTES } from '../src/common/search-attributes';
+import { dynamicConfigFlags } from '../src/common/server-tuning';
 import { ensureTemporalBinary } from '../src/common/temporal-bin';
 
 declare module 'vitest' {
@@ -34,6 +35,7 @@ export async function setup(project: TestProject): Promise<void> {
           ip: '127.0.0.1',
           searchAttributes: FERRY_SEARCH_ATTRIBUTES,
           log: { format: 'pretty', level: 'error' },
+          extraArgs: dynamicConfigFlags(),
         },
       });
       break;

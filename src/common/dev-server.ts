@@ -8,6 +8,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { searchAttributeFlags } from './search-attributes';
+import { dynamicConfigFlags } from './server-tuning';
 
 export interface DevServerOptions {
   bin: string;
@@ -23,6 +24,8 @@ export interface DevServerOptions {
   logFile?: string;
   /** How a port is chosen when none is given (default: freePort). */
   pickPort?: (ip: string) => Promise<number>;
+  /** Leave the server's stock dynamic config (for side-by-side measurements). */
+  stock?: boolean;
 }
 
 export interface DevServer {
@@ -74,7 +77,7 @@ class DevServerStartError extends Error {
 async function startDevServerOnce(opts: DevServerOptions): Promise<DevServer> {
   const ip = opts.ip ?? '127.0.0.1';
   const port = opts.port || (await (opts.pickPort ?? freePort)(ip));
-  const args = ['server', 'start-dev', '--ip', ip, '--port', String(port), ...searchAttributeFlags(), '--log-level', 'warn'];
+  const args = ['server', 'start-dev', '--ip', ip, '--port', String(port), ...searchAttributeFlags(), ...(opts.stock ? [] : dynamicConfigFlags()), '--log-level', 'warn'];
   let uiUrl: string | null = null;
   if (opts.headless) args.push('--headless');
   else {

@@ -27,6 +27,8 @@ export interface LocalClusterOptions {
   verbose?: boolean;
   /** More arguments for each agent (e.g. --driver qemu). */
   agentArgs?: (host: string) => string[];
+  /** Run the embedded dev server with its stock dynamic config (side-by-side measurements). */
+  stockServer?: boolean;
 }
 
 export async function startLocalCluster(opts: LocalClusterOptions): Promise<LocalCluster> {
@@ -43,10 +45,10 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     if (!address) {
       const bin = await ensureTemporalBinary(cfg.temporalBin, log);
       fs.mkdirSync(cfg.stateDir, { recursive: true });
-      server = await startDevServer({ bin, port: 0, headless: true, dbFile: null, logFile: path.join(cfg.stateDir, 'demo-server.log') });
+      server = await startDevServer({ bin, port: 0, headless: true, dbFile: null, logFile: path.join(cfg.stateDir, 'demo-server.log'), stock: opts.stockServer });
       address = server.address;
       uiUrl = server.uiUrl;
-      log(`ferry: Temporal dev server on ${address} (in memory)`);
+      log(`ferry: Temporal dev server on ${address} (in memory${opts.stockServer ? ', stock dynamic config' : ''})`);
     } else {
       log(`ferry: using Temporal at ${address}`);
     }
