@@ -4,6 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../src/common/paths';
 import { FERRY_SEARCH_ATTRIBUTES } from '../../src/common/search-attributes';
+import { FERRY_DYNAMIC_CONFIG } from '../../src/common/server-tuning';
 
 describe('docker-compose.yml (the production topology)', () => {
   it('is valid for docker-compose', () => {
@@ -39,5 +40,16 @@ describe('docker-compose.yml (the production topology)', () => {
     expect(cfg).toMatch(/ferry-audit:\/var\/lib\/ferry\/audit/);
     expect((cfg.match(/- --metrics\n\s+- 0\.0\.0\.0:9464/g) ?? []).length).toBe(3);
     expect((cfg.match(/vm\s+create\s+vm-\d\s+--host\s+host-[ab]/g) ?? []).length).toBe(4);
+  });
+});
+
+describe('Temporal dynamic config', () => {
+  it('the deployments mount the same values the dev server runs with', () => {
+    const file = fs.readFileSync(path.join(REPO_ROOT, 'deploy/temporal/dynamicconfig.yaml'), 'utf8');
+    const entries = [...file.matchAll(/^([a-zA-Z.]+):\n\s+- value: (\S+)$/gm)].map((m) => [m[1]!, JSON.parse(m[2]!) as number] as const);
+    expect(Object.fromEntries(entries)).toEqual(FERRY_DYNAMIC_CONFIG);
+    const compose = fs.readFileSync(path.join(REPO_ROOT, 'docker-compose.yml'), 'utf8');
+    expect(compose).toContain('./deploy/temporal/dynamicconfig.yaml:/etc/temporal/config/dynamicconfig/ferry.yaml:ro');
+    expect(compose).toContain('DYNAMIC_CONFIG_FILE_PATH: /etc/temporal/config/dynamicconfig/ferry.yaml');
   });
 });
