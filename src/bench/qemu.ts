@@ -3,8 +3,11 @@
  * between two `--driver qemu` agents on this machine, through the real workflow. Every
  * figure comes from the migration report (QEMU's own counters and the guest's own check).
  *
- *   ferry bench --suite qemu [--repeat N] [--strategies a,b] [--workload W] [--memory SIZE]
- *                            [--bandwidth RATE] [--out DIR] [--json]
+ *   ferry bench --suite qemu [--repeat N] [--strategies a,b,as-hybrid/paper] [--workload W]
+ *                            [--memory SIZE] [--bandwidth RATE] [--out DIR] [--json]
+ *
+ * A variant is a strategy, optionally with its switch rule (`as-hybrid/paper`); without one
+ * the workflow's default rule (ferry) applies.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
@@ -14,17 +17,34 @@ import type { Client } from '@temporalio/client';
 import type { MigrationOptions } from '../activities/types';
 import { CONTROL_QUEUE, migrationWorkflowId } from '../common/names';
 import { formatBytes } from '../common/units';
-import type { StrategyName } from '../policy/types';
+import { SWITCH_RULES, isStrategy, usesParMigrate, type StrategyName, type SwitchRule } from '../policy/types';
 import type { MigrationInput } from '../workflows/migration';
 import type { MigrationReport } from '../workflows/report';
 
-export const QEMU_BENCH_STRATEGIES: StrategyName[] = ['precopy', 'hybrid-1', 'as-hybrid'];
+export const QEMU_BENCH_STRATEGIES = ['precopy', 'hybrid-1', 'as-hybrid', 'as-hybrid/paper'];
+
+export interface QemuVariant {
+  /** As written: `as-hybrid` or `as-hybrid/paper`. */
+  id: string;
+  strategy: StrategyName;
+  switchRule?: SwitchRule;
+}
+
+/** `strategy[/rule]` → the variant, or why not. */
+export function parseQemuVariant(s: string): QemuVariant | string {
+  const [name, rule, extra] = s.split('/');
+  if (!isStrategy(name) || extra !== undefined) return `'${s}' is not a strategy (or strategy/rule)`;
+  if (usesParMigrate(name)) return `${name} needs par-migrate, which the QEMU engine cannot do yet; use as-hybrid`;
+  if (rule === undefined) return { id: s, strategy: name };
+  if (!(SWITCH_RULES as readonly string[]).includes(rule)) return `'${rule}' in '${s}' is not a switch rule (${SWITCH_RULES.join(', ')})`;
+  return { id: s, strategy: name, switchRule: rule as SwitchRule };
+}
 
 export interface QemuBenchOptions {
   client: Client;
   source: string;
   target: string;
-  strategies: StrategyName[];
+  strategies: QemuVariant[];
   repeats: number;
   workload: string;
   memoryBytes: number;
@@ -37,7 +57,8 @@ export interface QemuBenchOptions {
 }
 
 export interface QemuBenchRun {
-  strategy: StrategyName;
+  /** The variant's id (strategy, or strategy/rule). */
+  strategy: string;
   repeat: number;
   outcome: string;
   verified: boolean;
@@ -51,12 +72,15 @@ export interface QemuBenchRun {
   lambdas: number[];
   ending: string;
   reason: string;
+  /** The stop-and-copy test (not the valve) chose stop-and-copy and the pause was longer than the budget. */
+  downtimeViolated: boolean;
 }
 
 /** One strategy's medians over its runs (and how many of them the guest verified). */
 export type QemuBenchRow = Pick<QemuBenchRun, 'strategy' | 'totalTimeMs' | 'downtimeMs' | 'postcopyDurationMs' | 'stallMs' | 'bytes' | 'passes' | 'ending'> & {
   runs: number;
   verified: number;
+  downtimeViolations: number;
 };
 
 export interface QemuBenchResult {
@@ -97,15 +121,16 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
     zeroElision: true,
   };
   for (let rep = 1; rep <= o.repeats; rep++) {
-    for (const strategy of o.strategies) {
+    for (const variant of o.strategies) {
+      const { strategy } = variant;
       const vm = `qbench-${strategy}-${rep}-${randomUUID().slice(0, 6)}`;
       await vmCommand(o.client, o.source, { op: 'create', spec: { name: vm, memoryBytes: o.memoryBytes, workload: o.workload, seed: rep } });
       await new Promise((r) => setTimeout(r, o.warmupMs));
-      const input: MigrationInput = { vm, source: o.source, target: o.target, strategy, options, driver: 'qemu' };
+      const input: MigrationInput = { vm, source: o.source, target: o.target, strategy, options: { ...options, ...(variant.switchRule ? { switchRule: variant.switchRule } : {}) }, driver: 'qemu' };
       const r = (await o.client.workflow.execute('migrationWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: migrationWorkflowId(vm), args: [input] })) as MigrationReport;
       const ender = [...r.decisions].reverse().find((d) => d.action !== 'continue');
       const run: QemuBenchRun = {
-        strategy,
+        strategy: variant.id,
         repeat: rep,
         outcome: r.outcome,
         verified: r.verification?.ok === true && r.verification.where === 'target',
@@ -118,19 +143,21 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
         lambdas: r.iterations.map((i) => Math.round(i.lambda * 100) / 100),
         ending: ender?.reason ?? '',
         reason: r.reason,
+        downtimeViolated: ender?.action === 'stop-and-copy' && !/max iterations/.test(ender.reason) && r.downtimeMs !== null && r.downtimeMs > o.maxDowntimeMs,
       };
       runs.push(run);
-      o.log(`bench qemu: ${strategy} #${rep}: ${r.outcome}${run.verified ? ' (verified)' : ''}, total ${(r.totalTimeMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs ?? '–'} ms, post-copy ${r.postcopyDurationMs ?? '–'} ms (guest stalled ${run.stallMs ?? '–'} ms), ${formatBytes(run.bytes)}, ${run.passes} pass(es) — ${run.ending}`);
+      o.log(`bench qemu: ${variant.id} #${rep}: ${r.outcome}${run.verified ? ' (verified)' : ''}, total ${(r.totalTimeMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs ?? '–'} ms, post-copy ${r.postcopyDurationMs ?? '–'} ms (guest stalled ${run.stallMs ?? '–'} ms), ${formatBytes(run.bytes)}, ${run.passes} pass(es) — ${run.ending}`);
       // The guest now runs on whichever host the migration left it on.
       for (const host of [o.target, o.source]) await vmCommand(o.client, host, { op: 'destroy', name: vm }).catch(() => undefined);
     }
   }
-  const rows: QemuBenchRow[] = o.strategies.map((strategy) => {
-    const rs = runs.filter((r) => r.strategy === strategy);
+  const rows: QemuBenchRow[] = o.strategies.map(({ id }) => {
+    const rs = runs.filter((r) => r.strategy === id);
     return {
-      strategy,
+      strategy: id,
       runs: rs.length,
       verified: rs.filter((r) => r.verified).length,
+      downtimeViolations: rs.filter((r) => r.downtimeViolated).length,
       totalTimeMs: median(rs.map((r) => r.totalTimeMs)),
       downtimeMs: medianOrNull(rs.map((r) => r.downtimeMs)),
       postcopyDurationMs: medianOrNull(rs.map((r) => r.postcopyDurationMs)),
@@ -156,11 +183,15 @@ const ms = (v: number | null): string => (v === null ? '–' : v >= 1000 ? `${(v
 
 export function qemuTable(res: QemuBenchResult): string {
   const lines = [
-    '| strategy | verified | total time | downtime | post-copy duration | guest stalled in post-copy | data (migration network) | pre-copy passes | how pre-copy ended (last run) |',
-    '|---|---|---|---|---|---|---|---|---|',
+    '| strategy | verified | total time | × hybrid-1 | downtime | downtime violations | post-copy duration | guest stalled in post-copy | × hybrid-1 | data (migration network) | pre-copy passes | how pre-copy ended (last run) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
+  const h1 = res.rows.find((r) => r.strategy === 'hybrid-1');
+  const times = (v: number | null, base: number | null | undefined): string => (v !== null && base ? `${(v / base).toFixed(2)}×` : '–');
   for (const r of res.rows) {
-    lines.push(`| ${r.strategy} | ${r.verified}/${r.runs} | ${ms(r.totalTimeMs)} | ${ms(r.downtimeMs)} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${formatBytes(r.bytes)} | ${r.passes} | ${r.ending.replace(/\|/g, '\\|')} |`);
+    lines.push(
+      `| ${r.strategy} | ${r.verified}/${r.runs} | ${ms(r.totalTimeMs)} | ${times(r.totalTimeMs, h1?.totalTimeMs)} | ${ms(r.downtimeMs)} | ${r.downtimeViolations} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${times(r.stallMs ?? null, h1?.stallMs)} | ${formatBytes(r.bytes)} | ${r.passes} | ${r.ending.replace(/\|/g, '\\|')} |`,
+    );
   }
   return lines.join('\n');
 }

@@ -12,10 +12,9 @@ import { Client, Connection } from '@temporalio/client';
 import { machineFacts, parseOnly, planCells, renderExisting, runBench, SCALES, COMPARISON_INFO, type ScaleName } from '../../bench/suite';
 import { UsageError } from '../../common/errors';
 import { formatBytes, parseDuration, parseRate, parseSize } from '../../common/units';
-import { isStrategy, usesParMigrate, type StrategyName } from '../../policy/types';
 import { killQemusUnder, QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
 import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
-import { QEMU_BENCH_STRATEGIES, qemuTable, runQemuBench, writeQemuOutputs } from '../../bench/qemu';
+import { QEMU_BENCH_STRATEGIES, parseQemuVariant, qemuTable, runQemuBench, writeQemuOutputs } from '../../bench/qemu';
 import { spawnSync } from 'node:child_process';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
@@ -147,11 +146,11 @@ export async function run(argv: string[]): Promise<number> {
 
 /** The QEMU cell: real guests between two `--driver qemu` agents on this machine. */
 async function runQemuSuite(values: Record<string, unknown>, argv: string[]): Promise<number> {
-  const strategies = (str(values.strategies)?.split(',').filter(Boolean) ?? QEMU_BENCH_STRATEGIES) as string[];
-  for (const s of strategies) {
-    if (!isStrategy(s)) throw new UsageError(`--strategies: '${s}' is not a strategy`);
-    if (usesParMigrate(s)) throw new UsageError(`--strategies: ${s} needs par-migrate, which QEMU cannot do (no dirty log for ferry); use as-hybrid`);
-  }
+  const strategies = (str(values.strategies)?.split(',').filter(Boolean) ?? QEMU_BENCH_STRATEGIES).map((s) => {
+    const v = parseQemuVariant(s);
+    if (typeof v === 'string') throw new UsageError(`--strategies: ${v}`);
+    return v;
+  });
   const workload = str(values.workload) ?? 'write-intensive';
   if (!QEMU_WORKLOADS[workload]) throw new UsageError(`--workload: '${workload}' is not one of ${Object.keys(QEMU_WORKLOADS).join(', ')}`);
   const memoryBytes = values.memory !== undefined ? parseSize(String(values.memory), '--memory') : 256 * 2 ** 20;
@@ -182,7 +181,7 @@ async function runQemuSuite(values: Record<string, unknown>, argv: string[]): Pr
     try {
       const client = new Client({ connection, namespace: cfg.namespace });
       const res = await runQemuBench(
-        { client, source, target, strategies: strategies as StrategyName[], repeats, workload, memoryBytes, bandwidthBytesPerSec: bandwidth, maxDowntimeMs, maxIterations, warmupMs, log: say },
+        { client, source, target, strategies, repeats, workload, memoryBytes, bandwidthBytesPerSec: bandwidth, maxDowntimeMs, maxIterations, warmupMs, log: say },
         version,
       );
       writeQemuOutputs(res, outDir, ['ferry', 'bench', ...argv].join(' '));
