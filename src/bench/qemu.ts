@@ -17,7 +17,7 @@ import type { Client } from '@temporalio/client';
 import type { MigrationOptions } from '../activities/types';
 import { CONTROL_QUEUE, migrationWorkflowId } from '../common/names';
 import { formatBytes } from '../common/units';
-import { SWITCH_RULES, isStrategy, usesParMigrate, type StrategyName, type SwitchRule } from '../policy/types';
+import { SWITCH_RULES, isStrategy, mayPostcopy, usesParMigrate, type StrategyName, type SwitchRule } from '../policy/types';
 import type { MigrationInput } from '../workflows/migration';
 import type { MigrationReport } from '../workflows/report';
 
@@ -28,10 +28,18 @@ export interface QemuVariant {
   id: string;
   strategy: StrategyName;
   switchRule?: SwitchRule;
+  /** A fixed switch point: post-copy after this many passes (the regret sweep). */
+  switchAfterRounds?: number;
 }
 
-/** `strategy[/rule]` → the variant, or why not. */
+/** `strategy[/rule]` or `strategy@n` (post-copy after n passes) → the variant, or why not. */
 export function parseQemuVariant(s: string): QemuVariant | string {
+  const at = /^([a-z0-9-]+)@(\d+)$/.exec(s);
+  if (at) {
+    const n = Number(at[2]);
+    if (!isStrategy(at[1]) || !mayPostcopy(at[1]) || usesParMigrate(at[1]) || !(n >= 1 && n <= 1000)) return `'${s}': a fixed switch point is a hybrid QEMU can run, @1…1000`;
+    return { id: s, strategy: at[1], switchRule: 'paper', switchAfterRounds: n };
+  }
   const [name, rule, extra] = s.split('/');
   if (!isStrategy(name) || extra !== undefined) return `'${s}' is not a strategy (or strategy/rule)`;
   if (usesParMigrate(name)) return `${name} needs par-migrate, which the QEMU engine cannot do yet; use as-hybrid`;
@@ -126,7 +134,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
       const vm = `qbench-${strategy}-${rep}-${randomUUID().slice(0, 6)}`;
       await vmCommand(o.client, o.source, { op: 'create', spec: { name: vm, memoryBytes: o.memoryBytes, workload: o.workload, seed: rep } });
       await new Promise((r) => setTimeout(r, o.warmupMs));
-      const input: MigrationInput = { vm, source: o.source, target: o.target, strategy, options: { ...options, ...(variant.switchRule ? { switchRule: variant.switchRule } : {}) }, driver: 'qemu' };
+      const input: MigrationInput = { vm, source: o.source, target: o.target, strategy, options: { ...options, ...(variant.switchRule ? { switchRule: variant.switchRule } : {}), ...(variant.switchAfterRounds ? { switchAfterRounds: variant.switchAfterRounds } : {}) }, driver: 'qemu' };
       const r = (await o.client.workflow.execute('migrationWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: migrationWorkflowId(vm), args: [input] })) as MigrationReport;
       const ender = [...r.decisions].reverse().find((d) => d.action !== 'continue');
       const run: QemuBenchRun = {

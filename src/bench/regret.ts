@@ -3,11 +3,11 @@
  * fixed switch point, found in hindsight, per workload.
  *
  * Per workload and repeat (the same seed for every variant of a repeat), on one cluster:
- * - the sweep: pa-hybrid forced to post-copy after n rounds (n = 1…N, a fixed switch point;
- *   stop-and-copy still wins if the rest fits first), and the baselines hybrid-1, hybrid-2
- *   and precopy;
- * - beside it: ferry's default (pa-hybrid, rule ferry), pa-hybrid with the paper's rule,
- *   as-hybrid with both rules, hybrid-1.
+ * - the sweep: the engine's default strategy (pa-hybrid on emulated hosts, as-hybrid on QEMU
+ *   hosts) forced to post-copy after n rounds (n = 1…N, a fixed switch point; stop-and-copy
+ *   still wins if the rest fits first), and the baselines hybrid-1, hybrid-2 and precopy;
+ * - beside it: ferry's default (that strategy with rule ferry), the same with the paper's
+ *   rule, and (emulated) as-hybrid with both rules.
  * The hindsight-best is the sweep variant with the lowest median total time. Every figure is
  * a median over the repeats with min–max; data is the migration network (the paper's
  * measure), storage writes beside it. A run whose stop-and-copy test promised the downtime
@@ -22,6 +22,7 @@ import { ProgressBar } from './suite/progress';
 import { runCell } from './suite/runner';
 import { MiB, PAPER_TESTBED, SCALES, scaledMemory } from './suite/scale';
 import type { CellResult, CellSpec } from './suite/types';
+import { runQemuBench, type QemuBenchRun } from './qemu';
 
 export const REGRET_WORKLOADS = ['memcached', 'kernel-compile', 'lmbench', 'scenario-rising', 'scenario-bursty', 'idle'] as const;
 
@@ -37,6 +38,8 @@ export interface RegretPlan {
   maxDowntimeMs: number;
   maxIterations: number;
   seedBase: number;
+  /** Default emulated. */
+  driver?: RegretDriver;
 }
 
 interface Variant {
@@ -48,18 +51,24 @@ interface Variant {
   sweep: boolean;
 }
 
-export const DEFAULT_VARIANT = 'pa-hybrid/ferry';
+/** Which hosts the suite runs on: emulated guests, or real QEMU guests (TCG). */
+export type RegretDriver = 'emulated' | 'qemu';
 
-export function variantsOf(sweepRounds: number): Variant[] {
+/** ferry's default on the driver's hosts: its engine's default strategy with ferry's rule. */
+export function defaultVariant(driver: RegretDriver = 'emulated'): string {
+  return driver === 'qemu' ? 'as-hybrid/ferry' : 'pa-hybrid/ferry';
+}
+export const DEFAULT_VARIANT = defaultVariant('emulated');
+
+export function variantsOf(sweepRounds: number, driver: RegretDriver = 'emulated'): Variant[] {
+  const swept: StrategyName = driver === 'qemu' ? 'as-hybrid' : 'pa-hybrid';
+  const beside: StrategyName[] = driver === 'qemu' ? ['as-hybrid'] : ['pa-hybrid', 'as-hybrid'];
   return [
-    ...Array.from({ length: sweepRounds }, (_, i) => ({ id: `pa-hybrid@${i + 1}`, strategy: 'pa-hybrid' as const, switchAfterRounds: i + 1, switchRule: 'paper' as const, sweep: true })),
+    ...Array.from({ length: sweepRounds }, (_, i) => ({ id: `${swept}@${i + 1}`, strategy: swept, switchAfterRounds: i + 1, switchRule: 'paper' as const, sweep: true })),
     { id: 'hybrid-1', strategy: 'hybrid-1', sweep: true },
     { id: 'hybrid-2', strategy: 'hybrid-2', sweep: true },
     { id: 'precopy', strategy: 'precopy', sweep: true },
-    { id: DEFAULT_VARIANT, strategy: 'pa-hybrid', switchRule: 'ferry', sweep: false },
-    { id: 'pa-hybrid/paper', strategy: 'pa-hybrid', switchRule: 'paper', sweep: false },
-    { id: 'as-hybrid/ferry', strategy: 'as-hybrid', switchRule: 'ferry', sweep: false },
-    { id: 'as-hybrid/paper', strategy: 'as-hybrid', switchRule: 'paper', sweep: false },
+    ...beside.flatMap((st) => (['ferry', 'paper'] as const).map((rule) => ({ id: `${st}/${rule}`, strategy: st, switchRule: rule, sweep: false }))),
   ];
 }
 
@@ -158,32 +167,84 @@ export function downtimeViolated(c: CellResult): boolean {
   return r.downtimeMs > c.cell.options.maxDowntimeMs;
 }
 
-export function summarize(results: CellResult[], sweepRounds: number): WorkloadRegret[] {
-  const workloads = [...new Set(results.map((r) => r.cell.workload))];
+/** One migration of the suite, whichever driver ran it. */
+export interface RegretSample {
+  workload: string;
+  memoryBytes: number;
+  variant: string;
+  /** Completed and (QEMU) verified by the guest on the target. */
+  ok: boolean;
+  timeMs: number;
+  dataBytes: number;
+  storageWriteBytes: number;
+  postcopyMs: number | null;
+  downtimeMs: number | null;
+  rounds: number;
+  valve: boolean;
+  downtimeViolated: boolean;
+}
+
+export function sampleOfCell(c: CellResult): RegretSample {
+  const m = c.metrics;
+  return {
+    workload: c.cell.workload,
+    memoryBytes: c.cell.memoryBytes,
+    variant: c.cell.variant,
+    ok: c.status === 'ok' && !!m,
+    timeMs: m?.totalTimeMs ?? NaN,
+    dataBytes: m?.migrationNetworkBytes ?? NaN,
+    storageWriteBytes: m?.storageWriteBytes ?? 0,
+    postcopyMs: m?.postcopyDurationMs ?? null,
+    downtimeMs: m?.downtimeMs ?? null,
+    rounds: m?.iterations ?? 0,
+    valve: /max iterations/.test(m?.endingReason ?? ''),
+    downtimeViolated: downtimeViolated(c),
+  };
+}
+
+export function sampleOfQemuRun(workload: string, memoryBytes: number, r: QemuBenchRun): RegretSample {
+  return {
+    workload,
+    memoryBytes,
+    variant: r.strategy,
+    ok: r.outcome === 'completed' && r.verified,
+    timeMs: r.totalTimeMs,
+    dataBytes: r.bytes,
+    storageWriteBytes: 0,
+    postcopyMs: r.postcopyDurationMs,
+    downtimeMs: r.downtimeMs,
+    rounds: r.passes,
+    valve: /max iterations/.test(r.ending),
+    downtimeViolated: r.downtimeViolated,
+  };
+}
+
+export function summarize(samples: RegretSample[], variants: Variant[]): WorkloadRegret[] {
+  const workloads = [...new Set(samples.map((r) => r.workload))];
   return workloads.map((w) => {
-    const mine = results.filter((r) => r.cell.workload === w);
-    const rows: VariantRow[] = variantsOf(sweepRounds).map((v) => {
-      const runs = mine.filter((r) => r.cell.variant === v.id);
-      const ok = runs.filter((r) => r.status === 'ok' && r.metrics);
-      const m = (f: (c: CellResult) => number | null): Spread | null => spread(ok.map(f).filter((x): x is number => x !== null));
+    const mine = samples.filter((r) => r.workload === w);
+    const rows: VariantRow[] = variants.map((v) => {
+      const runs = mine.filter((r) => r.variant === v.id);
+      const ok = runs.filter((r) => r.ok);
+      const m = (f: (c: RegretSample) => number | null): Spread | null => spread(ok.map(f).filter((x): x is number => x !== null));
       return {
         variant: v.id,
-        timeMs: m((c) => c.metrics!.totalTimeMs),
-        dataBytes: m((c) => c.metrics!.migrationNetworkBytes),
-        storageWriteBytes: m((c) => c.metrics!.storageWriteBytes),
-        postcopyMs: m((c) => c.metrics!.postcopyDurationMs),
-        downtimeMs: m((c) => c.metrics!.downtimeMs),
-        rounds: m((c) => c.metrics!.iterations),
-        valve: ok.filter((c) => /max iterations/.test(c.metrics!.endingReason ?? '')).length,
-        downtimeViolations: ok.filter(downtimeViolated).length,
+        timeMs: m((c) => c.timeMs),
+        dataBytes: m((c) => c.dataBytes),
+        storageWriteBytes: m((c) => c.storageWriteBytes),
+        postcopyMs: m((c) => c.postcopyMs),
+        downtimeMs: m((c) => c.downtimeMs),
+        rounds: m((c) => c.rounds),
+        valve: ok.filter((c) => c.valve).length,
+        downtimeViolations: ok.filter((c) => c.downtimeViolated).length,
         failed: runs.length - ok.length,
         vsBest: null,
       };
     });
-    const sweep = new Set(variantsOf(sweepRounds).filter((v) => v.sweep).map((v) => v.id));
+    const sweep = new Set(variants.filter((v) => v.sweep).map((v) => v.id));
     const best = rows.filter((r) => sweep.has(r.variant) && r.timeMs).sort((a, b) => a.timeMs!.median - b.timeMs!.median)[0] ?? null;
     for (const r of rows) r.vsBest = best && r.timeMs ? r.timeMs.median / best.timeMs!.median : null;
-    return { workload: w, memoryBytes: mine[0]?.cell.memoryBytes ?? 0, best: best?.variant ?? null, rows };
+    return { workload: w, memoryBytes: mine[0]?.memoryBytes ?? 0, best: best?.variant ?? null, rows };
   });
 }
 
@@ -195,18 +256,22 @@ function fmtSpread(x: Spread | null, f: (v: number) => string): string {
 }
 
 export function regretMarkdown(summary: WorkloadRegret[], plan: RegretPlan, command: string): string {
+  const driver = plan.driver ?? 'emulated';
+  const swept = driver === 'qemu' ? 'as-hybrid' : 'pa-hybrid';
+  const def = defaultVariant(driver);
+  const links = driver === 'qemu' ? `migration ${mib(plan.bandwidthBytesPerSec)} MiB/s (real QEMU guests under TCG; failed = not verified by the guest on the target)` : `migration ${mib(plan.bandwidthBytesPerSec)} MiB/s, storage ${mib(plan.storageBandwidthBytesPerSec)} MiB/s`;
   const lines = [
     '# ferry bench --suite regret',
     '',
-    `Command: \`${command}\`. ${plan.repeats} repeat(s) per variant, medians (min–max). Links: migration ${mib(plan.bandwidthBytesPerSec)} MiB/s, storage ${mib(plan.storageBandwidthBytesPerSec)} MiB/s; max downtime ${plan.maxDowntimeMs} ms; max iterations ${plan.maxIterations}.`,
-    'Hindsight-best = the sweep variant (pa-hybrid switched after a fixed n rounds, hybrid-1, hybrid-2, precopy) with the lowest median total time. Data = migration network; storage writes beside it.',
+    `Command: \`${command}\`. ${plan.repeats} repeat(s) per variant, medians (min–max). Links: ${links}; max downtime ${plan.maxDowntimeMs} ms; max iterations ${plan.maxIterations}.`,
+    `Hindsight-best = the sweep variant (${swept} switched after a fixed n rounds, hybrid-1, hybrid-2, precopy) with the lowest median total time. Data = migration network; storage writes beside it.`,
     '',
   ];
   for (const w of summary) {
     lines.push(`## ${w.workload} (${mib(w.memoryBytes)} MiB) — hindsight-best: ${w.best ?? 'none'}`, '');
     lines.push('| variant | total s | × best | data MiB | storage MiB | post-copy s | downtime ms | rounds | valve | downtime violations | failed |', '|---|---|---|---|---|---|---|---|---|---|---|');
     for (const r of w.rows) {
-      const mark = r.variant === DEFAULT_VARIANT ? ' (default)' : r.variant === w.best ? ' (best)' : '';
+      const mark = r.variant === def ? ' (default)' : r.variant === w.best ? ' (best)' : '';
       lines.push(
         `| ${r.variant}${mark} | ${fmtSpread(r.timeMs, s1)} | ${r.vsBest !== null ? r.vsBest.toFixed(2) : '–'} | ${fmtSpread(r.dataBytes, mib)} | ${fmtSpread(r.storageWriteBytes, mib)} | ${fmtSpread(r.postcopyMs, s1)} | ${fmtSpread(r.downtimeMs, (v) => v.toFixed(0))} | ${fmtSpread(r.rounds, (v) => v.toFixed(0))} | ${r.valve} | ${r.downtimeViolations} | ${r.failed} |`,
       );
@@ -241,8 +306,56 @@ export async function runRegret(plan: RegretPlan, env: RegretRun): Promise<{ sum
     fs.writeFileSync(path.join(env.outDir, 'results.json'), `${JSON.stringify({ plan, command: env.command, cells: results }, null, 1)}\n`);
   }
   progress.done();
-  const summary = summarize(results, plan.sweepRounds);
+  const summary = summarize(results.map(sampleOfCell), variantsOf(plan.sweepRounds, 'emulated'));
   fs.writeFileSync(path.join(env.outDir, 'summary.json'), `${JSON.stringify(summary, null, 1)}\n`);
   fs.writeFileSync(path.join(env.outDir, 'results.md'), `${regretMarkdown(summary, plan, env.command)}\n`);
   return { summary, results };
+}
+
+export const QEMU_REGRET_WORKLOADS = ['hot-set', 'write-intensive', 'converging', 'idle'] as const;
+
+export interface QemuRegretRun {
+  client: Client;
+  source: string;
+  target: string;
+  qemuVersion: string;
+  outDir: string;
+  command: string;
+  warmupMs: number;
+  log: (l: string) => void;
+}
+
+/** The suite on real QEMU guests: per workload, every variant `plan.repeats` times (runQemuBench). */
+export async function runQemuRegret(plan: RegretPlan, env: QemuRegretRun): Promise<{ summary: WorkloadRegret[]; samples: RegretSample[] }> {
+  const variants = variantsOf(plan.sweepRounds, 'qemu');
+  const memoryBytes = plan.memoryBytes ?? 256 * MiB;
+  fs.mkdirSync(env.outDir, { recursive: true });
+  const samples: RegretSample[] = [];
+  const runs: Record<string, QemuBenchRun[]> = {};
+  for (const workload of plan.workloads) {
+    const res = await runQemuBench(
+      {
+        client: env.client,
+        source: env.source,
+        target: env.target,
+        strategies: variants.map((v) => ({ id: v.id, strategy: v.strategy, ...(v.switchRule ? { switchRule: v.switchRule } : {}), ...(v.switchAfterRounds ? { switchAfterRounds: v.switchAfterRounds } : {}) })),
+        repeats: plan.repeats,
+        workload,
+        memoryBytes,
+        bandwidthBytesPerSec: plan.bandwidthBytesPerSec,
+        maxDowntimeMs: plan.maxDowntimeMs,
+        maxIterations: plan.maxIterations,
+        warmupMs: env.warmupMs,
+        log: env.log,
+      },
+      env.qemuVersion,
+    );
+    runs[workload] = res.runs;
+    samples.push(...res.runs.map((r) => sampleOfQemuRun(workload, memoryBytes, r)));
+    fs.writeFileSync(path.join(env.outDir, 'results.json'), `${JSON.stringify({ plan, command: env.command, qemu: env.qemuVersion, runs }, null, 1)}\n`);
+  }
+  const summary = summarize(samples, variants);
+  fs.writeFileSync(path.join(env.outDir, 'summary.json'), `${JSON.stringify(summary, null, 1)}\n`);
+  fs.writeFileSync(path.join(env.outDir, 'results.md'), `${regretMarkdown(summary, plan, env.command)}\n`);
+  return { summary, samples };
 }

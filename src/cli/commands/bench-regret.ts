@@ -1,24 +1,31 @@
 /**
- * `ferry bench --suite regret [--workloads a,b,trace:<file>] [--repeat N] [--sweep N]
- * [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--out DIR] [--json]`:
- * ferry's default against the hindsight-best fixed switch point (src/bench/regret.ts), on
- * one local cluster of emulated hosts.
+ * `ferry bench --suite regret [--driver emulated|qemu] [--workloads a,b,trace:<file>]
+ * [--repeat N] [--sweep N] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE]
+ * [--out DIR] [--json]`: ferry's default against the hindsight-best fixed switch point
+ * (src/bench/regret.ts), on one local cluster of emulated hosts or of QEMU hosts.
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
-import { REGRET_WORKLOADS, regretMarkdown, runRegret, type RegretPlan } from '../../bench/regret';
+import { withQemuBenchCluster } from '../../bench/qemu-cluster';
+import { QEMU_REGRET_WORKLOADS, REGRET_WORKLOADS, regretMarkdown, runQemuRegret, runRegret, type RegretPlan } from '../../bench/regret';
+import { QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
 import { UsageError } from '../../common/errors';
 import { parseDuration, parseRate, parseSize } from '../../common/units';
 import { startLocalCluster } from '../../support/local-cluster';
-import { int, str } from '../args';
+import { choice, int, str } from '../args';
 import { configFrom, say } from '../context';
 
 export async function runRegretSuite(values: Record<string, unknown>, argv: string[]): Promise<number> {
-  const workloads = str(values.workloads)?.split(',').filter(Boolean) ?? [...REGRET_WORKLOADS];
-  for (const w of workloads) {
+  const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
+  const qemu = driver === 'qemu';
+  const workloads = str(values.workloads)?.split(',').filter(Boolean) ?? [...(qemu ? QEMU_REGRET_WORKLOADS : REGRET_WORKLOADS)];
+  if (qemu) {
+    for (const w of workloads) if (!QEMU_WORKLOADS[w]) throw new UsageError(`--workloads: '${w}' is not a QEMU guest workload (${Object.keys(QEMU_WORKLOADS).join(', ')}); trace files run on emulated hosts`);
+    if (values['storage-bandwidth'] !== undefined) throw new UsageError('--storage-bandwidth: the QEMU engine has no storage channel yet (its default strategy is as-hybrid)');
+  } else for (const w of workloads) {
     if (!w.startsWith('trace:') && !(REGRET_WORKLOADS as readonly string[]).includes(w)) throw new UsageError(`--workloads: '${w}' is not one of ${REGRET_WORKLOADS.join(', ')}, trace:<file>`);
     if (w.startsWith('trace:') && !fs.existsSync(w.slice(6))) throw new UsageError(`--workloads: trace file ${w.slice(6)} does not exist`);
   }
@@ -32,14 +39,23 @@ export async function runRegretSuite(values: Record<string, unknown>, argv: stri
     maxDowntimeMs: values['max-downtime'] !== undefined ? parseDuration(String(values['max-downtime']), '--max-downtime') : 300,
     maxIterations: int(values['max-iterations'], 'max-iterations', 1, 1000) ?? 30,
     seedBase: int(values.seed, 'seed', 0, 0xffffff) ?? 1,
+    driver,
   };
-  const warmupMs = values.warmup !== undefined ? parseDuration(String(values.warmup), '--warmup') : 1000;
+  const warmupMs = values.warmup !== undefined ? parseDuration(String(values.warmup), '--warmup') : qemu ? 2000 : 1000;
+  const outDir = path.resolve(str(values.out) ?? path.join('bench-results', `regret-${new Date().toISOString().replace(/[:.]/g, '-')}`));
+  const command = ['ferry', 'bench', ...argv].join(' ');
+  if (qemu) {
+    return withQemuBenchCluster({ cfg: configFrom(values), prefix: 'qregret', memoryBytes: plan.memoryBytes ?? 256 * 2 ** 20, log: say, verbose: values.verbose === true }, async (c) => {
+      const { summary, samples } = await runQemuRegret(plan, { ...c, outDir, command, warmupMs, log: say });
+      if (values.json === true) process.stdout.write(`${JSON.stringify({ plan, summary }, null, 2)}\n`);
+      else process.stdout.write(`${regretMarkdown(summary, plan, command)}\n${path.join(outDir, 'results.md')}\n`);
+      return samples.every((r) => r.ok) ? 0 : 1;
+    });
+  }
   const runId = randomBytes(3).toString('hex');
   const [source, target] = [`regret-${runId}-a`, `regret-${runId}-b`];
   const storageDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-regret-storage-'));
   const cfg = { ...configFrom(values), storageDir };
-  const outDir = path.resolve(str(values.out) ?? path.join('bench-results', `regret-${new Date().toISOString().replace(/[:.]/g, '-')}`));
-  const command = ['ferry', 'bench', ...argv].join(' ');
   const cluster = await startLocalCluster({ cfg, hosts: [source, target], memoryCapacity: String(2 * 2 ** 30), log: say, verbose: values.verbose === true });
   try {
     const connection = await Connection.connect({ address: cluster.address });

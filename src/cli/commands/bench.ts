@@ -12,17 +12,16 @@ import { Client, Connection } from '@temporalio/client';
 import { machineFacts, parseOnly, planCells, renderExisting, runBench, SCALES, COMPARISON_INFO, type ScaleName } from '../../bench/suite';
 import { UsageError } from '../../common/errors';
 import { formatBytes, parseDuration, parseRate, parseSize } from '../../common/units';
-import { killQemusUnder, QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
-import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
+import { QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
+import { withQemuBenchCluster } from '../../bench/qemu-cluster';
 import { QEMU_BENCH_STRATEGIES, parseQemuVariant, qemuTable, runQemuBench, writeQemuOutputs } from '../../bench/qemu';
-import { spawnSync } from 'node:child_process';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
 import { startLocalCluster } from '../../support/local-cluster';
 import { runRegretSuite } from './bench-regret';
 
 export const help =
-  'ferry bench --suite regret [--workloads memcached,…,trace:<file>] [--repeat N] [--sweep N] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--out DIR] [--json]   ferry\'s default vs the hindsight-best switch point · ' +
+  'ferry bench --suite regret [--driver emulated|qemu] [--workloads memcached,…,trace:<file>] [--repeat N] [--sweep N] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--out DIR] [--json]   ferry\'s default vs the hindsight-best switch point · ' +
   'ferry bench --suite qemu [--repeat N] [--strategies precopy,hybrid-1,as-hybrid] [--workload W] [--memory SIZE] [--bandwidth RATE] [--warmup T] [--out DIR] [--json]   the QEMU cell (real guests, TCG) · ' +
   'ferry bench [--suite paper|faults] [--trials N] [--seed S] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
 
@@ -52,6 +51,7 @@ export async function run(argv: string[]): Promise<number> {
       workloads: { type: 'string' },
       sweep: { type: 'string' },
       'storage-bandwidth': { type: 'string' },
+      driver: { type: 'string' },
     },
     false,
   );
@@ -159,42 +159,12 @@ async function runQemuSuite(values: Record<string, unknown>, argv: string[]): Pr
   const repeats = int(values.repeat, 'repeat', 1, 100) ?? 3;
   const maxDowntimeMs = values['max-downtime'] !== undefined ? parseDuration(str(values['max-downtime'])!, '--max-downtime') : 300;
   const maxIterations = int(values['max-iterations'], 'max-iterations', 1, 1000) ?? 30;
-  const version = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).stdout?.split('\n')[0]?.replace(/^QEMU emulator version /, 'QEMU ') ?? '';
-  if (!version) throw new UsageError('qemu-system-x86_64 is not installed (ferry setup --tests installs QEMU ≥ 9 on Debian)');
-  const img = await ensureTestGuest({ log: say });
-  const runId = randomBytes(3).toString('hex');
-  const [source, target] = [`qbench-${runId}-a`, `qbench-${runId}-b`];
-  const stateRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-qemu-'));
-  const storageDir = path.join(stateRoot, 'storage');
-  const cfg = { ...configFrom(values), storageDir };
   const outDir = path.resolve(str(values.out) ?? path.join('bench-results', `qemu-${new Date().toISOString().replace(/[:.]/g, '-')}`));
-  const cluster = await startLocalCluster({
-    cfg,
-    hosts: [source, target],
-    memoryCapacity: String(memoryBytes * 2 + 256 * 2 ** 20),
-    log: say,
-    verbose: values.verbose === true,
-    agentArgs: (host) => ['--driver', 'qemu', '--qemu-state', path.join(stateRoot, host), '--migration-addr', '127.0.0.1', '--guest-kernel', img.kernel, '--guest-initrd', img.initrd],
+  return withQemuBenchCluster({ cfg: configFrom(values), prefix: 'qbench', memoryBytes, log: say, verbose: values.verbose === true }, async ({ client, source, target, qemuVersion }) => {
+    const res = await runQemuBench({ client, source, target, strategies, repeats, workload, memoryBytes, bandwidthBytesPerSec: bandwidth, maxDowntimeMs, maxIterations, warmupMs, log: say }, qemuVersion);
+    writeQemuOutputs(res, outDir, ['ferry', 'bench', ...argv].join(' '));
+    if (values.json === true) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+    else process.stdout.write(`${qemuTable(res)}\n\n${path.join(outDir, 'results.md')}\n`);
+    return res.runs.every((r) => r.verified) ? 0 : 1;
   });
-  try {
-    const connection = await Connection.connect({ address: cluster.address });
-    try {
-      const client = new Client({ connection, namespace: cfg.namespace });
-      const res = await runQemuBench(
-        { client, source, target, strategies, repeats, workload, memoryBytes, bandwidthBytesPerSec: bandwidth, maxDowntimeMs, maxIterations, warmupMs, log: say },
-        version,
-      );
-      writeQemuOutputs(res, outDir, ['ferry', 'bench', ...argv].join(' '));
-      if (values.json === true) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
-      else process.stdout.write(`${qemuTable(res)}\n\n${path.join(outDir, 'results.md')}\n`);
-      return res.runs.every((r) => r.verified) ? 0 : 1;
-    } finally {
-      await connection.close();
-    }
-  } finally {
-    await cluster.stop();
-    // QEMU runs daemonized: kill what the agents left behind.
-    for (const host of [source, target]) killQemusUnder(path.join(stateRoot, host));
-    fs.rmSync(stateRoot, { recursive: true, force: true });
-  }
 }

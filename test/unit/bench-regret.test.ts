@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest';
+import { defaultVariant, regretMarkdown, summarize, variantsOf, type RegretPlan, type RegretSample } from '../../src/bench/regret';
+import { parseQemuVariant } from '../../src/bench/qemu';
+
+const MiB = 2 ** 20;
+
+function sample(variant: string, timeMs: number, over: Partial<RegretSample> = {}): RegretSample {
+  return { workload: 'w', memoryBytes: 64 * MiB, variant, ok: true, timeMs, dataBytes: timeMs * 1000, storageWriteBytes: 0, postcopyMs: null, downtimeMs: 100, rounds: 3, valve: false, downtimeViolated: false, ...over };
+}
+
+describe('regret: variants', () => {
+  it('sweeps the engine default strategy, with the baselines; the default sits beside the sweep', () => {
+    const em = variantsOf(3, 'emulated');
+    expect(em.filter((v) => v.sweep).map((v) => v.id)).toEqual(['pa-hybrid@1', 'pa-hybrid@2', 'pa-hybrid@3', 'hybrid-1', 'hybrid-2', 'precopy']);
+    expect(em.filter((v) => !v.sweep).map((v) => v.id)).toEqual(['pa-hybrid/ferry', 'pa-hybrid/paper', 'as-hybrid/ferry', 'as-hybrid/paper']);
+    const q = variantsOf(2, 'qemu');
+    expect(q.filter((v) => v.sweep).map((v) => v.id)).toEqual(['as-hybrid@1', 'as-hybrid@2', 'hybrid-1', 'hybrid-2', 'precopy']);
+    expect(q.filter((v) => !v.sweep).map((v) => v.id)).toEqual(['as-hybrid/ferry', 'as-hybrid/paper']);
+    expect(defaultVariant('qemu')).toBe('as-hybrid/ferry');
+    expect(defaultVariant('emulated')).toBe('pa-hybrid/ferry');
+    // Every QEMU variant is one the QEMU bench runs as it is written.
+    for (const v of q) expect(parseQemuVariant(v.id)).toMatchObject({ id: v.id, strategy: v.strategy });
+    expect(parseQemuVariant('as-hybrid@2')).toMatchObject({ switchAfterRounds: 2, switchRule: 'paper' });
+  });
+});
+
+describe('regret: summary', () => {
+  const variants = variantsOf(2, 'emulated');
+  it('takes the hindsight-best from the sweep only, by median, and sets every variant against it', () => {
+    const samples = [
+      ...[10_000, 11_000, 30_000].map((t) => sample('pa-hybrid@1', t)), // median 11 s
+      ...[9_000, 12_000, 12_500].map((t) => sample('hybrid-1', t)), // median 12 s
+      ...[5_000, 5_000, 5_000].map((t) => sample('pa-hybrid/paper', t)), // beside the sweep: never the best
+      ...[12_100, 12_600, 12_650].map((t) => sample('pa-hybrid/ferry', t)),
+      sample('precopy', 40_000, { valve: true, downtimeMs: 900 }),
+      sample('precopy', 41_000, { ok: false }),
+      sample('hybrid-2', 20_000, { downtimeViolated: true }),
+    ];
+    const [w] = summarize(samples, variants);
+    expect(w!.best).toBe('pa-hybrid@1');
+    const row = (id: string) => w!.rows.find((r) => r.variant === id)!;
+    expect(row('pa-hybrid@1').timeMs).toEqual({ median: 11_000, min: 10_000, max: 30_000, n: 3 });
+    expect(row('pa-hybrid/ferry').vsBest).toBeCloseTo(12_600 / 11_000, 6);
+    expect(row('pa-hybrid/paper').vsBest).toBeCloseTo(5 / 11, 6);
+    expect(row('precopy')).toMatchObject({ valve: 1, failed: 1, downtimeViolations: 0 });
+    expect(row('precopy').timeMs!.n).toBe(1);
+    expect(row('hybrid-2').downtimeViolations).toBe(1);
+    expect(row('pa-hybrid@2').timeMs).toBeNull();
+    expect(row('pa-hybrid@2').vsBest).toBeNull();
+  });
+
+  it('renders the default and the best, with the driver named', () => {
+    const plan: RegretPlan = { workloads: ['w'], repeats: 3, sweepRounds: 2, memoryBytes: null, bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 0, maxDowntimeMs: 300, maxIterations: 30, seedBase: 1, driver: 'qemu' };
+    const q = variantsOf(2, 'qemu');
+    const md = regretMarkdown(summarize([sample('as-hybrid@1', 4000), sample('as-hybrid/ferry', 4400)], q), plan, 'ferry bench --suite regret --driver qemu');
+    expect(md).toContain('as-hybrid switched after a fixed n rounds');
+    expect(md).toContain('real QEMU guests under TCG');
+    expect(md).toMatch(/\| as-hybrid@1 \(best\) \| 4\.00 \| 1\.00 \|/);
+    expect(md).toMatch(/\| as-hybrid\/ferry \(default\) \| 4\.40 \| 1\.10 \|/);
+  });
+});
