@@ -6,6 +6,7 @@
  * the event that says it happened. Per-pass statistics are the ones the driver captured at
  * MIGRATION_PASS (the dirty-bitmap sync), never polled.
  */
+import { growthCurve, startDirtySampler } from '../hypervisor/qemu/dirty-sampler';
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { mayPostcopy, type StrategyName } from '../policy/types';
 import { userError } from './errors';
@@ -26,6 +27,8 @@ export interface QemuIteration {
   durationMs: number;
   dirtyAfter: number;
   finishedAtMs: number;
+  /** The dirty set's growth during the pass, [ms, pages], from QEMU's page sampling (dirty-sampler.ts). */
+  growth?: number[][];
 }
 
 export type QemuPassResult =
@@ -126,6 +129,21 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       const startedAtMs = Date.now();
       sessions.set(input.migrationId, { vm: input.vm, passBase, uri: input.uri, startedAtMs, strategy: input.strategy });
       await v.qmp.execute('migrate', { uri: input.uri });
+      // While pre-copy runs, measure how the dirty set grows (ferry's switch rule reads it).
+      const since = startedAtMs - 1000;
+      startDirtySampler({
+        qmp: v.qmp,
+        pageSize: 4096,
+        passes: () => v.passes.length,
+        precopyRunning: () => {
+          const st = lastStatus(v, since)?.status;
+          return ctx.driver.vm(input.vm)?.qmp === v.qmp && (st === undefined || st === 'setup' || st === 'active');
+        },
+        record: (g) => {
+          v.growth.push(g);
+          if (v.growth.length > 400) v.growth.splice(0, v.growth.length - 400);
+        },
+      }).done.catch(() => undefined);
       return { startedAtMs, pageSize: 4096 };
     },
 
@@ -150,6 +168,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
               const ra = a.info.ram ?? NO_RAM_YET;
               const rb = b.info.ram ?? NO_RAM_YET;
               const pageSize = rb.pageSize || 4096;
+              const growth = growthCurve(vm.growth, a.atMs, b.atMs);
               // Pages sent between the two syncs (zero pages too: they were dirty); wire bytes.
               const bytes = Math.max(0, rb.transferred - ra.transferred);
               return {
@@ -161,6 +180,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
                   durationMs: Math.max(0, b.atMs - a.atMs),
                   dirtyAfter: Math.round(rb.remaining / pageSize),
                   finishedAtMs: b.atMs,
+                  ...(growth.length > 0 ? { growth } : {}),
                 },
               };
             }

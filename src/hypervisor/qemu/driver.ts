@@ -7,6 +7,7 @@
  * Test guests (./guest-image.ts) run a workload that dirties memory and verifies its own
  * pages; the driver reads its verdicts from the serial log.
  */
+import type { GrowthSample } from './dirty-sampler';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { HypervisorDriver, VmInfo, VmSpec, VmState } from '../driver';
@@ -85,6 +86,8 @@ export interface QemuVm {
   /** MIGRATION status events as they came, with QEMU's timestamps. */
   statuses: { status: string; atMs: number }[];
   passes: PassSample[];
+  /** The dirty set's growth, measured while pre-copy runs (dirty-sampler.ts); the latest few hundred windows. */
+  growth: GrowthSample[];
   /** Wakes whoever waits for a pass or a status. */
   waiters: Set<() => void>;
   /** QEMU's timestamps of the last STOP and RESUME events (the guest paused / ran again). */
@@ -134,6 +137,7 @@ export class QemuDriver implements HypervisorDriver {
       incoming,
       statuses: [],
       passes: [],
+      growth: [],
       waiters: new Set(),
       lastStopAtMs: null,
       lastResumeAtMs: null,
