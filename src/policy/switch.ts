@@ -173,3 +173,21 @@ export function decide(state: PolicyState, cfg: PolicyConfig): Decision {
     }
   }
 }
+
+/**
+ * par-migrate's rounds while the target still merges StaticData (ferry's rule only). No
+ * decision can switch before the merge is done, so the rounds go on — but a round the rule
+ * would not send once merged (it would switch: no progress, not worth another round, or
+ * diverging) only resends pages that will be dirty again at the switch: migration-network
+ * data and time for nothing. Such rounds are held: the workflow waits for the merge, sends
+ * one fresh round (the decision needs the dirty set as it is then) and decides.
+ * Returns the reason to hold, or null to send the round.
+ */
+export function holdForMerge(state: PolicyState, cfg: PolicyConfig): string | null {
+  if (cfg.switchRule !== 'ferry' || state.staticMerged || cfg.switchAfterRounds) return null;
+  if (cfg.strategy !== 'pa-hybrid') return null;
+  const once = decide({ ...state, staticMerged: true }, cfg);
+  if (once.action !== 'switch-to-postcopy') return null;
+  const why = once.reason.replace(/^switch to post-copy at iteration \d+: /, '');
+  return `hold the rounds at iteration ${state.iterations.length + 1} until the static merge is done: once merged the rule would switch (${why}); one fresh round after the merge, then the decision`;
+}

@@ -20,8 +20,8 @@ import { ApplicationFailure, CancellationScope, allHandlersFinished, condition, 
 import type { HostActivities } from '../activities/host';
 import type { StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
-import { decide, lambdaOf, transferMs } from '../policy';
-import { mayPostcopy, usesParMigrate, type Decision, type IterationStat, type SwitchRule } from '../policy/types';
+import { decide, holdForMerge, lambdaOf, transferMs } from '../policy';
+import { mayPostcopy, usesParMigrate, type Decision, type IterationStat, type PolicyConfig, type PolicyState, type SwitchRule } from '../policy/types';
 import { audited } from './audit';
 import { Journal, progressOf, registerControls } from './controls';
 import { engineFor, type Engine, type EngineName, type VmFacts } from './engine';
@@ -41,6 +41,8 @@ export const ONE_RUNBOOK_PATCH = 'ferry-one-runbook';
 export const SWITCH_RULE_PATCH = 'ferry-switch-rule';
 /** Marks runs whose stop-and-copy test counts the pause's measured overhead. */
 export const DOWNTIME_PATCH = 'ferry-downtime-promise';
+/** Marks runs that hold par-migrate's rounds the rule would not send until the static merge is done. */
+export const HOLD_FOR_MERGE_PATCH = 'ferry-hold-for-merge';
 
 const facts = (host: string) =>
   proxyActivities<HostActivities>({
@@ -71,6 +73,7 @@ class Runbook {
   /** Unset in the input: ferry's rule, except in histories recorded before the choice existed. */
   private readonly switchRule: SwitchRule;
   private readonly countsPauseOverhead: boolean;
+  private readonly holdsForMerge: boolean;
   private readonly par: boolean;
   private readonly pbdataMode: 'sync' | 'async' | 'off';
   private engine: Engine | null = null;
@@ -115,6 +118,7 @@ class Runbook {
     this.staticMerged = this.par ? false : null;
     this.switchRule = input.options.switchRule ?? (patched(SWITCH_RULE_PATCH) ? 'ferry' : 'paper');
     this.countsPauseOverhead = patched(DOWNTIME_PATCH);
+    this.holdsForMerge = this.par && patched(HOLD_FOR_MERGE_PATCH);
     this.registerControls();
   }
 
@@ -238,8 +242,23 @@ class Runbook {
       }
       if ((i > 1 && !statsStale) || strategy === 'postcopy') {
         const d = this.decide(i);
-        journal.record(d);
+        const hold = d.action === 'continue' && this.mayHoldForMerge() ? holdForMerge(this.policyState(), this.policyConfig()) : null;
+        journal.record(hold ? { action: 'continue', reason: hold } : d);
         if (d.action !== 'continue') return d.action;
+        if (hold) {
+          await condition(() => this.staticMerged === true || this.saveError !== null || this.mergeFailed || journal.forcedBy !== null);
+          if (this.mergeFailed) await this.mergePromise; // throws: roll back
+          if (journal.forcedBy) {
+            const forced = this.decide(i);
+            journal.record(forced);
+            if (forced.action !== 'continue') return forced.action;
+          }
+          if (this.staticMerged) statsStale = true;
+          if (this.staticSaveFailed()) {
+            i--; // the save failed: redo this boundary (the bulk round comes next)
+            continue;
+          }
+        }
       }
       journal.roundInFlight = true;
       const r = await this.engine!.round(i, (i === 1 && !this.par) || bulkNext).finally(() => (journal.roundInFlight = false));
@@ -264,23 +283,34 @@ class Runbook {
   }
 
   private decide(i: number): Decision {
-    const { strategy, options } = this.input;
     if (this.journal.forcedBy) return { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${this.journal.forcedBy}` };
-    const f = this.vmFacts!;
+    return decide(this.policyState(), this.policyConfig());
+  }
+
+  /** What the policy sees at a boundary: the rounds so far, what is dirty, whether StaticData is merged. */
+  private policyState(): PolicyState {
     const overhead = this.countsPauseOverhead ? this.engine!.pauseOverheadMs(this.journal.iterations) : undefined;
-    return decide(
-      { iterations: this.journal.iterations.map(toStat), remainingPages: this.remainingPages, staticMerged: this.staticMerged ?? true, ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}) },
-      {
-        strategy,
-        pageSize: f.pageSize,
-        pageCount: f.pageCount,
-        maxDowntimeMs: options.maxDowntimeMs,
-        maxIterations: options.maxIterations,
-        bandwidthBytesPerSec: this.bandwidth || 1e12,
-        switchRule: this.switchRule,
-        ...(options.switchAfterRounds ? { switchAfterRounds: options.switchAfterRounds } : {}),
-      },
-    );
+    return { iterations: this.journal.iterations.map(toStat), remainingPages: this.remainingPages, staticMerged: this.staticMerged ?? true, ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}) };
+  }
+
+  private policyConfig(): PolicyConfig {
+    const { strategy, options } = this.input;
+    const f = this.vmFacts!;
+    return {
+      strategy,
+      pageSize: f.pageSize,
+      pageCount: f.pageCount,
+      maxDowntimeMs: options.maxDowntimeMs,
+      maxIterations: options.maxIterations,
+      bandwidthBytesPerSec: this.bandwidth || 1e12,
+      switchRule: this.switchRule,
+      ...(options.switchAfterRounds ? { switchAfterRounds: options.switchAfterRounds } : {}),
+    };
+  }
+
+  /** A round may be held for the merge only while StaticData is still being saved and merged. */
+  private mayHoldForMerge(): boolean {
+    return this.holdsForMerge && this.staticMerged === false && this.mergePromise !== null && this.saveError === null && this.staticAbandoned === null && !this.mergeFailed;
   }
 
   /** While the target still merges StaticData, do not spin on tiny rounds: wait for the merge or 200 ms. */

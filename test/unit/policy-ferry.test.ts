@@ -1,6 +1,6 @@
 /** ferry's switch rule, the paper's rule beside it, the fixed switch point and the pause's overhead. */
 import { describe, expect, it } from 'vitest';
-import { budgetPages, decide, growthAt, predictNextRound, stopAndCopyTest } from '../../src/policy';
+import { budgetPages, decide, growthAt, holdForMerge, predictNextRound, stopAndCopyTest } from '../../src/policy';
 import type { IterationStat, PolicyConfig, PolicyState, StrategyName, SwitchRule } from '../../src/policy';
 
 const PAGE = 4096;
@@ -155,5 +155,30 @@ describe('downtime: the pause costs more than the last pages', () => {
   it('the budget in pages shrinks by the overhead', () => {
     const s = state(rounds([65536, 4000], 2000));
     expect(budgetPages({ ...s, pauseOverheadMs: 150 }, cfg('precopy'))).toBeLessThan(budgetPages(s, cfg('precopy')));
+  });
+});
+
+describe('holdForMerge: rounds during the static merge', () => {
+  const PAGE_ = 4096;
+  const cfgOf = (over: Partial<PolicyConfig> = {}): PolicyConfig => ({ strategy: 'pa-hybrid', pageSize: PAGE_, pageCount: 65536, maxDowntimeMs: 300, maxIterations: 30, bandwidthBytesPerSec: 32 * 2 ** 20, switchRule: 'ferry', ...over });
+  const plateau: IterationStat[] = [
+    { index: 1, pages: 3000, durationMs: 366, bytes: 3000 * PAGE_, dirtyAfter: 3000 },
+    { index: 2, pages: 3000, durationMs: 366, bytes: 3000 * PAGE_, dirtyAfter: 3000 },
+  ];
+  const shrinking: IterationStat[] = [
+    { index: 1, pages: 20000, durationMs: 2441, bytes: 20000 * PAGE_, dirtyAfter: 8000 },
+    { index: 2, pages: 8000, durationMs: 976, bytes: 8000 * PAGE_, dirtyAfter: 3200 },
+  ];
+  it.each([
+    ['a plateau, merge running, ferry', plateau, 3000, false, {}, /^hold the rounds at iteration 3 until the static merge is done: once merged the rule would switch \(no progress: next round sends 3000 pages/],
+    ['a plateau, merged already', plateau, 3000, true, {}, null],
+    ["a plateau, the paper's rule", plateau, 3000, false, { switchRule: 'paper' as const }, null],
+    ['a plateau, a fixed switch point (the sweep)', plateau, 3000, false, { switchAfterRounds: 5 }, null],
+    ['a plateau, as-hybrid (no merge)', plateau, 3000, false, { strategy: 'as-hybrid' as const }, null],
+    ['a load shrinking toward the budget', shrinking, 3200, false, {}, null],
+  ])('%s', (_name, iterations, remainingPages, staticMerged, over, expected) => {
+    const why = holdForMerge({ iterations, remainingPages, staticMerged }, cfgOf(over));
+    if (expected === null) expect(why).toBeNull();
+    else expect(why).toMatch(expected);
   });
 });

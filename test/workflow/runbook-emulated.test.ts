@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { forcePostcopyUpdate } from '../../src/workflows/messages';
-import { closedOrStalled, converging, diverging, history, nonRetryable, progressUntil, report, startHarness, steady, withCluster, type Harness } from './stubs';
+import { closedOrStalled, converging, diverging, history, nonRetryable, progressUntil, report, startHarness, steady, withCluster, type Harness, type Rounds } from './stubs';
 
 let h: Harness;
 beforeAll(async () => {
@@ -86,6 +86,49 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
       expect(c.called('switchToPostcopy')).toEqual([]);
       const undos = c.calls.filter((x) => ['cleanupStorage', 'rollbackSource', 'abortTarget'].includes(x.name)).map((x) => `${x.side}:${x.name}`);
       expect(undos).toEqual(['source:cleanupStorage', 'source:rollbackSource', 'target:abortTarget']);
+    });
+  });
+
+  // A plateau (3000 pages a round, all dirty again) while the target still merges: ferry's rule
+  // would switch once merged, so the rounds it would not send are held until the merge is done;
+  // then one fresh round (the decision needs the dirty set as it is then) and the switch.
+  it("ferry's rule holds the rounds it would not send while the target merges: one fresh round after the merge, then the switch", async () => {
+    const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000 });
+    await withCluster(h, { rounds: plateau }, async (c) => {
+      const merge = c.gate();
+      c.on('mergeStatic', async (_input, ctx) => {
+        await merge.wait();
+        return ctx.answer();
+      });
+      const handle = await c.migrate('pa-hybrid', { maxIterations: 30 });
+      await progressUntil(handle, (p) => /^hold the rounds at iteration 3 until the static merge is done: once merged the rule would switch \(no progress/.test(p.lastDecision?.reason ?? ''), 'the hold');
+      const sent = c.called('runIteration').length;
+      merge.open();
+      const r = await report(handle);
+      expect(r.outcome).toBe('completed');
+      // Two rounds before the hold, none while it lasted, one after the merge.
+      expect(sent).toBe(2);
+      expect(c.called('runIteration')).toHaveLength(3);
+      expect(r.decisions.map((d) => d.action)).toEqual(['continue', 'continue', 'switch-to-postcopy']);
+      expect(r.decisions.at(-1)!.reason).toMatch(/^switch to post-copy at iteration 4: no progress/);
+    });
+  });
+
+  it("the paper's rule goes on sending rounds while the target merges, as it always did", async () => {
+    const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000 });
+    await withCluster(h, { rounds: plateau }, async (c) => {
+      const merge = c.gate();
+      c.on('mergeStatic', async (_input, ctx) => {
+        await merge.wait();
+        return ctx.answer();
+      });
+      const handle = await c.migrate('pa-hybrid', { maxIterations: 8, switchRule: 'paper' });
+      await c.until(() => c.called('runIteration').length >= 5, 'five rounds during the merge');
+      merge.open();
+      const r = await report(handle);
+      expect(r.outcome).toBe('completed');
+      expect(r.decisions.some((d) => /hold the rounds/.test(d.reason))).toBe(false);
+      expect(r.decisions.filter((d) => d.reason === 'continue: static merge not complete').length).toBeGreaterThanOrEqual(4);
     });
   });
 
