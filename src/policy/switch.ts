@@ -4,7 +4,7 @@
  * Every result carries the reason with the numbers it was decided on.
  */
 import { estimateSendMs, fmt, lambdas } from './convergence';
-import { ferrySwitch } from './ferry-switch';
+import { ferrySwitch, growthAt, predictNextRound } from './ferry-switch';
 import type { Decision, PolicyConfig, PolicyState } from './types';
 
 const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
@@ -188,6 +188,18 @@ export function holdForMerge(state: PolicyState, cfg: PolicyConfig): string | nu
   if (cfg.strategy !== 'pa-hybrid') return null;
   const once = decide({ ...state, staticMerged: true }, cfg);
   if (once.action !== 'switch-to-postcopy') return null;
+  // Only a saturated dirty set may wait: the round after the merge sends what the guest
+  // dirtied over the whole wait, so a set still growing would come back bigger than the
+  // rounds it replaces. Saturated = the measured growth curves (every one of the last
+  // three) add less than 10 % between the next round's duration and four times it.
+  const next = predictNextRound(state, cfg);
+  const curves = state.iterations.slice(-3).filter((it) => it.growth && it.growth.length > 0);
+  if (!next || curves.length === 0 || !(next.leaves > 0)) return null;
+  const later = Math.min(...curves.map((it) => growthAt(it.growth!, next.ms * 4) ?? Infinity));
+  if (!(later <= next.leaves * HOLD_SATURATION)) return null;
   const why = once.reason.replace(/^switch to post-copy at iteration \d+: /, '');
-  return `hold the rounds at iteration ${state.iterations.length + 1} until the static merge is done: once merged the rule would switch (${why}); one fresh round after the merge, then the decision`;
+  return `hold the rounds at iteration ${state.iterations.length + 1} until the static merge is done: once merged the rule would switch (${why}); the dirty set is saturated (~${Math.round(later)} pages after ${Math.round(next.ms * 4)} ms); one fresh round after the merge, then the decision`;
 }
+
+/** A dirty set that grows less than this between one round's duration and four times it is saturated. */
+export const HOLD_SATURATION = 1.1;

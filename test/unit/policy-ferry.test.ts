@@ -161,16 +161,23 @@ describe('downtime: the pause costs more than the last pages', () => {
 describe('holdForMerge: rounds during the static merge', () => {
   const PAGE_ = 4096;
   const cfgOf = (over: Partial<PolicyConfig> = {}): PolicyConfig => ({ strategy: 'pa-hybrid', pageSize: PAGE_, pageCount: 65536, maxDowntimeMs: 300, maxIterations: 30, bandwidthBytesPerSec: 32 * 2 ** 20, switchRule: 'ferry', ...over });
+  // 3000 pages at 32 MiB/s take 366 ms; a hot set saturates within ~150 ms, a steady writer does not.
+  const flat = [[50, 2000], [100, 2800], [150, 2990], [250, 3000], [366, 3000]];
+  const rising = [[50, 410], [100, 820], [200, 1640], [366, 3000]];
   const plateau: IterationStat[] = [
-    { index: 1, pages: 3000, durationMs: 366, bytes: 3000 * PAGE_, dirtyAfter: 3000 },
-    { index: 2, pages: 3000, durationMs: 366, bytes: 3000 * PAGE_, dirtyAfter: 3000 },
+    { index: 1, pages: 3000, durationMs: 366, bytes: 3000 * PAGE_, dirtyAfter: 3000, growth: flat },
+    { index: 2, pages: 3000, durationMs: 366, bytes: 3000 * PAGE_, dirtyAfter: 3000, growth: flat },
   ];
+  const growingPlateau: IterationStat[] = plateau.map((it) => ({ ...it, growth: rising }));
+  const noCurves: IterationStat[] = plateau.map(({ growth: _g, ...it }) => it);
   const shrinking: IterationStat[] = [
     { index: 1, pages: 20000, durationMs: 2441, bytes: 20000 * PAGE_, dirtyAfter: 8000 },
     { index: 2, pages: 8000, durationMs: 976, bytes: 8000 * PAGE_, dirtyAfter: 3200 },
   ];
   it.each([
-    ['a plateau, merge running, ferry', plateau, 3000, false, {}, /^hold the rounds at iteration 3 until the static merge is done: once merged the rule would switch \(no progress: next round sends 3000 pages/],
+    ['a saturated plateau, merge running, ferry', plateau, 3000, false, {}, /^hold the rounds at iteration 3 until the static merge is done: once merged the rule would switch \(no progress: next round sends 3000 pages.*\); the dirty set is saturated \(~3000 pages after 1464 ms\)/],
+    ['a set that still grows (the round after a wait would be bigger)', growingPlateau, 3000, false, {}, null],
+    ['no growth curves (nothing says the set is saturated)', noCurves, 3000, false, {}, null],
     ['a plateau, merged already', plateau, 3000, true, {}, null],
     ["a plateau, the paper's rule", plateau, 3000, false, { switchRule: 'paper' as const }, null],
     ['a plateau, a fixed switch point (the sweep)', plateau, 3000, false, { switchAfterRounds: 5 }, null],

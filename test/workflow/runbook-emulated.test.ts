@@ -89,11 +89,13 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
     });
   });
 
-  // A plateau (3000 pages a round, all dirty again) while the target still merges: ferry's rule
-  // would switch once merged, so the rounds it would not send are held until the merge is done;
-  // then one fresh round (the decision needs the dirty set as it is then) and the switch.
-  it("ferry's rule holds the rounds it would not send while the target merges: one fresh round after the merge, then the switch", async () => {
-    const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000 });
+  // A saturated hot set (3000 pages a round, all dirty again, its growth curve flat) while the
+  // target still merges: ferry's rule would switch once merged, so the rounds it would not send
+  // are held until the merge is done; then one fresh round (the decision needs the dirty set
+  // as it is then) and the switch.
+  const saturated = [[10, 2000], [20, 2900], [30, 2990], [40, 3000], [50, 3000]];
+  it("ferry's rule holds the rounds it would not send while the target merges a saturated set: one fresh round after the merge, then the switch", async () => {
+    const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000, growth: saturated });
     await withCluster(h, { rounds: plateau }, async (c) => {
       const merge = c.gate();
       c.on('mergeStatic', async (_input, ctx) => {
@@ -101,21 +103,40 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
         return ctx.answer();
       });
       const handle = await c.migrate('pa-hybrid', { maxIterations: 30 });
-      await progressUntil(handle, (p) => /^hold the rounds at iteration 3 until the static merge is done: once merged the rule would switch \(no progress/.test(p.lastDecision?.reason ?? ''), 'the hold');
+      await progressUntil(handle, (p) => /^hold the rounds at iteration 2 until the static merge is done: once merged the rule would switch \(no progress.*the dirty set is saturated/.test(p.lastDecision?.reason ?? ''), 'the hold');
       const sent = c.called('runIteration').length;
       merge.open();
       const r = await report(handle);
       expect(r.outcome).toBe('completed');
-      // Two rounds before the hold, none while it lasted, one after the merge.
-      expect(sent).toBe(2);
-      expect(c.called('runIteration')).toHaveLength(3);
-      expect(r.decisions.map((d) => d.action)).toEqual(['continue', 'continue', 'switch-to-postcopy']);
-      expect(r.decisions.at(-1)!.reason).toMatch(/^switch to post-copy at iteration 4: no progress/);
+      // One round before the hold (its curve is enough), none while it lasted, one after the merge.
+      expect(sent).toBe(1);
+      expect(c.called('runIteration')).toHaveLength(2);
+      expect(r.decisions.map((d) => d.action)).toEqual(['continue', 'switch-to-postcopy']);
+      expect(r.decisions.at(-1)!.reason).toMatch(/^switch to post-copy at iteration 3: no progress/);
+    });
+  });
+
+  // A set still growing comes back bigger after a wait than the rounds it would replace: no hold.
+  it("ferry's rule keeps sending rounds while the target merges a dirty set that still grows", async () => {
+    const growing: Rounds = () => ({ pages: 3000, dirtyAfter: 3000, growth: [[10, 600], [20, 1200], [30, 1800], [40, 2400], [50, 3000]] });
+    await withCluster(h, { rounds: growing }, async (c) => {
+      const merge = c.gate();
+      c.on('mergeStatic', async (_input, ctx) => {
+        await merge.wait();
+        return ctx.answer();
+      });
+      const handle = await c.migrate('pa-hybrid', { maxIterations: 8 });
+      await c.until(() => c.called('runIteration').length >= 4, 'four rounds during the merge');
+      merge.open();
+      const r = await report(handle);
+      expect(r.outcome).toBe('completed');
+      expect(r.decisions.some((d) => /hold the rounds/.test(d.reason))).toBe(false);
+      expect(r.decisions.filter((d) => d.reason === 'continue: static merge not complete').length).toBeGreaterThanOrEqual(3);
     });
   });
 
   it("the paper's rule goes on sending rounds while the target merges, as it always did", async () => {
-    const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000 });
+    const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000, growth: saturated });
     await withCluster(h, { rounds: plateau }, async (c) => {
       const merge = c.gate();
       c.on('mergeStatic', async (_input, ctx) => {

@@ -58,6 +58,8 @@ export interface Round {
   dirtyAfter: number;
   durationMs?: number;
   bytes?: number;
+  /** The dirty set's growth during the round, [ms, pages] (emulated). */
+  growth?: number[][];
 }
 export type Rounds = (index: number) => Round;
 
@@ -444,7 +446,7 @@ export class StubCluster {
     const round = (index: number) => {
       const r = this.rounds(index);
       const durationMs = r.durationMs ?? 50;
-      return { index, pages: r.pages, dirtyAfter: r.dirtyAfter, durationMs, bytes: r.bytes ?? r.pages * PAGE, finishedAtMs: now };
+      return { index, pages: r.pages, dirtyAfter: r.dirtyAfter, durationMs, bytes: r.bytes ?? r.pages * PAGE, finishedAtMs: now, ...(r.growth ? { growth: r.growth } : {}) };
     };
     const qemuOutcome = (status = 'completed') => ({
       status,
