@@ -19,6 +19,7 @@ import type { Client } from '@temporalio/client';
 import type { MigrationOptions } from '../activities/types';
 import { defaultPbData, type StrategyName, type SwitchRule } from '../policy/types';
 import { ProgressBar } from './suite/progress';
+import { downtimeViolated } from './suite/metrics';
 import { runCell } from './suite/runner';
 import { MiB, PAPER_TESTBED, SCALES, scaledMemory } from './suite/scale';
 import type { CellResult, CellSpec } from './suite/types';
@@ -156,15 +157,6 @@ export interface WorkloadRegret {
   memoryBytes: number;
   best: string | null;
   rows: VariantRow[];
-}
-
-/** A stop-and-copy chosen by the test (not the valve) that paused longer than the budget. */
-export function downtimeViolated(c: CellResult): boolean {
-  const r = c.report;
-  if (!r || r.downtimeMs === null) return false;
-  const last = r.decisions[r.decisions.length - 1];
-  if (!last || last.action !== 'stop-and-copy' || /max iterations/.test(last.reason)) return false;
-  return r.downtimeMs > c.cell.options.maxDowntimeMs;
 }
 
 /** One migration of the suite, whichever driver ran it. */

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { defaultVariant, regretMarkdown, summarize, variantsOf, type RegretPlan, type RegretSample } from '../../src/bench/regret';
 import { parseQemuVariant } from '../../src/bench/qemu';
+import { downtimeViolated } from '../../src/bench/suite/metrics';
+import type { CellResult } from '../../src/bench/suite/types';
 
 const MiB = 2 ** 20;
 
@@ -57,5 +59,19 @@ describe('regret: summary', () => {
     expect(md).toContain('real QEMU guests under TCG');
     expect(md).toMatch(/\| as-hybrid@1 \(best\) \| 4\.00 \| 1\.00 \|/);
     expect(md).toMatch(/\| as-hybrid\/ferry \(default\) \| 4\.40 \| 1\.10 \|/);
+  });
+});
+
+describe('downtime violations', () => {
+  const cell = (action: string, reason: string, downtimeMs: number | null) =>
+    ({ cell: { options: { maxDowntimeMs: 300 } }, report: { downtimeMs, decisions: [{ action: 'continue', reason: 'continue' }, { action, reason }] } }) as unknown as CellResult;
+  it.each([
+    ['the test chose stop-and-copy, the pause was longer', 'stop-and-copy', 'stop-and-copy at iteration 4: 120 pages take 15 ms ≤ max downtime 300 ms', 301, true],
+    ['the test chose stop-and-copy, the pause fit', 'stop-and-copy', 'stop-and-copy at iteration 4: 120 pages take 15 ms ≤ max downtime 300 ms', 300, false],
+    ['the valve forced it: no promise was made', 'stop-and-copy', 'stop-and-copy anyway at iteration 31: max iterations (30) reached', 900, false],
+    ['post-copy: the switch pause is not the promise', 'switch-to-postcopy', 'switch to post-copy at iteration 3: no progress', 900, false],
+    ['no downtime measured', 'stop-and-copy', 'stop-and-copy at iteration 2', null, false],
+  ])('%s', (_name, action, reason, ms, violated) => {
+    expect(downtimeViolated(cell(action, reason, ms))).toBe(violated);
   });
 });

@@ -4,7 +4,7 @@
  */
 import { formatBytes } from '../../common/units';
 import { COMPARISON_INFO, PAPER_NOTES, PAPER_PCT } from './paper';
-import { allCells, metricSummary, pctChange, type Summary } from './metrics';
+import { allCells, downtimeViolated, metricSummary, pctChange, type Summary } from './metrics';
 import type { BenchResults, CellMetrics, CellResult, ComparisonId } from './types';
 
 const MiB = 2 ** 20;
@@ -316,9 +316,12 @@ export function renderMarkdown(res: BenchResults): string {
   const out: string[] = [];
   const m = res.machine;
   const ok = res.cells.filter((c) => c.status === 'ok').length;
+  const violations = res.cells.filter(downtimeViolated);
   out.push(`# ferry bench — the paper suite (${res.scale})`, '');
   out.push(
     `Run ${res.startedAt}${res.durationMs !== null ? `, ${(res.durationMs / 60000).toFixed(1)} min` : ''}: ${res.cells.length} migrations, ${ok} completed and verified, ${res.cells.length - ok} failed; ${res.repeat} repeat(s) per cell. Command: \`${res.command}\`.`,
+    '',
+    `Downtime violations (the stop-and-copy test promised the budget, the pause was longer): ${violations.length}${violations.length ? ` — ${violations.map((c) => `${c.cell.id} ${c.report!.downtimeMs} ms > ${c.cell.options.maxDowntimeMs} ms`).join('; ')}` : ''}.`,
     '',
     `Machine: ${m.cpuModel}, ${m.cores} cores, ${formatBytes(m.totalMemoryBytes)} RAM, Node ${m.node}, ${m.platform} ${m.release}. Load average at start ${m.loadAverageAtStart.join(' ')}${m.loadAverageAtEnd ? `, at end ${m.loadAverageAtEnd.join(' ')}` : ''}.${m.otherBusyProcesses.length ? ` Other busy processes at start: ${m.otherBusyProcesses.join(', ')}.` : ''}`,
     '',

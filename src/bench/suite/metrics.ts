@@ -105,3 +105,15 @@ export function allCells(results: CellResult[], comparison: string, group: strin
 export function metricSummary(results: CellResult[], comparison: string, group: string, variant: string, pick: (m: NonNullable<CellResult['metrics']>) => number | null): Summary | null {
   return summarize(okCells(results, comparison, group, variant).map((c) => pick(c.metrics!)));
 }
+
+/**
+ * Downtime is a promise: a stop-and-copy the test chose (not the max-iterations valve) whose
+ * measured pause was longer than the budget.
+ */
+export function downtimeViolated(c: CellResult): boolean {
+  const r = c.report;
+  if (!r || r.downtimeMs === null) return false;
+  const last = r.decisions[r.decisions.length - 1];
+  if (!last || last.action !== 'stop-and-copy' || /max iterations/.test(last.reason)) return false;
+  return r.downtimeMs > c.cell.options.maxDowntimeMs;
+}

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { machineFacts, parseOnly, planCells, renderExisting, runBench, SCALES, COMPARISON_INFO, type ScaleName } from '../../bench/suite';
+import { downtimeViolated } from '../../bench/suite/metrics';
 import { UsageError } from '../../common/errors';
 import { formatBytes, parseDuration, parseRate, parseSize } from '../../common/units';
 import { QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
@@ -132,9 +133,13 @@ export async function run(argv: string[]): Promise<number> {
         `ferry bench: ${res.cells.length - failed.length}/${res.cells.length} migrations completed and verified in ${((res.durationMs ?? 0) / 60000).toFixed(1)} min; ${path.join(outDir, 'results.md')}, results.json, ${res.outputs.charts.length} charts`,
       );
       for (const f of failed) say(`  failed: ${f.cell.id}: ${f.error}`);
+      // Downtime is a promise: a stop-and-copy the test chose must pause within the budget.
+      const violations = res.cells.filter(downtimeViolated);
+      for (const v of violations) say(`  downtime violation: ${v.cell.id}: paused ${v.report!.downtimeMs} ms, budget ${v.cell.options.maxDowntimeMs} ms (${v.report!.decisions.at(-1)?.reason ?? ''})`);
       if (json) process.stdout.write(`${JSON.stringify(res)}\n`);
       else process.stdout.write(`${outDir}\n`);
-      return failed.length === 0 ? 0 : 1;
+      // 3: every migration completed and verified, but a pause broke the downtime promise.
+      return failed.length > 0 ? 1 : violations.length > 0 ? 3 : 0;
     } finally {
       await connection.close();
     }
