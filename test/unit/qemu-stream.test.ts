@@ -181,6 +181,63 @@ describe('qemu stream writer: round trip', () => {
   });
 });
 
+describe('qemu stream reader: grammar details not in the fixtures', () => {
+  const header = (() => {
+    const h = readStream(precopy)[0]!;
+    return h.kind === 'opaque' ? h.bytes : Buffer.alloc(0);
+  })();
+  const be64 = (v: number) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(BigInt(v));
+    return b;
+  };
+  const str8 = (s: string) => Buffer.concat([Buffer.from([s.length]), Buffer.from(s, 'latin1')]);
+  const advise = Buffer.from('0800030010' + '0000000000201000' + '0000000000001000', 'hex'); // POSTCOPY_ADVISE(len 16)
+  const eosFooter = Buffer.concat([be64(0x10), Buffer.from([0x7e, 0, 0, 0, 1])]);
+  const tail = Buffer.from([0x03, 0, 0, 0, 1, ...be64(0x10), 0x7e, 0, 0, 0, 1, 0x00]); // empty END, EOF
+
+  it('MEM_SIZE with postcopy advised: hugepage blocks carry a page size, found without being told', () => {
+    const start = Buffer.concat([
+      encodeSectionHeader('start', 1),
+      be64(0x200000 + 0x1000 + 0x200000 + 0x4),
+      str8('huge'), be64(0x200000), be64(0x200000),
+      str8('small'), be64(0x1000),
+      str8('last'), be64(0x200000), be64(0x200000),
+      eosFooter,
+    ]);
+    const stream = Buffer.concat([header, advise, start, tail]);
+    const ev = readStream(stream, 3);
+    const mem = ev.find((e) => e.kind === 'mem-size');
+    expect(mem).toMatchObject({
+      totalBytes: 0x401000,
+      blocks: [
+        { name: 'huge', usedLength: 0x200000, pageSize: 0x200000 },
+        { name: 'small', usedLength: 0x1000 },
+        { name: 'last', usedLength: 0x200000, pageSize: 0x200000 },
+      ],
+    });
+    expect(new StreamWriter().writeAll(ev).equals(stream)).toBe(true);
+    // Without ADVISE the target reads no page sizes, and neither does the reader: the 0x00 that
+    // starts huge's page size (after the 17-byte START header, MEM_SIZE, huge's entry) is refused.
+    expect(expectStreamError(() => readStream(Buffer.concat([header, start, tail])), 'BAD_RAM_RECORD', header.length + 17 + 8 + 13).message).toMatch(/empty block name/);
+  });
+
+  it('CONTINUE across a section boundary resolves to the previous section\'s block; the writer names it', () => {
+    const start = Buffer.concat([encodeSectionHeader('start', 1), be64(0x2000 + 0x4), str8('pc.ram'), be64(0x2000), eosFooter]);
+    const part1 = Buffer.concat([encodeSectionHeader('part', 1), encodePage({ block: 'pc.ram', addr: 0, data: null, fill: 0 }), eosFooter]);
+    const part2 = Buffer.concat([encodeSectionHeader('part', 1), be64(0x1000 | 0x20 | 0x08), Buffer.alloc(4096, 0xab), eosFooter]);
+    const stream = Buffer.concat([header, start, part1, part2, tail]);
+    const ev = readStream(stream);
+    expect(pages(ev).map((p) => [p.block, p.addr, p.continued])).toEqual([
+      ['pc.ram', 0, false],
+      ['pc.ram', 0x1000, true],
+    ]);
+    const out = new StreamWriter().writeAll(ev);
+    expect(out.length).toBe(stream.length + 7);
+    expect(pageMap(readStream(out))).toEqual(pageMap(ev));
+  });
+});
+
 describe('qemu stream reader: chunking', () => {
   const whole = normalize(readStream(precopy, precopy.length));
   const rand = mulberry32(42);
