@@ -76,7 +76,8 @@ describe('controller SIGKILLed and restarted after a random delay', { timeout: 2
   it.each<[string, StrategyName, string, Partial<MigrationOptions>, (p: Progress) => boolean]>([
     ['during the static save', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 8 * MiB, pbdata: 'async' }, (p) => p.phase === 'precopy' && p.staticMerged === false && p.iteration >= 1],
     ['mid-iterations', 'as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 12 }, (p) => p.iteration >= 3],
-    ['at the switch', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1 }, (p) => p.phase === 'switching'],
+    // The paper's rule may never fire on memcached's plateau: a low valve bounds the wait for the switch.
+    ['at the switch', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1, maxIterations: 8 }, (p) => p.phase === 'switching'],
     ['during post-copy', 'postcopy', 'kernel-compile', { bandwidthBytesPerSec: 8 * MiB }, (p) => p.phase === 'postcopy'],
   ])('%s: the migration completes, verified, no iteration twice', async (_when, strategy, workload, options, when) => {
     const handle = await start(strategy, workload, options);
