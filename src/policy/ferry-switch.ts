@@ -127,5 +127,8 @@ export function ferrySwitch(state: PolicyState, cfg: PolicyConfig): { decision: 
   const cost = `${Number.isFinite(rounds) ? `~${rounds} more round(s) take ~${Math.round(roundsMs)} ms` : 'no number of rounds gets'} to reach the budget; post-copy of ${R} pages now ~${Math.round(postcopyMs)} ms`;
   if (rounds <= CONVERGE_ROUNDS) return { decision: null, why: `converging: ${says}; ${cost}` };
   if (roundsMs <= postcopyMs) return { decision: null, why: `worth another round: ${says}; ${cost}` };
+  // A cost comparison from one round's curve would let a burst in that round decide (seen
+  // on a loaded machine: scenario-bursty switched after its bulk round). It waits for a second.
+  if (state.iterations.length < 2) return { decision: null, why: `one round measured, waiting for a second before weighing the cost: ${says}; ${cost}` };
   return { decision: { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${at}: not worth another round: ${says}; ${cost}` }, why: '' };
 }

@@ -189,3 +189,17 @@ describe('holdForMerge: rounds during the static merge', () => {
     else expect(why).toMatch(expected);
   });
 });
+
+describe("ferry's rule: one round's curve does not weigh the cost", () => {
+  it('after one round a slowly shrinking load goes on; the same numbers after two rounds switch', () => {
+    const cfg1: PolicyConfig = { strategy: 'as-hybrid', pageSize: 4096, pageCount: 65536, maxDowntimeMs: 300, maxIterations: 30, bandwidthBytesPerSec: 32 * 2 ** 20, switchRule: 'ferry' };
+    // The bulk round took 2 s; 24000 pages dirty; the curve says the next round (≈2.9 s) leaves 19200 (q = 0.8).
+    const bulk: IterationStat = { index: 1, pages: 16384, durationMs: 2000, bytes: 16384 * 4096, dirtyAfter: 24000, growth: [[1000, 9000], [2000, 15000], [2930, 19200]] };
+    const one = decide({ iterations: [bulk], remainingPages: 24000, staticMerged: true }, cfg1);
+    expect(one.action).toBe('continue');
+    expect(one.reason).toMatch(/one round measured, waiting for a second before weighing the cost/);
+    const second: IterationStat = { index: 2, pages: 24000, durationMs: 2930, bytes: 24000 * 4096, dirtyAfter: 24000, growth: bulk.growth };
+    const two = decide({ iterations: [bulk, second], remainingPages: 24000, staticMerged: true }, cfg1);
+    expect(two.action).toBe('switch-to-postcopy');
+  });
+});
