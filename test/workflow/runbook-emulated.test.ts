@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { forcePostcopyUpdate } from '../../src/workflows/messages';
-import { closedOrStalled, converging, diverging, history, nonRetryable, progressUntil, report, startHarness, steady, withCluster, type Harness, type Rounds } from './stubs';
+import { closedOrStalled, converging, diverging, history, nonRetryable, progressUntil, report, startHarness, steady, withCluster, type Gate, type Harness, type Rounds, type StubCluster } from './stubs';
 
 let h: Harness;
 beforeAll(async () => {
@@ -15,6 +15,16 @@ beforeAll(async () => {
 afterAll(async () => {
   await h?.stop();
 });
+
+/** The target's merge waits at a gate the test opens, then answers as usual. */
+function gateTheMerge(c: StubCluster): Gate {
+  const merge = c.gate();
+  c.on('mergeStatic', async (_input, ctx) => {
+    await merge.wait();
+    return ctx.answer();
+  });
+  return merge;
+}
 
 describe('emulated: par-migrate (pa-hybrid)', () => {
   it('happy path: StaticData saved and merged beside the rounds, post-copy, completed', async () => {
@@ -97,11 +107,7 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
   it("ferry's rule holds the rounds it would not send while the target merges a saturated set: one fresh round after the merge, then the switch", async () => {
     const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000, growth: saturated });
     await withCluster(h, { rounds: plateau }, async (c) => {
-      const merge = c.gate();
-      c.on('mergeStatic', async (_input, ctx) => {
-        await merge.wait();
-        return ctx.answer();
-      });
+      const merge = gateTheMerge(c);
       const handle = await c.migrate('pa-hybrid', { maxIterations: 30 });
       await progressUntil(handle, (p) => /^hold the rounds at iteration 2 until the static merge is done: once merged the rule would switch \(no progress.*the dirty set is saturated/.test(p.lastDecision?.reason ?? ''), 'the hold');
       const sent = c.called('runIteration').length;
@@ -120,11 +126,7 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
   it("ferry's rule keeps sending rounds while the target merges a dirty set that still grows", async () => {
     const growing: Rounds = () => ({ pages: 3000, dirtyAfter: 3000, growth: [[10, 600], [20, 1200], [30, 1800], [40, 2400], [50, 3000]] });
     await withCluster(h, { rounds: growing }, async (c) => {
-      const merge = c.gate();
-      c.on('mergeStatic', async (_input, ctx) => {
-        await merge.wait();
-        return ctx.answer();
-      });
+      const merge = gateTheMerge(c);
       const handle = await c.migrate('pa-hybrid', { maxIterations: 8 });
       await c.until(() => c.called('runIteration').length >= 4, 'four rounds during the merge');
       merge.open();
@@ -138,11 +140,7 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
   it("the paper's rule goes on sending rounds while the target merges, as it always did", async () => {
     const plateau: Rounds = () => ({ pages: 3000, dirtyAfter: 3000, growth: saturated });
     await withCluster(h, { rounds: plateau }, async (c) => {
-      const merge = c.gate();
-      c.on('mergeStatic', async (_input, ctx) => {
-        await merge.wait();
-        return ctx.answer();
-      });
+      const merge = gateTheMerge(c);
       const handle = await c.migrate('pa-hybrid', { maxIterations: 8, switchRule: 'paper' });
       await c.until(() => c.called('runIteration').length >= 5, 'five rounds during the merge');
       merge.open();
