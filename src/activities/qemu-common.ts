@@ -5,6 +5,8 @@
  * self-check on its serial console, and qemuPause, which the workflow runs on either side.
  */
 import { Context } from '@temporalio/activity';
+import type { SharedStore } from '../dataplane/store';
+import type { ChannelTls } from '../dataplane/tls';
 import type { QemuDriver, QemuVm } from '../hypervisor/qemu/driver';
 import { parseMigrateInfo, type MigrateInfo } from '../hypervisor/qemu/qmp';
 import type { StrategyName } from '../policy/types';
@@ -20,6 +22,11 @@ export interface QemuContext extends HostContext {
   fallbackAddress: string | null;
   /** The subject CN of this host's certificate when migration streams run over mutual TLS. */
   tlsCommonName?: string | null;
+  /** Shared storage (StaticData of par-migrate through the relay). */
+  store: SharedStore;
+  /** The cluster TLS material: the relay link between agents uses it like channel-2. */
+  tls?: ChannelTls;
+  log?: (line: string) => void;
 }
 
 export interface QemuSession {
@@ -29,6 +36,10 @@ export interface QemuSession {
   uri: string;
   startedAtMs: number;
   strategy: StrategyName;
+  /** par-migrate: the stream runs through the agents' relays (qemu-relay.ts). */
+  relayed?: boolean;
+  /** Target: where its relay listens (a retried prepare answers the same). */
+  relayAddress?: { host: string; port: number; token: string };
 }
 
 /** The QEMU migrations of one agent, by migration id, as source or as target. */

@@ -11,6 +11,7 @@ import type { QemuVm } from '../hypervisor/qemu/driver';
 import { mayPostcopy, type StrategyName } from '../policy/types';
 import { userError } from './errors';
 import { cancelled, createQemuSharedActivities, heartbeat, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
+import { Relays, requireLocalQemu, startSourceRelay, type RelayAddress } from './qemu-relay';
 import type { MigrationOptions, StepRef, VerifyResult, VmDescription } from './types';
 
 /** QEMU's upper bound for downtime-limit (ms): raising it to this forces the completion. */
@@ -77,7 +78,7 @@ async function outcomeOf(v: QemuVm, since: number): Promise<QemuOutcome> {
  * The source-side activities. `sessions` is the agent's registry, shared with its target-side
  * activities (createQemuActivities passes one to both).
  */
-export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessions = new QemuSessions(ctx.hostId)) {
+export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessions = new QemuSessions(ctx.hostId), relays: Relays = new Relays()) {
   const d = ctx.driver;
   return {
     ...createQemuSharedActivities(ctx),
@@ -105,8 +106,9 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
     },
 
     async qemuStart(
-      input: StepRef & { uri: string; strategy: StrategyName; options: MigrationOptions; target?: string; targetTls?: boolean },
+      input: StepRef & { uri: string; strategy: StrategyName; options: MigrationOptions; target?: string; targetTls?: boolean; relay?: RelayAddress },
     ): Promise<{ startedAtMs: number; pageSize: number }> {
+      if (input.relay) requireLocalQemu(ctx, input.strategy);
       const v = vmOf(ctx, input.vm);
       const known = sessions.find(input.migrationId);
       if (known) return { startedAtMs: known.startedAtMs, pageSize: 4096 };
@@ -117,18 +119,36 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
         throw userError('Conflict', `migration TLS mismatch: ${withTls} runs its migration streams over mutual TLS, ${without} does not (give both agents --tls-ca/--tls-cert/--tls-key, or neither)`);
       }
       await setCaps(v, mayPostcopy(input.strategy), 'source');
-      // QEMU checks that the target's certificate names the host ferry meant to reach.
-      await setTls(d, v, 'client', { hostname: input.target ?? null });
-      await v.qmp.execute('migrate-set-parameters', {
-        'max-bandwidth': input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : UNCAPPED,
-        // The same cap after the switch (QEMU's default there is unlimited).
-        'max-postcopy-bandwidth': input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : 0,
-        'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS,
-      });
+      const cap = input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : 0;
+      if (input.relay) {
+        // QEMU ↔ relay is a local unix socket, unpaced: the relay paces each network itself
+        // (the bulk pass at the storage cap, the rest at the migration cap).
+        await v.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'max-bandwidth': UNCAPPED, 'max-postcopy-bandwidth': 0, 'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS });
+      } else {
+        // QEMU checks that the target's certificate names the host ferry meant to reach.
+        await setTls(d, v, 'client', { hostname: input.target ?? null });
+        await v.qmp.execute('migrate-set-parameters', {
+          'max-bandwidth': cap > 0 ? cap : UNCAPPED,
+          // The same cap after the switch (QEMU's default there is unlimited).
+          'max-postcopy-bandwidth': cap,
+          'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS,
+        });
+      }
       const passBase = v.passes.length;
       const startedAtMs = Date.now();
-      sessions.set(input.migrationId, { vm: input.vm, passBase, uri: input.uri, startedAtMs, strategy: input.strategy });
-      await v.qmp.execute('migrate', { uri: input.uri });
+      let uri = input.uri;
+      if (input.relay) {
+        uri = await startSourceRelay(ctx, relays, v, {
+          ...input,
+          relay: input.relay,
+          target: input.target ?? 'the target',
+          bandwidthBytesPerSec: cap,
+          storageBandwidthBytesPerSec: input.options.storageBandwidthBytesPerSec,
+          passBase,
+        });
+      }
+      sessions.set(input.migrationId, { vm: input.vm, passBase, uri, startedAtMs, strategy: input.strategy, relayed: !!input.relay });
+      await v.qmp.execute('migrate', { uri });
       // While pre-copy runs, measure how the dirty set grows (ferry's switch rule reads it).
       const since = startedAtMs - 1000;
       startDirtySampler({
@@ -170,12 +190,14 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
               const pageSize = rb.pageSize || 4096;
               const growth = growthCurve(vm.growth, a.atMs, b.atMs);
               // Pages sent between the two syncs (zero pages too: they were dirty); wire bytes.
-              const bytes = Math.max(0, rb.transferred - ra.transferred);
+              // Relayed: the bulk pass's first copies went to StaticData, not the migration network.
+              const relay = s.relayed && input.index === 1 ? relays.get(input.migrationId)?.source?.stats() : undefined;
+              const bytes = Math.max(0, rb.transferred - ra.transferred - (relay?.divertedWireBytes ?? 0));
               return {
                 kind: 'iteration',
                 iteration: {
                   index: input.index,
-                  pages: Math.max(0, rb.normal + rb.duplicate - (ra.normal + ra.duplicate)),
+                  pages: Math.max(0, rb.normal + rb.duplicate - (ra.normal + ra.duplicate) - (relay?.divertedPages ?? 0)),
                   bytes,
                   durationMs: Math.max(0, b.atMs - a.atMs),
                   dirtyAfter: Math.round(rb.remaining / pageSize),
@@ -193,7 +215,12 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
         ),
         cancelled(),
       ]);
-      if (r?.kind === 'finished') r.error = (await query(v)).error;
+      if (r?.kind === 'finished') {
+        r.error = (await query(v)).error;
+        // The relay's own words say what it refused in the stream (QEMU only saw the socket close).
+        const relayError = relays.get(input.migrationId)?.source?.error;
+        if (relayError) r.error = `${relayError.message}${r.error ? ` (QEMU: ${r.error})` : ''}`;
+      }
       return r!;
     },
 
@@ -303,6 +330,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
     async qemuRelease(input: StepRef): Promise<{ releasedAtMs: number; transferredBytes: number }> {
       const v = d.vm(input.vm);
       sessions.drop(input.migrationId);
+      relays.close(input.migrationId);
       if (!v) return { releasedAtMs: Date.now(), transferredBytes: 0 };
       const info = await query(v);
       if (info.status !== 'completed') throw new Error(`refusing to release ${input.vm} on ${ctx.hostId}: its migration is ${info.status}, not completed`);
@@ -323,6 +351,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
         await v.qmp.execute('migrate_cancel');
         for (let i = 0; i < 100 && ['active', 'setup', 'device', 'cancelling'].includes((await query(v)).status); i++) await new Promise((r) => setTimeout(r, 100));
       }
+      relays.close(input.migrationId);
       const status = (await v.qmp.execute<{ status: string }>('query-status')).status;
       if (status !== 'running') await v.qmp.execute('cont');
       const verification = await verifyOn(ctx, input.vm, 1, 60_000, 0).catch(() => null);
@@ -331,6 +360,11 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
 
     async qemuSetBandwidth(input: StepRef & { bandwidthBytesPerSec: number }): Promise<void> {
       const v = vmOf(ctx, input.vm);
+      const relay = relays.get(input.migrationId)?.source;
+      if (relay) {
+        relay.setBandwidth(input.bandwidthBytesPerSec); // QEMU stays unpaced into its relay
+        return;
+      }
       await v.qmp.execute('migrate-set-parameters', {
         'max-bandwidth': input.bandwidthBytesPerSec > 0 ? input.bandwidthBytesPerSec : UNCAPPED,
         'max-postcopy-bandwidth': input.bandwidthBytesPerSec > 0 ? input.bandwidthBytesPerSec : 0,

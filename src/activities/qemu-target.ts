@@ -8,6 +8,7 @@
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { userError } from './errors';
 import { createQemuSharedActivities, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
+import { Relays, requireLocalQemu, startTargetRelay, type RelayAddress } from './qemu-relay';
 import type { StepRef, VerifyResult } from './types';
 
 export interface QemuPrepareTargetInput extends StepRef {
@@ -22,6 +23,10 @@ export interface QemuPrepareTargetInput extends StepRef {
   qemuArgs?: string[];
   /** The source's certificate CN when it runs TLS: the only client the target then admits. */
   sourceTlsCommonName?: string | null;
+  /** par-migrate: the stream comes through the agents' relays (qemu-relay.ts), not straight from the source QEMU. */
+  relay?: boolean;
+  /** For messages: the strategy that asked for the relay. */
+  strategy?: string;
 }
 
 /**
@@ -46,7 +51,7 @@ function uriFor(host: string, port: number): string {
  * The target-side activities. `sessions` is the agent's registry, shared with its source-side
  * activities (createQemuActivities passes one to both).
  */
-export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessions = new QemuSessions(ctx.hostId)) {
+export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessions = new QemuSessions(ctx.hostId), relays: Relays = new Relays()) {
   const d = ctx.driver;
   /** Ports this VM's incoming QEMU already listened on (socket-address keeps the old ones). */
   const ports = new Map<string, Set<string>>();
@@ -58,13 +63,15 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
   return {
     ...createQemuSharedActivities(ctx),
 
-    async qemuPrepareTarget(input: QemuPrepareTargetInput): Promise<{ uri: string; atMs: number; tls: boolean }> {
+    async qemuPrepareTarget(input: QemuPrepareTargetInput): Promise<{ uri: string; atMs: number; tls: boolean; relay?: RelayAddress }> {
+      if (input.relay) requireLocalQemu(ctx, input.strategy ?? 'par-migrate');
       const existing = d.vm(input.vm);
       if (existing && !existing.incoming) throw userError('Conflict', `vm ${input.vm} already runs on ${ctx.hostId}`);
       const free = ctx.memoryCapacityBytes - d.allocatedBytes() + (existing ? existing.spec.memoryBytes : 0);
       if (input.memoryBytes > free) throw userError('InsufficientCapacity', `host ${ctx.hostId} has ${free} bytes free, vm ${input.vm} needs ${input.memoryBytes}`);
       const known = sessions.find(input.migrationId);
-      if (known && existing) return { uri: known.uri, atMs: known.startedAtMs, tls: d.migrationTls };
+      if (known && existing && !input.relay) return { uri: known.uri, atMs: known.startedAtMs, tls: d.migrationTls };
+      if (known && existing && input.relay && known.relayAddress) return { uri: known.uri, atMs: known.startedAtMs, tls: d.migrationTls, relay: known.relayAddress };
       const v = await d.launchIncoming({
         name: input.vm,
         memoryBytes: input.memoryBytes,
@@ -75,8 +82,16 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
         ...(input.qemuArgs ? { qemuArgs: input.qemuArgs } : {}),
       });
       await setCaps(v, input.postcopy, 'target');
-      await setTls(d, v, 'server', { admit: input.sourceTlsCommonName ?? null });
       ports.set(input.vm, new Set()); // a new QEMU: ports of an earlier one mean nothing here
+      if (input.relay) {
+        // QEMU ↔ relay is a local unix socket; the agents' link carries TLS when the cluster has it.
+        await v.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' });
+        const relay = await startTargetRelay(ctx, relays, v, input);
+        const uri = `ferry-relay:${relay.host}:${relay.port}`;
+        sessions.set(input.migrationId, { vm: input.vm, passBase: 0, uri, startedAtMs: Date.now(), strategy: 'precopy', relayed: true, relayAddress: relay });
+        return { uri, atMs: Date.now(), tls: d.migrationTls, relay };
+      }
+      await setTls(d, v, 'server', { admit: input.sourceTlsCommonName ?? null });
       const uri = await listenOn(v, 'migrate-incoming', ctx.migrationAddress, portsOf(input.vm));
       sessions.set(input.migrationId, { vm: input.vm, passBase: 0, uri, startedAtMs: Date.now(), strategy: 'precopy' });
       return { uri, atMs: Date.now(), tls: d.migrationTls };
@@ -96,6 +111,7 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
       const v = vmOf(ctx, input.vm);
       const verified = await verifyOn(ctx, input.vm, input.passes ?? 2, input.timeoutMs ?? 120_000, 0);
       const info = await query(v);
+      relays.close(input.migrationId); // the stream is over: the relay (if any) has nothing left to carry
       const blocktime =
         info.postcopyBlocktimeMs !== null && info.postcopyVcpuBlocktimeMs !== null ? { allVcpusMs: info.postcopyBlocktimeMs, perVcpuMs: info.postcopyVcpuBlocktimeMs } : null;
       return { ...verified, resumedAtMs: v.lastResumeAtMs, blocktime };
@@ -103,6 +119,7 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
 
     async qemuAbortTarget(input: StepRef): Promise<{ removed: boolean }> {
       sessions.drop(input.migrationId);
+      relays.close(input.migrationId);
       const v = d.vm(input.vm);
       if (v && !v.incoming) return { removed: false }; // the guest runs here: never remove it
       // An incoming QEMU exits on its own when the stream breaks: its directory stays.

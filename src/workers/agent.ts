@@ -135,6 +135,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
         driver: qemuDriver!,
         migrationAddress: opts.qemu!.migrationAddress,
         fallbackAddress: opts.qemu!.fallbackAddress,
+        store: new SharedStore(opts.storageDir),
+        ...(tls ? { tls } : {}),
+        log,
         // Only a plain CN is a safe admission pattern for the target's QEMU (no glob or DN syntax).
         tlsCommonName: tls ? (/^[A-Za-z0-9._-]+$/.exec(commonNameOf(tls) ?? '')?.[0] ?? null) : null,
       });

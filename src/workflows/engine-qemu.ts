@@ -7,15 +7,18 @@
  * - stop-and-copy raises the downtime limit; the switch is migrate-start-postcopy;
  * - when post-copy stalls or breaks, both sides are paused and the stream resumes over the
  *   second network (migrate-recover / resume);
- * - the guest checks its own memory and reports on the target's serial console.
+ * - the guest checks its own memory and reports on the target's serial console;
+ * - par-migrate and pa-hybrid: QEMU migrates into the source agent's relay, which sends the
+ *   bulk pass to StaticData over the storage network and the rest to the target agent's relay,
+ *   which merges StaticData into the target QEMU's stream (qemu-relay.ts, docs/design/qemu-stream.md).
  *
  * Activities: src/activities/qemu-source.ts and qemu-target.ts.
  */
-import { proxyActivities } from '@temporalio/workflow';
+import { ApplicationFailure, proxyActivities } from '@temporalio/workflow';
 import type { QemuActivities, QemuOutcome } from '../activities/qemu';
-import type { VerifyResult } from '../activities/types';
+import type { StaticMergeResult, StaticSaveResult, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
-import { mayPostcopy } from '../policy/types';
+import { mayPostcopy, usesParMigrate } from '../policy/types';
 import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
 import type { EngineArgs } from './engine-emulated';
 import type { MigrationReport } from './report';
@@ -43,15 +46,19 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
   const src = steps(source, '10m', 4);
   const tgt = steps(target, '10m', 4);
   const srcLong = steps(source, '2h', 2);
+  const tgtLong = steps(target, '2h', 2);
   const cleanupS = steps(source, '2m', 3);
   const cleanupT = steps(target, '2m', 3);
   const fwdS = steps(source, '2h', 20);
   const fwdT = steps(target, '2h', 20);
   const stallMs = options.faultTimeoutMs && options.faultTimeoutMs > 0 ? options.faultTimeoutMs : DEFAULT_STALL_MS;
   const pageSize = 4096;
+  const relayed = usesParMigrate(strategy);
 
   let desc: Described | null = null;
-  let prep: { uri: string; tls: boolean } | null = null;
+  let prep: { uri: string; tls: boolean; relay?: { host: string; port: number; token: string } } | null = null;
+  let save: (StaticSaveResult & { divertedWireBytes: number }) | null = null;
+  let merge: StaticMergeResult | null = null;
   let outcome: QemuOutcome | null = null;
   let switched: 'stop-and-copy' | 'postcopy' | null = null;
   let verified: Verified | null = null;
@@ -76,6 +83,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
         seed: d.seed,
         rate: d.rate,
         postcopy: mayPostcopy(strategy),
+        ...(relayed ? { relay: true, strategy } : {}),
         ...(d.qemuArgs ? { qemuArgs: d.qemuArgs } : {}),
         ...(d.tlsCommonName ? { sourceTlsCommonName: d.tlsCommonName } : {}),
       });
@@ -83,17 +91,38 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
     abortTarget: () => cleanupT.qemuAbortTarget(ref),
     async prepareSource(bandwidthBytesPerSec: number) {
       const p = prep!;
-      const started = await src.qemuStart({ ...ref, uri: p.uri, strategy, options: { ...options, bandwidthBytesPerSec }, target, ...(p.tls !== undefined ? { targetTls: p.tls } : {}) });
+      const started = await src.qemuStart({
+        ...ref,
+        uri: p.uri,
+        strategy,
+        options: { ...options, bandwidthBytesPerSec },
+        target,
+        ...(p.tls !== undefined && !p.relay ? { targetTls: p.tls } : {}),
+        ...(p.relay ? { relay: p.relay } : {}),
+      });
       return { startedAtMs: started.startedAtMs };
     },
     rollbackSource: () => cleanupS.qemuRollback(ref),
     setBandwidth: (bandwidthBytesPerSec: number) => cleanupS.qemuSetBandwidth({ ...ref, bandwidthBytesPerSec }),
 
-    saveStatic: () => Promise.reject(new Error('the QEMU engine has no static snapshot')),
-    mergeStatic: () => Promise.reject(new Error('the QEMU engine has no static snapshot')),
-    removeStaticData: () => Promise.resolve(),
+    async saveStatic() {
+      save = await srcLong.qemuSaveStatic(ref);
+      return { bytesWritten: save.bytesWritten };
+    },
+    async mergeStatic() {
+      merge = await tgtLong.qemuMergeStatic(ref);
+      return merge;
+    },
+    removeStaticData: () => cleanupS.qemuRemoveStatic(ref),
 
-    async round(index: number): Promise<RoundResult> {
+    async round(index: number, bulk: boolean): Promise<RoundResult> {
+      if (bulk && relayed) {
+        // QEMU sent its bulk pass once, into the relay: it cannot be asked to send it again.
+        throw ApplicationFailure.nonRetryable(
+          `StaticData failed and QEMU's bulk pass cannot be resent over the migration network: the relay diverted it to StaticData; rolled back (use as-hybrid where shared storage is unreliable)`,
+          'StaticDataLost',
+        );
+      }
       const r = await srcLong.qemuAwaitPass({ ...ref, index });
       if (r.kind === 'finished') {
         if (r.status !== 'completed') throw new Error(`QEMU ended the migration (${r.status})${r.error ? `: ${r.error}` : ''}`);
@@ -150,21 +179,24 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
       }
     },
 
-    cleanupTargetStorage: () => Promise.resolve(),
+    cleanupTargetStorage: () => (relayed ? cleanupT.qemuRemoveStatic(ref).then(() => undefined) : Promise.resolve()),
 
     /** QEMU pauses inside its own completion (no round trip of ferry's in the pause): nothing to add. */
     pauseOverheadMs: () => undefined,
 
     report(sentInRounds: number): EngineReport {
-      const net = outcome?.transferredBytes ?? sentInRounds;
+      // Relayed: QEMU counted the bulk pass it wrote into the relay; StaticData carried it instead.
+      const net = Math.max(0, (outcome?.transferredBytes ?? sentInRounds) - (save?.divertedWireBytes ?? 0));
+      const storageWrite = save?.bytesWritten ?? 0;
+      const storageRead = merge?.bytesRead ?? 0;
       const resumedAtMs = verified?.resumedAtMs ?? null;
       return {
         // The guest's pause as its two QEMUs saw it: the source's STOP to the target's RESUME
         // (QMP event timestamps); QEMU's own figure when one of them is missing.
         downtimeMs: resumedAtMs !== null && outcome?.pausedAtMs ? Math.max(0, resumedAtMs - outcome.pausedAtMs) : outcome?.completedAtMs ? outcome.downtimeMs : null,
         postcopyDurationMs: outcome?.postcopyActiveAtMs && outcome.completedAtMs ? Math.max(0, outcome.completedAtMs - outcome.postcopyActiveAtMs) : null,
-        bytes: { migrationNetwork: net, storageWrite: 0, storageRead: 0, total: net },
-        static: null,
+        bytes: { migrationNetwork: net, storageWrite, storageRead, total: net + storageWrite },
+        static: save ? { pages: save.pages, saveMs: save.saveMs, mergeMs: merge?.mergeMs ?? 0, skippedNewer: merge?.skippedNewer ?? 0 } : null,
         stopAndCopy: switched !== 'postcopy' && outcome?.completedAtMs ? { pages: Math.round(outcome.downtimeBytes / pageSize), bytes: outcome.downtimeBytes, sendMs: outcome.downtimeMs ?? 0 } : null,
         postcopy:
           switched === 'postcopy' && outcome

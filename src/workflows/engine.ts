@@ -32,7 +32,7 @@ export interface EngineCaps {
 
 export const ENGINE_CAPS: Record<EngineName, EngineCaps> = {
   emulated: { staticSnapshot: true, pbdata: true, postcopyRecovery: false, guestSelfCheck: false, bandwidthAfterSwitch: false },
-  qemu: { staticSnapshot: false, pbdata: false, postcopyRecovery: true, guestSelfCheck: true, bandwidthAfterSwitch: true },
+  qemu: { staticSnapshot: true, pbdata: false, postcopyRecovery: true, guestSelfCheck: true, bandwidthAfterSwitch: true },
 };
 
 /** What the source says about the VM before anything moves. */
@@ -128,8 +128,12 @@ export function engineFor(
   return engineMatch(strategy, source, target);
 }
 
-/** The strategy an engine runs when the operator did not choose one: the paper's full scheme where it can. */
+/**
+ * The strategy an engine runs when the operator did not choose one. Emulated: the paper's full
+ * scheme. QEMU: as-hybrid — par-migrate through the relay needs shared storage both agents
+ * mount and QEMU on the agent's own machine, which a QEMU host does not always have; the
+ * operator opts in with --strategy pa-hybrid (or par-migrate).
+ */
 export function defaultStrategyFor(driver: string): StrategyName {
-  const caps = (ENGINE_CAPS as Record<string, EngineCaps | undefined>)[driver];
-  return caps && !caps.staticSnapshot ? 'as-hybrid' : 'pa-hybrid';
+  return driver === 'qemu' ? 'as-hybrid' : 'pa-hybrid';
 }

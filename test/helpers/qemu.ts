@@ -25,14 +25,19 @@ export interface QemuAgent {
 
 export async function startQemuAgent(
   hostId: string,
-  opts: { migrationAddr?: string; fallbackAddr?: string; extraArgs?: string[]; address?: string; stateDir?: string } = {},
+  opts: { migrationAddr?: string; fallbackAddr?: string; extraArgs?: string[]; address?: string; stateDir?: string; storageDir?: string } = {},
 ): Promise<QemuAgent> {
   const img = await testGuest();
   const stateDir = opts.stateDir ?? tempDir(`qemu-${hostId}`);
   const args = ['--driver', 'qemu', '--qemu-state', stateDir, '--guest-kernel', img.kernel, '--guest-initrd', img.initrd, '--memory-capacity', '2GiB'];
   if (opts.migrationAddr) args.push('--migration-addr', opts.migrationAddr, '--data-addr', `${opts.migrationAddr}:0`);
   if (opts.fallbackAddr) args.push('--fallback-addr', opts.fallbackAddr);
-  const proc = await startAgentProcess(hostId, { extraArgs: [...args, ...(opts.extraArgs ?? [])], ...(opts.address ? { address: opts.address } : {}) });
+  const proc = await startAgentProcess(hostId, {
+    extraArgs: [...args, ...(opts.extraArgs ?? [])],
+    ...(opts.address ? { address: opts.address } : {}),
+    // par-migrate's StaticData: agents that pass the same directory share storage.
+    ...(opts.storageDir ? { storageDir: opts.storageDir } : {}),
+  });
   return { hostId, stateDir, proc };
 }
 

@@ -12,6 +12,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createQemuActivities } from '../../src/activities/qemu';
+import { SharedStore } from '../../src/dataplane/store';
 import { QemuDriver } from '../../src/hypervisor/qemu/driver';
 import { LocalHost } from '../../src/hypervisor/qemu/host';
 import type { MigrationReport } from '../../src/workflows/report';
@@ -134,7 +135,7 @@ describe('a target admits only the migration\'s source', () => {
     const [src, tgt, other] = ['qa-src', 'qa-tgt', 'qa-other'].map((h) => makeHostCert(certs, ca, h));
     const read = (f: { ca: string; cert: string; key: string }) => ({ ca: fs.readFileSync(f.ca, 'utf8'), cert: fs.readFileSync(f.cert, 'utf8'), key: fs.readFileSync(f.key, 'utf8') });
     const driver = new QemuDriver({ hostId: 'qa-tgt', host: new LocalHost(), stateDir: state, image: img, migrationTls: read(tgt!) });
-    const acts = createQemuActivities({ hostId: 'qa-tgt', driver, memoryCapacityBytes: 1024 * MiB, dataAddress: '127.0.0.1:0', storageDir: state, startedAtMs: Date.now(), migrationAddress: '127.0.0.1', fallbackAddress: null });
+    const acts = createQemuActivities({ hostId: 'qa-tgt', driver, memoryCapacityBytes: 1024 * MiB, dataAddress: '127.0.0.1:0', storageDir: state, startedAtMs: Date.now(), migrationAddress: '127.0.0.1', fallbackAddress: null, store: new SharedStore(state) });
     const prep = await acts.qemuPrepareTarget({ migrationId: 'm-authz', vm: 'qa-vm', source: 'qa-src', memoryBytes: 64 * MiB, vcpus: 1, workload: 'idle', seed: 1, rate: null, postcopy: false, sourceTlsCommonName: 'qa-src' });
     expect(prep.tls).toBe(true);
     expect(await tryClient(prep.uri, other!, 'qa-tgt', 1500)).toBe('closed');

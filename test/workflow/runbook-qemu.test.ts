@@ -2,10 +2,11 @@
  * The runbook's paths only the QEMU engine has, with stubbed activities (./stubs.ts): QEMU
  * ending pre-copy on its own, and post-copy after the switch — a stall or a pause recovered
  * over the second network (both ends paused, the target listens again, the source resumes),
- * a failed post-copy that leaves the guest split, forward-only retries.
+ * a failed post-copy that leaves the guest split, forward-only retries; and par-migrate through
+ * the agents' relays (StaticData saved by the source's relay, merged by the target's).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nonRetryable, report, startHarness, withCluster, type Harness } from './stubs';
+import { converging, diverging, nonRetryable, report, startHarness, withCluster, type Harness } from './stubs';
 
 let h: Harness;
 beforeAll(async () => {
@@ -49,6 +50,70 @@ describe('qemu: pre-copy', () => {
       expect(r.reason).toBe(`precopy failed: QEMU ended the migration (failed): socket closed (stub); rolled back, ${c.vm} runs on ${c.source}`);
       expect(c.names().slice(-2)).toEqual(['qemuRollback', 'qemuAbortTarget']);
       expect(r.verification).toMatchObject({ ok: true, where: 'source' });
+    });
+  });
+});
+
+describe('qemu: par-migrate through the relays', () => {
+  const MiB = 1024 * 1024;
+
+  it('pa-hybrid: the target prepares a relay, the source migrates into its own; StaticData saved and merged beside the passes; completed', async () => {
+    await withCluster(h, { ...qemu, rounds: diverging }, async (c) => {
+      const r = await report(await c.migrate('pa-hybrid'));
+      expect(r.outcome).toBe('completed');
+      expect(c.called('qemuPrepareTarget')[0]?.input).toMatchObject({ relay: true, strategy: 'pa-hybrid' });
+      expect(c.called('qemuStart')[0]?.input).toMatchObject({ relay: { host: '127.0.0.1', port: 4445, token: 'stub-token' } });
+      // The relay link carries TLS itself: QEMU's own TLS check is not asked for.
+      expect(c.called('qemuStart')[0]?.input.targetTls).toBeUndefined();
+      expect(c.called('qemuSaveStatic').map((x) => x.side)).toEqual(['source']);
+      expect(c.called('qemuMergeStatic').map((x) => x.side)).toEqual(['target']);
+      expect(r.static).toEqual({ pages: 4096, saveMs: 5, mergeMs: 5, skippedNewer: 100 });
+      // QEMU counted the bulk pass it wrote into the relay; StaticData carried it.
+      expect(r.bytes.migrationNetwork).toBe(20 * MiB - 4096 * (4096 + 16));
+      expect(r.bytes.storageWrite).toBe(4096 * 4096);
+      expect(r.bytes.storageRead).toBe(4096 * 4096);
+      expect(r.decisions.at(-1)?.action).toBe('switch-to-postcopy');
+      expect(c.indexOf('qemuVerifyTarget')).toBeLessThan(c.indexOf('qemuRelease'));
+      expect(c.names().at(-1)).toBe('qemuRemoveStatic');
+      expect(c.called('qemuRollback')).toEqual([]);
+    });
+  });
+
+  it('par-migrate: pre-copy does not end while the merge runs; after it, stop-and-copy, completed', async () => {
+    await withCluster(h, { ...qemu, rounds: converging }, async (c) => {
+      const merge = c.gate();
+      c.on('qemuMergeStatic', async (_i, x) => {
+        await merge.wait();
+        return x.answer();
+      });
+      const handle = await c.migrate('par-migrate', { maxIterations: 6 });
+      await c.until(() => c.called('qemuAwaitPass').length >= 4, 'passes while the merge runs');
+      expect(c.called('qemuStopAndCopy')).toEqual([]);
+      merge.open();
+      const r = await report(handle);
+      expect(r.outcome).toBe('completed');
+      expect(r.decisions.at(-1)?.action).toBe('stop-and-copy');
+      expect(r.decisions.filter((d) => d.reason === 'continue: static merge not complete').length).toBeGreaterThanOrEqual(2);
+      expect(c.indexOf('qemuStopAndCopy')).toBeGreaterThan(c.indexOf('qemuMergeStatic'));
+    });
+  });
+
+  it('StaticData fails: QEMU cannot resend its bulk pass, so the migration rolls back (guest on the source) and StaticData is removed', async () => {
+    await withCluster(h, { ...qemu, rounds: converging }, async (c) => {
+      c.fail('qemuSaveStatic', 'nonRetryable', 'StaticData could not be written: ENOSPC (stub)');
+      const merge = c.gate(); // the merge waits for a commit that never comes
+      c.on('qemuMergeStatic', async () => {
+        await merge.wait();
+        return nonRetryable('merge: no StaticData (stub)');
+      });
+      const r = await report(await c.migrate('par-migrate'));
+      expect(r.outcome).toBe('rolled-back');
+      expect(r.reason).toMatch(/StaticData failed and QEMU's bulk pass cannot be resent over the migration network/);
+      expect(r.reason).toMatch(new RegExp(`rolled back, ${c.vm} runs on ${c.source}$`));
+      expect(c.called('qemuRollback').map((x) => x.side)).toEqual(['source']);
+      expect(c.called('qemuRemoveStatic').length).toBeGreaterThanOrEqual(1);
+      expect(c.called('qemuStopAndCopy')).toEqual([]);
+      merge.open();
     });
   });
 });

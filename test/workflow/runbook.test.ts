@@ -268,15 +268,6 @@ describe('engine choice from both hosts’ facts', () => {
     });
   });
 
-  it.each(['pa-hybrid', 'par-migrate'] as const)('%s on QEMU hosts is refused: it needs a static snapshot', async (strategy) => {
-    await withCluster(h, { source: 'qemu', target: 'qemu' }, async (c) => {
-      const f = await workflowFailure(await c.migrate(strategy));
-      expect(f.type).toBe('InvalidInput');
-      expect(f.message).toMatch(new RegExp(`^refused before anything moved: strategy ${strategy} needs par-migrate .* the qemu engine does not offer`));
-      expect(c.names()).toEqual([]);
-    });
-  });
-
   it('a VM the source does not list is refused', async () => {
     await withCluster(h, { sourceVms: ['someone-else'] }, async (c) => {
       const f = await workflowFailure(await c.migrate('precopy'));

@@ -107,6 +107,9 @@ export const QEMU_ACTIVITIES = [
   'qemuRollback',
   'qemuAbortTarget',
   'qemuSetBandwidth',
+  'qemuSaveStatic',
+  'qemuMergeStatic',
+  'qemuRemoveStatic',
 ] as const;
 
 /** The same step under each engine's activity name. */
@@ -518,7 +521,9 @@ export class StubCluster {
       case 'qemuDescribe':
         return { vm, host, memoryBytes: PAGES * PAGE, pageSize: PAGE, pageCount: PAGES, vcpus: 1, workload: 'write-intensive', state: 'running', seed: 1, rate: null, driver: 'qemu', tlsCommonName: null };
       case 'qemuPrepareTarget':
-        return { uri: 'tcp:127.0.0.1:4444', atMs: now, tls: false };
+        return input.relay
+          ? { uri: 'ferry-relay:127.0.0.1:4445', atMs: now, tls: false, relay: { host: '127.0.0.1', port: 4445, token: 'stub-token' } }
+          : { uri: 'tcp:127.0.0.1:4444', atMs: now, tls: false };
       case 'qemuStart':
         return { startedAtMs: now, pageSize: PAGE };
       case 'qemuAwaitPass':
@@ -545,6 +550,12 @@ export class StubCluster {
         return { removed: true };
       case 'qemuSetBandwidth':
         return undefined;
+      case 'qemuSaveStatic':
+        return { pages: PAGES, zeroPages: 0, bytesWritten: PAGES * PAGE, saveMs: 5, divertedWireBytes: PAGES * (PAGE + 16) };
+      case 'qemuMergeStatic':
+        return { pages: PAGES - 100, skippedNewer: 100, bytesRead: PAGES * PAGE, mergeMs: 5 };
+      case 'qemuRemoveStatic':
+        return { removed: true };
     }
     throw new Error(`no stub answer for ${name}`);
   }

@@ -1,0 +1,199 @@
+/**
+ * par-migrate on QEMU: the agents' relays in QEMU's own migration stream (docs/design/qemu-stream.md,
+ * src/hypervisor/qemu/relay/). Which agent runs what:
+ *
+ * - target (qemuPrepareTarget with `relay`): the incoming QEMU listens on a unix socket; the
+ *   agent's TargetRelay listens on the migration network for the source relay's link;
+ * - source (qemuStart with `relay`): QEMU migrates into the agent's SourceRelay (a unix socket),
+ *   which diverts the bulk pass to StaticData and forwards the rest to the target relay;
+ * - qemuSaveStatic (source) waits for StaticData's commit; qemuMergeStatic (target) merges it
+ *   into the target QEMU's stream; qemuRemoveStatic (either) deletes it from shared storage.
+ *
+ * The relays live in the agent process: QEMU must run on the agent's own machine (an SSH-driven
+ * host cannot reach the agent's unix sockets), which qemuPrepareTarget and qemuStart check.
+ */
+import { createHash } from 'node:crypto';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import type { QemuVm } from '../hypervisor/qemu/driver';
+import { connectRelay, listenRelay, newRelayToken, type RelayListener } from '../hypervisor/qemu/relay/link';
+import { SourceRelay } from '../hypervisor/qemu/relay/source-relay';
+import { TargetRelay } from '../hypervisor/qemu/relay/target-relay';
+import { userError } from './errors';
+import { heartbeat, type QemuContext, type QemuSessions } from './qemu-common';
+import type { StaticMergeResult, StaticSaveResult, StepRef } from './types';
+
+/** Where the target's relay listens, and the token the source's relay must present. */
+export interface RelayAddress {
+  host: string;
+  port: number;
+  token: string;
+}
+
+interface RelayEnds {
+  source?: SourceRelay;
+  target?: TargetRelay;
+  listener?: RelayListener;
+  passWatch?: ReturnType<typeof setInterval>;
+}
+
+/** The relays of one agent, by migration id. */
+export class Relays {
+  private readonly byId = new Map<string, RelayEnds>();
+  get(migrationId: string): RelayEnds | undefined {
+    return this.byId.get(migrationId);
+  }
+  set(migrationId: string, e: RelayEnds): void {
+    this.byId.set(migrationId, e);
+  }
+  /** Stop and forget the relays of a migration (idempotent). */
+  close(migrationId: string): void {
+    const e = this.byId.get(migrationId);
+    if (!e) return;
+    this.byId.delete(migrationId);
+    if (e.passWatch) clearInterval(e.passWatch);
+    e.source?.close();
+    e.target?.close();
+    e.listener?.close();
+  }
+}
+
+/** A unix socket path short enough for sun_path (108 bytes): in the VM's directory, else in the temp dir. */
+export function relaySocketPath(vmDir: string, name: string): string {
+  const p = path.join(vmDir, name);
+  if (Buffer.byteLength(p) < 100) return p;
+  return path.join(os.tmpdir(), `ferry-${createHash('sha256').update(p).digest('hex').slice(0, 16)}.sock`);
+}
+
+export function requireLocalQemu(ctx: QemuContext, strategy: string): void {
+  if (ctx.driver.opts.host.where !== 'local') {
+    throw userError(
+      'InvalidInput',
+      `strategy ${strategy} relays QEMU's stream through the agent, which needs QEMU on the agent's own machine; ${ctx.hostId} drives QEMU over SSH (${ctx.driver.opts.host.where}): run an agent on that host, or use as-hybrid`,
+    );
+  }
+}
+
+function connectUnix(p: string, timeoutMs = 10_000): Promise<net.Socket> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      const s = net.connect(p);
+      s.once('connect', () => {
+        s.removeAllListeners('error');
+        resolve(s);
+      });
+      s.once('error', (e) => {
+        if (Date.now() > deadline) reject(new Error(`the target QEMU's incoming socket ${p}: ${e.message}`));
+        else setTimeout(attempt, 50);
+      });
+    };
+    attempt();
+  });
+}
+
+/** Target: the incoming QEMU listens on a unix socket, the agent's relay on the migration network. */
+export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: QemuVm, ref: StepRef): Promise<RelayAddress> {
+  relays.close(ref.migrationId);
+  const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, ref.vm), 'relay-in.sock');
+  await v.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
+  const token = newRelayToken();
+  const listener = await listenRelay({ host: ctx.migrationAddress, migrationId: ref.migrationId, token, ...(ctx.tls ? { tls: ctx.tls } : {}) });
+  const target = new TargetRelay({
+    accepted: listener.accepted,
+    connectQemu: () => connectUnix(sock),
+    expectStatic: true,
+    log: (l) => ctx.log?.(`${ref.vm} ${l}`),
+  });
+  relays.set(ref.migrationId, { target, listener });
+  // The source checks it can see this file: StaticData only works on storage both hosts share.
+  const probe = sharedProbe(ctx, ref.migrationId);
+  await fsp.mkdir(path.dirname(probe), { recursive: true, mode: 0o700 });
+  await fsp.writeFile(probe, `${ctx.hostId}\n`, { mode: 0o600 });
+  return { ...listener.address, token };
+}
+
+function sharedProbe(ctx: QemuContext, migrationId: string): string {
+  return path.join(path.dirname(ctx.store.dir(migrationId, 'static')), 'shared-probe');
+}
+
+/** Source: QEMU migrates into the agent's relay; returns the URI QEMU is given. */
+export async function startSourceRelay(
+  ctx: QemuContext,
+  relays: Relays,
+  v: QemuVm,
+  input: StepRef & { relay: RelayAddress; target: string; bandwidthBytesPerSec: number; storageBandwidthBytesPerSec: number; passBase: number },
+): Promise<string> {
+  relays.close(input.migrationId);
+  const probe = sharedProbe(ctx, input.migrationId);
+  if (!(await fsp.stat(probe).then(() => true, () => false))) {
+    throw userError(
+      'InvalidInput',
+      `${ctx.hostId} cannot see what ${input.target} wrote to shared storage (${probe}): par-migrate needs one storage directory both agents mount (FERRY_STORAGE_DIR / --storage); use as-hybrid otherwise`,
+    );
+  }
+  const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, input.vm), 'relay-out.sock');
+  const source = await SourceRelay.listen({
+    listenPath: sock,
+    connect: () =>
+      connectRelay({ host: input.relay.host, port: input.relay.port, token: input.relay.token, migrationId: input.migrationId, targetHostId: input.target, ...(ctx.tls ? { tls: ctx.tls } : {}) }),
+    openStatic: (pageCount) => ctx.store.openWriter(input.migrationId, 'static', { pageSize: 4096, pageCount, rateBytesPerSec: input.storageBandwidthBytesPerSec }),
+    bandwidthBytesPerSec: input.bandwidthBytesPerSec,
+    log: (l) => ctx.log?.(`${input.vm} ${l}`),
+  });
+  // The bulk pass ends at QEMU's second dirty-bitmap sync: from then on, every page goes to the target.
+  const passWatch = setInterval(() => {
+    if (v.passes.length - input.passBase >= 2) source.stopDiverting('QEMU began its second pass');
+    if (!source.stats().diverting) clearInterval(passWatch);
+  }, 20);
+  void source.finished.then(() => clearInterval(passWatch));
+  relays.set(input.migrationId, { source, passWatch });
+  return `unix:${sock}`;
+}
+
+export function createQemuRelayActivities(ctx: QemuContext, relays: Relays, sessions: QemuSessions) {
+  return {
+    /** Source: wait until the bulk pass is committed to StaticData. */
+    async qemuSaveStatic(ref: StepRef): Promise<StaticSaveResult & { divertedWireBytes: number }> {
+      sessions.of(ref);
+      const source = relays.get(ref.migrationId)?.source;
+      if (!source) throw userError('NotFound', `no relay for migration ${ref.migrationId} on ${ctx.hostId} (the agent restarted?): StaticData cannot be finished`);
+      const timer = setInterval(() => heartbeat(source.stats()), 1000);
+      try {
+        const r = await Promise.race([source.staticDone, Context.current().cancelled]);
+        return { ...r, divertedWireBytes: source.stats().divertedWireBytes };
+      } finally {
+        clearInterval(timer);
+      }
+    },
+
+    /** Target: merge the committed StaticData into the target QEMU's stream (the merge rule). */
+    async qemuMergeStatic(ref: StepRef): Promise<StaticMergeResult> {
+      sessions.of(ref);
+      const target = relays.get(ref.migrationId)?.target;
+      if (!target) throw userError('NotFound', `no relay for migration ${ref.migrationId} on ${ctx.hostId} (the agent restarted?): StaticData cannot be merged`);
+      const actx = Context.current();
+      const timer = setInterval(() => heartbeat(target.stats()), 1000);
+      try {
+        const r = await target.merge(ctx.store.openReader(ref.migrationId, 'static'), { signal: actx.cancellationSignal });
+        return { pages: r.pages, skippedNewer: r.skippedNewer, bytesRead: r.bytesRead, mergeMs: r.mergeMs };
+      } catch (e) {
+        if (actx.cancellationSignal.aborted) target.abandon('the workflow gave StaticData up');
+        throw e;
+      } finally {
+        clearInterval(timer);
+      }
+    },
+
+    /** Either side: delete the migration's StaticData from shared storage. */
+    async qemuRemoveStatic(ref: StepRef): Promise<{ removed: boolean }> {
+      await ctx.store.remove(ref.migrationId);
+      return { removed: true };
+    },
+  };
+}
+
+export type QemuRelayActivities = ReturnType<typeof createQemuRelayActivities>;

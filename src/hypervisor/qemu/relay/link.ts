@@ -1,0 +1,158 @@
+/**
+ * The agent-to-agent leg of a relayed QEMU migration: one TCP connection over the migration
+ * network (mutual TLS with the cluster CA when the agents have it, like channel-2), opened by
+ * the source's relay to the target's. Before any stream byte, the source says which migration
+ * it carries and proves it with the per-migration token the target handed out:
+ *
+ *     source → "FERRY-RELAY 1 <migrationId> <token>\n"      target → "OK\n" | "ERR <why>\n"
+ *
+ * After that the connection carries QEMU's stream one way and its return path the other.
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import net from 'node:net';
+import tls from 'node:tls';
+import { tlsCreateConnection, tlsServerOptions, type ChannelTls } from '../../../dataplane/tls';
+
+const HELLO = 'FERRY-RELAY 1';
+const MAX_HELLO = 512;
+
+export function newRelayToken(): string {
+  return randomBytes(24).toString('base64url');
+}
+
+/** Read one line (≤ MAX_HELLO bytes); bytes after it are put back on the socket. */
+function readLine(socket: net.Socket, timeoutMs: number, what: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => done(new Error(`${what}: no answer within ${timeoutMs} ms`)), timeoutMs);
+    const onData = (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      const nl = buf.indexOf(0x0a);
+      if (nl >= 0) {
+        const rest = buf.subarray(nl + 1);
+        done(null, buf.subarray(0, nl).toString('utf8'));
+        if (rest.length) socket.unshift(rest);
+      } else if (buf.length > MAX_HELLO) done(new Error(`${what}: line longer than ${MAX_HELLO} bytes`));
+    };
+    const onEnd = () => done(new Error(`${what}: connection closed`));
+    const onError = (e: Error) => done(new Error(`${what}: ${e.message}`));
+    function done(err: Error | null, line?: string): void {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+      socket.off('error', onError);
+      socket.pause();
+      if (err) reject(err);
+      else resolve(line!);
+    }
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onEnd);
+    socket.on('error', onError);
+  });
+}
+
+export interface RelayListener {
+  /** host:port the source's relay connects to. */
+  readonly address: { host: string; port: number };
+  /** The source's authenticated connection (once). */
+  readonly accepted: Promise<net.Socket>;
+  /** Why connections were refused (wrong token, wrong migration, TLS), newest last. */
+  readonly refusals: string[];
+  close(): void;
+}
+
+/** Listen on `host` (port 0) for the relay connection of `migrationId`. */
+export async function listenRelay(opts: { host: string; migrationId: string; token: string; tls?: ChannelTls; helloTimeoutMs?: number }): Promise<RelayListener> {
+  const refusals: string[] = [];
+  let resolveAccepted: (s: net.Socket) => void = () => undefined;
+  const accepted = new Promise<net.Socket>((r) => (resolveAccepted = r));
+  let taken = false;
+  const expected = Buffer.from(`${HELLO} ${opts.migrationId} ${opts.token}`);
+  const onConnection = (socket: net.Socket) => {
+    socket.on('error', () => undefined);
+    if (taken) {
+      socket.end('ERR this migration is already connected\n');
+      return;
+    }
+    void readLine(socket, opts.helloTimeoutMs ?? 10_000, 'relay hello').then(
+      (line) => {
+        const got = Buffer.from(line);
+        if (taken || got.length !== expected.length || !timingSafeEqual(got, expected)) {
+          const why = line.startsWith(HELLO) ? `a relay hello for another migration or with a wrong token` : `not a ferry relay hello`;
+          refusals.push(`${socket.remoteAddress ?? '?'}: ${why}`);
+          socket.end(`ERR ${why}\n`);
+          return;
+        }
+        taken = true;
+        server.close();
+        socket.setNoDelay(true);
+        socket.write('OK\n');
+        resolveAccepted(socket);
+      },
+      (err: Error) => {
+        refusals.push(`${socket.remoteAddress ?? '?'}: ${err.message}`);
+        socket.destroy();
+      },
+    );
+  };
+  const server = opts.tls ? tls.createServer(tlsServerOptions(opts.tls), onConnection) : net.createServer(onConnection);
+  if (opts.tls) server.on('tlsClientError', (err: Error) => refusals.push(`TLS: ${err.message}`));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, opts.host, () => resolve());
+  });
+  const a = server.address() as net.AddressInfo;
+  return {
+    address: { host: opts.host, port: a.port },
+    accepted,
+    refusals,
+    close: () => {
+      server.close();
+      void accepted.then(() => undefined);
+    },
+  };
+}
+
+/** Connect the source's relay to the target's and say hello; resolves once the target said OK. */
+export async function connectRelay(opts: {
+  host: string;
+  port: number;
+  migrationId: string;
+  token: string;
+  tls?: ChannelTls;
+  targetHostId: string;
+  timeoutMs?: number;
+}): Promise<net.Socket> {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const where = `relay link to ${opts.targetHostId} (${opts.host}:${opts.port})`;
+  const socket: net.Socket = opts.tls
+    ? await tlsCreateConnection(opts.tls, opts.targetHostId, { timeoutMs })({ host: opts.host, port: opts.port })
+    : await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host: opts.host, port: opts.port });
+        const timer = setTimeout(() => {
+          s.destroy();
+          reject(new Error(`${where}: connect timed out after ${timeoutMs} ms`));
+        }, timeoutMs);
+        s.once('connect', () => {
+          clearTimeout(timer);
+          resolve(s);
+        });
+        s.once('error', (e) => {
+          clearTimeout(timer);
+          reject(new Error(`${where}: ${e.message}`));
+        });
+      });
+  socket.setNoDelay(true);
+  socket.write(`${HELLO} ${opts.migrationId} ${opts.token}\n`);
+  const answer = await readLine(socket, timeoutMs, where).catch((e: Error) => {
+    socket.destroy();
+    throw e;
+  });
+  if (answer !== 'OK') {
+    socket.destroy();
+    throw new Error(`${where}: the target refused: ${answer.replace(/^ERR /, '')}`);
+  }
+  return socket;
+}

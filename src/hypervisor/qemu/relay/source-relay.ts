@@ -1,0 +1,342 @@
+/**
+ * par-migrate on stock QEMU, source side. The source QEMU migrates into this relay (a unix
+ * socket on the QEMU host); the relay reads QEMU's stream record by record and
+ *
+ * - sends the first copy of every non-zero page (QEMU's bulk pass) to StaticData on shared
+ *   storage, over the storage network, paced at the storage cap;
+ * - sends everything else — later copies of pages, zero pages, the header, the configuration,
+ *   commands, device state — to the target's relay over the migration network, in order,
+ *   paced at the migration cap, re-encoded by the stream writer (block names always written);
+ * - passes the target's return path back to QEMU byte for byte.
+ *
+ * Diverting stops (and StaticData is committed) when QEMU starts its second pass (the agent
+ * calls stopDiverting), or at the latest when the stream reaches stop-and-copy (ram END) or
+ * any post-copy command: from then on the relay forwards every record. A page diverted is a
+ * page the target gets only from StaticData, so a StaticData that cannot be written fails the
+ * stream (QEMU then fails the migration and the guest runs on here).
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import type { SnapshotWriter } from '../../../dataplane/store-writer';
+import { TokenBucket } from '../../../dataplane/rate';
+import { Bitmap } from '../../../dataplane/bitmap';
+import { QemuStreamError, VmCommand, type StreamEvent } from '../stream/format';
+import { StreamReader } from '../stream/reader';
+import { StreamWriter } from '../stream/writer';
+import { RamLayout } from './layout';
+
+/** Commands after which the target needs every page it will ever get before post-copy: stop diverting. */
+const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
+/** Diverted-page batches being written before the relay stops reading QEMU. */
+const MAX_PENDING_BATCHES = 2;
+
+export interface SourceRelayOptions {
+  /** The unix socket QEMU migrates into (`migrate uri=unix:<path>`). */
+  listenPath: string;
+  /** Open the link to the target's relay (see link.ts). */
+  connect: () => Promise<net.Socket>;
+  /** Open the StaticData writer once the guest's page count is known (from MEM_SIZE). */
+  openStatic: (pageCount: number) => Promise<SnapshotWriter>;
+  /** Migration-network pace in bytes/s (0: uncapped). */
+  bandwidthBytesPerSec: number;
+  /** Pages per StaticData batch (default 1024). */
+  batchPages?: number;
+  log?: (line: string) => void;
+}
+
+export interface StaticSave {
+  pages: number;
+  zeroPages: number;
+  bytesWritten: number;
+  saveMs: number;
+}
+
+export interface SourceRelayStats {
+  /** Pages whose first copy went to StaticData. */
+  divertedPages: number;
+  /** What those records took in QEMU's stream (QEMU counts them in its transferred bytes). */
+  divertedWireBytes: number;
+  /** Page records sent to the target's relay. */
+  forwardedPages: number;
+  /** Bytes sent to the target's relay (the migration network). */
+  linkBytes: number;
+  /** Bytes the return path carried back. */
+  returnBytes: number;
+  diverting: boolean;
+}
+
+export class SourceRelay {
+  private readonly server: net.Server;
+  private qemu: net.Socket | null = null;
+  private link: net.Socket | null = null;
+  private readonly reader = new StreamReader();
+  private readonly writer = new StreamWriter();
+  private readonly bucket: TokenBucket;
+  private layout: RamLayout | null = null;
+  private seen: Bitmap | null = null;
+  private diverting = true;
+  private stopWhy: string | null = null;
+  private staticWriter: Promise<SnapshotWriter> | null = null;
+  private batch: { pfns: number[]; data: Buffer[] } = { pfns: [], data: [] };
+  private saving: Promise<void> = Promise.resolve();
+  private pendingBatches = 0;
+  private holds = 0;
+  private readonly startedAt = Date.now();
+  private failure: Error | null = null;
+  private ended = false;
+  private readonly s: SourceRelayStats = { divertedPages: 0, divertedWireBytes: 0, forwardedPages: 0, linkBytes: 0, returnBytes: 0, diverting: true };
+  private resolveStatic: (r: StaticSave) => void = () => undefined;
+  private rejectStatic: (e: Error) => void = () => undefined;
+  /** Resolves when StaticData is committed; rejects when it cannot be. */
+  readonly staticDone: Promise<StaticSave>;
+  private resolveFinished: () => void = () => undefined;
+  /** Resolves when the stream ended (well or not); `error` says which. */
+  readonly finished: Promise<void>;
+
+  private constructor(private readonly opts: SourceRelayOptions) {
+    this.bucket = new TokenBucket(opts.bandwidthBytesPerSec);
+    this.staticDone = new Promise<StaticSave>((res, rej) => {
+      this.resolveStatic = res;
+      this.rejectStatic = rej;
+    });
+    this.staticDone.catch(() => undefined);
+    this.finished = new Promise<void>((r) => (this.resolveFinished = r));
+    this.server = net.createServer((s) => this.accept(s));
+  }
+
+  static async listen(opts: SourceRelayOptions): Promise<SourceRelay> {
+    fs.rmSync(opts.listenPath, { force: true });
+    const r = new SourceRelay(opts);
+    await new Promise<void>((resolve, reject) => {
+      r.server.once('error', reject);
+      r.server.listen(opts.listenPath, () => resolve());
+    });
+    fs.chmodSync(opts.listenPath, 0o600);
+    return r;
+  }
+
+  get error(): Error | null {
+    return this.failure;
+  }
+
+  /** Why diverting stopped (null while it goes on). */
+  get stopReason(): string | null {
+    return this.stopWhy;
+  }
+
+  stats(): SourceRelayStats {
+    return { ...this.s, diverting: this.diverting };
+  }
+
+  setBandwidth(bytesPerSec: number): void {
+    this.bucket.setRate(bytesPerSec);
+  }
+
+  /** QEMU began its second pass (or the agent says so): every later record goes to the target. */
+  stopDiverting(why: string): void {
+    if (!this.diverting) return;
+    this.diverting = false;
+    this.stopWhy = why;
+    this.opts.log?.(`relay: diverting stopped (${why}) after ${this.s.divertedPages} pages`);
+    const last = this.takeBatch();
+    const writer = this.staticWriter;
+    if (!writer) {
+      // No MEM_SIZE yet: nothing was diverted, and there is nothing to commit.
+      this.rejectStatic(new Error(`StaticData was never started: the stream ended diverting before QEMU described its RAM (${why})`));
+      return;
+    }
+    this.saving = this.saving
+      .then(async () => {
+        const w = await writer;
+        if (last) await this.writeBatch(w, last);
+        await w.commit();
+        const st = w.stats();
+        this.resolveStatic({ pages: st.pages, zeroPages: st.zeroPages, bytesWritten: st.bytesWritten, saveMs: Date.now() - this.startedAt });
+      })
+      .catch((e: unknown) => this.fail(new Error(`StaticData could not be written: ${(e as Error).message}`)));
+  }
+
+  close(): void {
+    this.server.close();
+    this.qemu?.destroy();
+    this.link?.destroy();
+    fs.rmSync(this.opts.listenPath, { force: true });
+    if (!this.ended) this.finish();
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.qemu) {
+      socket.destroy(); // one stream per relay
+      return;
+    }
+    this.qemu = socket;
+    this.server.close();
+    socket.pause();
+    socket.on('error', (e) => this.fail(new Error(`the QEMU side of the relay failed: ${e.message}`)));
+    this.opts.connect().then(
+      (link) => {
+        this.link = link;
+        link.on('data', (d: Buffer) => {
+          this.s.returnBytes += d.length;
+          socket.write(d); // return path: verbatim
+        });
+        // The target ends its side when its QEMU closed the return path (it loaded the stream, or refused it: QEMU says which).
+        let targetEnded = false;
+        link.on('end', () => {
+          targetEnded = true;
+          socket.end();
+        });
+        link.on('error', (e) => this.fail(new Error(`the relay link to the target failed: ${e.message}`)));
+        link.on('close', () => {
+          if (!this.ended && !targetEnded) this.fail(new Error('the relay link to the target broke before the stream ended'));
+        });
+        link.resume();
+        socket.on('data', (chunk: Buffer) => {
+          this.reader.push(chunk);
+          this.pump();
+        });
+        socket.on('end', () => this.onQemuEnd());
+        socket.resume();
+      },
+      (e: Error) => this.fail(e),
+    );
+  }
+
+  private onQemuEnd(): void {
+    try {
+      this.reader.end();
+    } catch (e) {
+      this.fail(e as Error);
+      return;
+    }
+    this.stopDiverting('the stream ended');
+    this.ended = true;
+    void this.saving.then(() => {
+      this.link?.end();
+      this.finish();
+    });
+  }
+
+  private finish(): void {
+    this.ended = true;
+    this.resolveFinished();
+  }
+
+  private fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    this.opts.log?.(`relay: ${e.message}`);
+    this.rejectStatic(e);
+    this.qemu?.destroy();
+    this.link?.destroy();
+    this.finish();
+  }
+
+  private pump(): void {
+    if (this.failure) return;
+    const out: Buffer[] = [];
+    try {
+      for (let e = this.reader.next(); e; e = this.reader.next()) this.handle(e, out);
+    } catch (e) {
+      this.fail(e instanceof QemuStreamError ? new Error(`the relay refused QEMU's stream: ${e.message}`) : (e as Error));
+      return;
+    }
+    if (out.length) this.send(Buffer.concat(out));
+  }
+
+  private handle(e: StreamEvent, out: Buffer[]): void {
+    switch (e.kind) {
+      case 'mem-size':
+        this.layout = new RamLayout(e.blocks);
+        this.seen = new Bitmap(this.layout.pageCount);
+        if (this.diverting) {
+          const n = this.layout.pageCount;
+          this.staticWriter = this.opts.openStatic(n);
+          this.staticWriter.catch((err: Error) => this.fail(new Error(`StaticData could not be opened: ${err.message}`)));
+        }
+        break;
+      case 'section':
+        if (e.type === 'end') this.stopDiverting('QEMU reached stop-and-copy');
+        break;
+      case 'opaque':
+        if (e.what === 'command' && e.command !== undefined && SWITCH_COMMANDS.has(e.command)) this.stopDiverting('QEMU switched to post-copy');
+        break;
+      case 'page': {
+        const layout = this.layout;
+        if (!layout || !this.seen) throw new QemuStreamError('BAD_RAM_RECORD', e.offset, 'RAM page', 'a page before MEM_SIZE');
+        const pfn = layout.pfn(e.block, e.addr, e.offset);
+        const first = !this.seen.get(pfn);
+        this.seen.set(pfn);
+        if (this.diverting && first && e.data) {
+          this.batch.pfns.push(pfn);
+          this.batch.data.push(Buffer.from(e.data));
+          this.s.divertedPages++;
+          this.s.divertedWireBytes += 8 + (e.continued ? 0 : 1 + Buffer.byteLength(e.block, 'latin1')) + e.data.length;
+          if (this.batch.pfns.length >= (this.opts.batchPages ?? 1024)) this.queueBatch();
+          return;
+        }
+        this.s.forwardedPages++;
+        break;
+      }
+      default:
+        break;
+    }
+    out.push(this.writer.write(e));
+  }
+
+  private takeBatch(): { pfns: number[]; data: Buffer[] } | null {
+    if (this.batch.pfns.length === 0) return null;
+    const b = this.batch;
+    this.batch = { pfns: [], data: [] };
+    return b;
+  }
+
+  private queueBatch(): void {
+    const b = this.takeBatch();
+    const writer = this.staticWriter;
+    if (!b || !writer) return;
+    const held = ++this.pendingBatches >= MAX_PENDING_BATCHES;
+    if (held) this.hold();
+    this.saving = this.saving
+      .then(async () => this.writeBatch(await writer, b))
+      .then(() => {
+        this.pendingBatches--;
+        if (held) this.release();
+      })
+      .catch((err: unknown) => this.fail(new Error(`StaticData could not be written: ${(err as Error).message}`)));
+  }
+
+  private async writeBatch(w: SnapshotWriter, b: { pfns: number[]; data: Buffer[] }): Promise<void> {
+    const index = new Map<number, Buffer>();
+    b.pfns.forEach((p, i) => index.set(p, b.data[i]!));
+    await w.writePages(Uint32Array.from(b.pfns), {
+      pageSize: w.pageSize,
+      pageCount: w.pageCount,
+      readPage: (pfn, dst) => dst.set(index.get(pfn)!),
+    });
+  }
+
+  /** Send to the target at the migration cap; stop reading QEMU while the link is behind. */
+  private send(buf: Buffer): void {
+    const link = this.link;
+    if (!link) return;
+    this.s.linkBytes += buf.length;
+    const waitMs = this.bucket.reserve(buf.length);
+    if (!link.write(buf)) {
+      this.hold();
+      link.once('drain', () => this.release());
+    }
+    if (waitMs > 0) {
+      this.hold();
+      setTimeout(() => this.release(), waitMs);
+    }
+  }
+
+  private hold(): void {
+    if (this.holds++ === 0) this.qemu?.pause();
+  }
+
+  private release(): void {
+    if (--this.holds === 0 && !this.failure) this.qemu?.resume();
+  }
+}

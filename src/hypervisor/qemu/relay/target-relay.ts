@@ -1,0 +1,320 @@
+/**
+ * par-migrate on stock QEMU, target side. The target's relay receives the source relay's
+ * stream over the migration network and writes one well-formed stream into the target QEMU
+ * (`-incoming unix:<path>`):
+ *
+ * - every record from the source, in order, as it arrives (dynamic pages included), and the
+ *   pages it delivers are marked;
+ * - once StaticData is committed on shared storage, its pages, in PART sections of their own
+ *   inserted between two records — each page only if no dynamic version of it was delivered
+ *   before (the merge rule, checked when the page is written into the stream, so a newer
+ *   page is never overwritten and a later one overwrites it as usual);
+ * - nothing that ends pre-copy (ram END, post-copy commands) passes before the merge is done.
+ *
+ * The target QEMU's return path goes back to the source relay byte for byte.
+ */
+import net from 'node:net';
+import { Bitmap } from '../../../dataplane/bitmap';
+import type { SnapshotReader } from '../../../dataplane/store-reader';
+import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '../stream/format';
+import { StreamReader } from '../stream/reader';
+import { StreamWriter } from '../stream/writer';
+import { RamLayout } from './layout';
+
+const GATED_COMMANDS = new Set<number>([VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
+/** Static pages per inserted PART section. */
+const INSERT_PAGES = 512;
+
+export interface TargetRelayOptions {
+  /** The source relay's authenticated connection (link.ts). */
+  accepted: Promise<net.Socket>;
+  /** Connect to the target QEMU's incoming unix socket. */
+  connectQemu: () => Promise<net.Socket>;
+  /** par-migrate: a StaticData merge must happen before pre-copy ends. */
+  expectStatic: boolean;
+  log?: (line: string) => void;
+}
+
+export interface StaticMerge {
+  pages: number;
+  skippedNewer: number;
+  bytesRead: number;
+  mergeMs: number;
+}
+
+export interface TargetRelayStats {
+  /** Page records the source relay delivered (the migration network). */
+  deliveredPages: number;
+  linkBytes: number;
+  /** Static pages written into the stream / skipped because a newer one was delivered. */
+  mergedPages: number;
+  skippedNewer: number;
+}
+
+export class TargetRelay {
+  private link: net.Socket | null = null;
+  private qemu: net.Socket | null = null;
+  private readonly reader = new StreamReader();
+  private readonly writer = new StreamWriter();
+  private layout: RamLayout | null = null;
+  private layoutWaiters: (() => void)[] = [];
+  private delivered: Bitmap | null = null;
+  private sectionId: number | null = null;
+  /** An event that may not pass before the merge is done. */
+  private held: StreamEvent | null = null;
+  private mergeDone = false;
+  private abandoned: string | null = null;
+  private merging: Promise<StaticMerge> | null = null;
+  /** Static pages read, waiting for a record boundary. */
+  private inject: { pfn: number; data: Buffer | null }[] = [];
+  private injectWaiters: (() => void)[] = [];
+  private qemuBusy = false;
+  private failure: Error | null = null;
+  private ended = false;
+  private readonly s: TargetRelayStats = { deliveredPages: 0, linkBytes: 0, mergedPages: 0, skippedNewer: 0 };
+  private resolveFinished: () => void = () => undefined;
+  readonly finished: Promise<void>;
+
+  constructor(private readonly opts: TargetRelayOptions) {
+    this.finished = new Promise<void>((r) => (this.resolveFinished = r));
+    void this.start();
+  }
+
+  get error(): Error | null {
+    return this.failure;
+  }
+
+  stats(): TargetRelayStats {
+    return { ...this.s };
+  }
+
+  close(): void {
+    this.link?.destroy();
+    this.qemu?.destroy();
+    this.finish();
+  }
+
+  /**
+   * Merge a committed StaticData into the stream (once; a second call returns the first's
+   * result). Waits for the commit: a snapshot without its manifest is never merged.
+   */
+  merge(reader: SnapshotReader, opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: StaticMerge) => void } = {}): Promise<StaticMerge> {
+    this.merging ??= this.runMerge(reader, opts).catch((e: Error) => {
+      this.abandon(`the StaticData merge failed: ${e.message}`);
+      throw e;
+    });
+    return this.merging;
+  }
+
+  /** No StaticData will be merged (the save failed): reaching the end of pre-copy then fails the stream. */
+  abandon(why: string): void {
+    if (this.mergeDone || this.abandoned) return;
+    this.abandoned = why;
+    if (this.held) this.fail(new Error(`pre-copy ended before StaticData was merged, and it never will be: ${why}`));
+  }
+
+  private async start(): Promise<void> {
+    let link: net.Socket;
+    let qemu: net.Socket;
+    try {
+      link = await this.opts.accepted;
+      qemu = await this.opts.connectQemu();
+    } catch (e) {
+      this.fail(e as Error);
+      return;
+    }
+    this.link = link;
+    this.qemu = qemu;
+    qemu.on('data', (d: Buffer) => link.write(d)); // return path: verbatim
+    // QEMU closes its side when it loaded the stream, or refused it (its migration status says which).
+    let qemuEnded = false;
+    qemu.on('end', () => {
+      qemuEnded = true;
+      link.end();
+    });
+    qemu.on('error', (e) => this.fail(new Error(`the target QEMU's incoming socket failed: ${e.message}`)));
+    qemu.on('close', () => {
+      if (!this.ended && !qemuEnded) this.fail(new Error('the target QEMU dropped its incoming socket'));
+      else this.finish();
+    });
+    qemu.on('drain', () => {
+      this.qemuBusy = false;
+      if (!this.held) link.resume();
+      this.wake();
+    });
+    link.on('data', (chunk: Buffer) => {
+      this.s.linkBytes += chunk.length;
+      this.reader.push(chunk);
+      this.pump();
+    });
+    link.on('end', () => {
+      try {
+        this.reader.end();
+      } catch (e) {
+        this.fail(e as Error);
+        return;
+      }
+      this.ended = true;
+      qemu.end();
+      this.finish();
+    });
+    link.on('error', (e) => this.fail(new Error(`the relay link from the source failed: ${e.message}`)));
+    link.on('close', () => {
+      if (!this.ended && !qemuEnded) this.fail(new Error('the relay link from the source broke before the stream ended'));
+    });
+    link.resume();
+  }
+
+  private finish(): void {
+    this.ended = true;
+    this.resolveFinished();
+    this.wake();
+  }
+
+  private fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    this.opts.log?.(`relay: ${e.message}`);
+    this.link?.destroy();
+    this.qemu?.destroy();
+    this.finish();
+  }
+
+  private wake(): void {
+    for (const w of this.injectWaiters.splice(0)) w();
+  }
+
+  private gated(e: StreamEvent): boolean {
+    if (!this.opts.expectStatic || this.mergeDone) return false;
+    return (e.kind === 'section' && e.type === 'end') || (e.kind === 'opaque' && ((e.what === 'command' && e.command !== undefined && GATED_COMMANDS.has(e.command)) || e.what === 'tail'));
+  }
+
+  private pump(): void {
+    if (this.failure || !this.qemu) return;
+    const out: Buffer[] = [];
+    try {
+      for (;;) {
+        const e = this.held ?? this.reader.next();
+        if (!e) break;
+        if (this.gated(e)) {
+          if (this.abandoned) throw new Error(`pre-copy ended before StaticData was merged, and it never will be: ${this.abandoned}`);
+          this.held = e;
+          this.link?.pause();
+          this.opts.log?.('relay: the end of pre-copy waits for the StaticData merge');
+          break;
+        }
+        this.held = null;
+        this.handle(e, out);
+        if (this.writer.atRecordBoundary && this.inject.length) out.push(this.injectNow());
+      }
+    } catch (e) {
+      this.fail(e instanceof QemuStreamError ? new Error(`the target's relay refused the stream: ${e.message}`) : (e as Error));
+      return;
+    }
+    if (this.writer.atRecordBoundary && this.inject.length) out.push(this.injectNow());
+    if (out.length) this.toQemu(Buffer.concat(out));
+  }
+
+  private handle(e: StreamEvent, out: Buffer[]): void {
+    if (e.kind === 'mem-size') {
+      this.layout = new RamLayout(e.blocks);
+      this.delivered = new Bitmap(this.layout.pageCount);
+      for (const w of this.layoutWaiters.splice(0)) w();
+    } else if (e.kind === 'section') {
+      this.sectionId = e.sectionId;
+    } else if (e.kind === 'page') {
+      if (!this.layout || !this.delivered) throw new QemuStreamError('BAD_RAM_RECORD', e.offset, 'RAM page', 'a page before MEM_SIZE');
+      this.delivered.set(this.layout.pfn(e.block, e.addr, e.offset));
+      this.s.deliveredPages++;
+    }
+    out.push(this.writer.write(e));
+  }
+
+  private toQemu(buf: Buffer): void {
+    if (!this.qemu) return;
+    if (!this.qemu.write(buf)) {
+      this.qemuBusy = true;
+      this.link?.pause();
+    }
+  }
+
+  /** The waiting static pages as PART sections; the merge rule is applied here, at the boundary. */
+  private injectNow(): Buffer {
+    const layout = this.layout!;
+    const delivered = this.delivered!;
+    const pages: PageEvent[] = [];
+    for (const p of this.inject) {
+      if (delivered.get(p.pfn)) {
+        this.s.skippedNewer++;
+        continue;
+      }
+      const { block, addr } = layout.locate(p.pfn);
+      pages.push({ kind: 'page', offset: 0, block, addr, data: p.data, fill: 0, continued: false });
+      this.s.mergedPages++;
+    }
+    this.inject = [];
+    this.wake();
+    if (pages.length === 0) return Buffer.alloc(0);
+    const id = this.sectionId!;
+    const events: StreamEvent[] = [{ kind: 'section', type: 'part', offset: 0, sectionId: id }];
+    for (const p of pages) events.push(p);
+    events.push({ kind: 'eos', offset: 0 }, { kind: 'footer', offset: 0, sectionId: id });
+    return this.writer.writeAll(events);
+  }
+
+  /** Wait until the pages handed over were written into the stream (or the relay ended). */
+  private async injected(signal?: AbortSignal): Promise<void> {
+    for (;;) {
+      signal?.throwIfAborted();
+      if (this.failure) throw this.failure;
+      if (this.ended && this.inject.length) throw new Error('the stream ended before StaticData was merged');
+      if (this.inject.length === 0 && !this.qemuBusy) return;
+      // At a boundary with the link quiet (or held for the merge): write them now.
+      if (this.inject.length && this.writer.atRecordBoundary && this.qemu && !this.qemuBusy) {
+        this.toQemu(this.injectNow());
+        continue;
+      }
+      await new Promise<void>((r) => {
+        this.injectWaiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  }
+
+  private async runMerge(reader: SnapshotReader, opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: StaticMerge) => void }): Promise<StaticMerge> {
+    const t0 = Date.now();
+    const manifest = await reader.waitForCommit(opts.timeoutMs ?? 2 * 3600_000, opts.signal);
+    while (!this.layout) {
+      if (this.failure) throw this.failure;
+      await new Promise<void>((r) => {
+        this.layoutWaiters.push(r);
+        setTimeout(r, 100);
+      });
+      opts.signal?.throwIfAborted();
+    }
+    if (manifest.pageCount !== this.layout.pageCount || manifest.pageSize !== this.layout.pageSize) {
+      throw new Error(`StaticData holds ${manifest.pageCount} pages of ${manifest.pageSize} bytes; the stream's RAM has ${this.layout.pageCount} of ${this.layout.pageSize}`);
+    }
+    let bytesRead = 0;
+    const progress = (): StaticMerge => ({ pages: this.s.mergedPages, skippedNewer: this.s.skippedNewer, bytesRead, mergeMs: Date.now() - t0 });
+    for (const c of manifest.chunks) {
+      const chunk = await reader.readChunk(c.name);
+      for (let i = 0; i < chunk.pfns.length; i++) {
+        const pfn = chunk.pfns[i]!;
+        if (pfn >= this.layout.pageCount) throw new Error(`StaticData ${c.name}: page ${pfn} is outside the guest's ${this.layout.pageCount} pages`);
+        this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(chunk.page(i)) });
+        if (this.inject.length >= INSERT_PAGES) await this.injected(opts.signal);
+      }
+      bytesRead += chunk.bytes;
+      opts.onProgress?.(progress());
+    }
+    await this.injected(opts.signal);
+    this.mergeDone = true;
+    // Pre-copy may end now: let what waited for the merge through.
+    if (this.held) {
+      this.link?.resume();
+      this.pump();
+    }
+    return progress();
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * par-migrate and pa-hybrid on real QEMU guests (TCG), stock QEMU: the source QEMU migrates into
+ * its agent's relay, which sends the bulk pass to StaticData on shared storage and the rest to the
+ * target agent's relay over the migration network; the target's relay merges StaticData into the
+ * target QEMU's stream without overwriting newer pages. Two agent processes on loopback sharing a
+ * storage directory, the real workflow on the real dev server; the guest verifies its own pages.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationReport } from '../../src/workflows/report';
+import { progressQuery } from '../../src/workflows/messages';
+import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
+import { createVm, migrate, MiB, startMigration } from '../helpers/migrate';
+import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+
+let controller: TestController;
+let a: QemuAgent;
+let b: QemuAgent;
+const hostA = uniqueHost('qpa');
+const hostB = uniqueHost('qpb');
+const storage = tempDir('qemu-par-storage');
+
+beforeAll(async () => {
+  await testGuest();
+  [controller, a, b] = await Promise.all([
+    startTestController(),
+    startQemuAgent(hostA, { migrationAddr: '127.0.0.1', storageDir: storage }),
+    startQemuAgent(hostB, { migrationAddr: '127.0.0.1', storageDir: storage }),
+  ]);
+}, 600_000);
+
+afterAll(async () => {
+  await Promise.all([stopQemuAgent(a), stopQemuAgent(b)]);
+  await controller?.stop();
+});
+
+function expectVerifiedOnTarget(r: MigrationReport): void {
+  expect(r.outcome, r.reason).toBe('completed');
+  expect(r.driver).toBe('qemu');
+  expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+  expect(r.verification!.pagesChecked).toBeGreaterThan(0);
+}
+
+/** The bulk pass went to StaticData and was merged: the migration network carried less than the guest's RAM. */
+function expectStaticData(r: MigrationReport, memoryBytes: number): void {
+  expect(r.static).not.toBeNull();
+  expect(r.static!.pages).toBeGreaterThan(0);
+  expect(r.bytes.storageWrite).toBeGreaterThan(0);
+  expect(r.bytes.storageRead).toBeGreaterThan(0);
+  expect(r.bytes.migrationNetwork).toBeGreaterThan(0);
+  expect(r.bytes.migrationNetwork).toBeLessThan(memoryBytes);
+  // Cleaned up after the migration.
+  expect(fs.existsSync(path.join(storage, r.id))).toBe(false);
+}
+
+describe('par-migrate on QEMU through the agents’ relays', () => {
+  it('par-migrate on a converging guest: StaticData merged, then stop-and-copy; verified by the guest on the target', async () => {
+    const vm = 'qpar-conv';
+    const mem = 128 * MiB;
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: mem, workload: 'converging', seed: 5 });
+    const r = await migrate(controller.client, {
+      vm,
+      source: hostA,
+      target: hostB,
+      strategy: 'par-migrate',
+      options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 400 * MiB, maxIterations: 30, maxDowntimeMs: 300 },
+    });
+    expectVerifiedOnTarget(r);
+    expect(r.decisions.at(-1)?.action).toBe('stop-and-copy');
+    expectStaticData(r, mem);
+  }, 300_000);
+
+  it('pa-hybrid on a write-intensive guest: switches to post-copy with the λ reason; verified by the guest on the target', async () => {
+    const vm = 'qpar-wi';
+    const mem = 128 * MiB;
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: mem, workload: 'write-intensive', seed: 9 });
+    const r = await migrate(controller.client, {
+      vm,
+      source: hostA,
+      target: hostB,
+      strategy: 'pa-hybrid',
+      options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 400 * MiB, maxIterations: 30, maxDowntimeMs: 300 },
+    });
+    expectVerifiedOnTarget(r);
+    const sw = r.decisions.find((d) => d.action === 'switch-to-postcopy');
+    expect(sw?.reason).toMatch(/λ=\[.*\], \d of 3 > 1, mean|no progress: next round sends \d+ pages|not worth another round/);
+    expect(r.postcopy).not.toBeNull();
+    expectStaticData(r, mem);
+  }, 300_000);
+
+  it('the source agent is killed during the bulk pass: rolled back, the guest runs on the source, no StaticData merged', async () => {
+    const host = uniqueHost('qpk');
+    let src = await startQemuAgent(host, { migrationAddr: '127.0.0.1', storageDir: storage });
+    try {
+      const vm = 'qpar-kill';
+      await createVm(controller.client, host, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 3 });
+      // A slow storage link keeps the bulk pass going for seconds: long enough to kill the agent in it.
+      const handle = await startMigration(controller.client, {
+        vm,
+        source: host,
+        target: hostB,
+        strategy: 'pa-hybrid',
+        options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 4 * MiB, maxIterations: 30, maxDowntimeMs: 300 },
+      });
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const p = (await handle.query(progressQuery).catch(() => null)) as { phase?: string } | null;
+        if (p?.phase === 'precopy') break;
+        if (Date.now() > deadline) throw new Error('pre-copy never started');
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      await new Promise((res) => setTimeout(res, 1500));
+      const midId = fs.readdirSync(storage).find((d) => fs.existsSync(path.join(storage, d, 'static')));
+      src.proc.kill('SIGKILL');
+      // QEMU outlives its agent; a new agent on the same state directory takes the guest over.
+      src = await startQemuAgent(host, { migrationAddr: '127.0.0.1', storageDir: storage, stateDir: src.stateDir });
+      const r = (await handle.result()) as MigrationReport;
+      expect(r.outcome, r.reason).toBe('rolled-back');
+      expect(r.reason).toMatch(new RegExp(`rolled back, ${vm} runs on ${host}`));
+      expect(r.verification).toMatchObject({ ok: true, where: 'source' });
+      // The half-written StaticData was never committed, so never merged (and it is gone now).
+      expect(r.static?.pages ?? 0).toBe(0);
+      if (midId) expect(fs.existsSync(path.join(storage, midId, 'static', 'manifest.json'))).toBe(false);
+    } finally {
+      await stopQemuAgent(src);
+    }
+  }, 400_000);
+});
