@@ -21,7 +21,7 @@ import { SWITCH_RULES, isStrategy, mayPostcopy, usesParMigrate, type StrategyNam
 import type { MigrationInput } from '../workflows/migration';
 import type { MigrationReport } from '../workflows/report';
 
-export const QEMU_BENCH_STRATEGIES = ['precopy', 'hybrid-1', 'as-hybrid', 'as-hybrid/paper'];
+export const QEMU_BENCH_STRATEGIES = ['precopy', 'hybrid-1', 'as-hybrid', 'par-migrate', 'pa-hybrid'];
 
 export interface QemuVariant {
   /** As written: `as-hybrid` or `as-hybrid/paper`. */
@@ -42,7 +42,6 @@ export function parseQemuVariant(s: string): QemuVariant | string {
   }
   const [name, rule, extra] = s.split('/');
   if (!isStrategy(name) || extra !== undefined) return `'${s}' is not a strategy (or strategy/rule)`;
-  if (usesParMigrate(name)) return `${name} needs par-migrate, which the QEMU engine cannot do yet; use as-hybrid`;
   if (rule === undefined) return { id: s, strategy: name };
   if (!(SWITCH_RULES as readonly string[]).includes(rule)) return `'${rule}' in '${s}' is not a switch rule (${SWITCH_RULES.join(', ')})`;
   return { id: s, strategy: name, switchRule: rule as SwitchRule };
@@ -57,6 +56,8 @@ export interface QemuBenchOptions {
   workload: string;
   memoryBytes: number;
   bandwidthBytesPerSec: number;
+  /** The storage link's cap (par-migrate's StaticData); 0 = uncapped. */
+  storageBandwidthBytesPerSec?: number;
   maxDowntimeMs: number;
   maxIterations: number;
   /** Let the guest run this long after it is up, before its migration starts. */
@@ -75,7 +76,9 @@ export interface QemuBenchRun {
   postcopyDurationMs: number | null;
   /** The target's postcopy-blocktime: ms all vCPUs at once waited for missing pages. */
   stallMs: number | null;
+  /** Bytes over the migration network (par-migrate's StaticData is in storageBytes). */
   bytes: number;
+  storageBytes?: number;
   passes: number;
   lambdas: number[];
   ending: string;
@@ -85,7 +88,7 @@ export interface QemuBenchRun {
 }
 
 /** One strategy's medians over its runs (and how many of them the guest verified). */
-export type QemuBenchRow = Pick<QemuBenchRun, 'strategy' | 'totalTimeMs' | 'downtimeMs' | 'postcopyDurationMs' | 'stallMs' | 'bytes' | 'passes' | 'ending'> & {
+export type QemuBenchRow = Pick<QemuBenchRun, 'strategy' | 'totalTimeMs' | 'downtimeMs' | 'postcopyDurationMs' | 'stallMs' | 'bytes' | 'storageBytes' | 'passes' | 'ending'> & {
   runs: number;
   verified: number;
   downtimeViolations: number;
@@ -95,7 +98,7 @@ export interface QemuBenchResult {
   schema: 'ferry-bench-qemu/1';
   startedAt: string;
   durationMs: number;
-  setup: { workload: string; memoryBytes: number; bandwidthBytesPerSec: number; maxDowntimeMs: number; maxIterations: number; warmupMs: number; repeats: number; qemu: string; accel: 'tcg' };
+  setup: { workload: string; memoryBytes: number; bandwidthBytesPerSec: number; storageBandwidthBytesPerSec?: number; maxDowntimeMs: number; maxIterations: number; warmupMs: number; repeats: number; qemu: string; accel: 'tcg' };
   machine: { cpus: number; model: string; loadAverageAtEnd: number[] };
   runs: QemuBenchRun[];
   rows: QemuBenchRow[];
@@ -121,7 +124,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
   const runs: QemuBenchRun[] = [];
   const options: MigrationOptions = {
     bandwidthBytesPerSec: o.bandwidthBytesPerSec,
-    storageBandwidthBytesPerSec: 0,
+    storageBandwidthBytesPerSec: o.storageBandwidthBytesPerSec ?? 0,
     maxDowntimeMs: o.maxDowntimeMs,
     maxIterations: o.maxIterations,
     pbdata: 'off',
@@ -147,6 +150,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
         postcopyDurationMs: r.postcopyDurationMs,
         stallMs: r.postcopy?.blocktimeMs?.allVcpusMs ?? null,
         bytes: r.bytes.migrationNetwork,
+        storageBytes: r.bytes.storageWrite,
         passes: r.iterations.length,
         lambdas: r.iterations.map((i) => Math.round(i.lambda * 100) / 100),
         ending: ender?.reason ?? '',
@@ -171,6 +175,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
       postcopyDurationMs: medianOrNull(rs.map((r) => r.postcopyDurationMs)),
       stallMs: medianOrNull(rs.map((r) => r.stallMs)),
       bytes: median(rs.map((r) => r.bytes)),
+      storageBytes: median(rs.map((r) => r.storageBytes ?? 0)),
       passes: median(rs.map((r) => r.passes)),
       ending: rs[rs.length - 1]?.ending ?? '',
     };
@@ -180,7 +185,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
     schema: 'ferry-bench-qemu/1',
     startedAt: new Date(t0).toISOString(),
     durationMs: Date.now() - t0,
-    setup: { workload: o.workload, memoryBytes: o.memoryBytes, bandwidthBytesPerSec: o.bandwidthBytesPerSec, maxDowntimeMs: o.maxDowntimeMs, maxIterations: o.maxIterations, warmupMs: o.warmupMs, repeats: o.repeats, qemu: qemuVersion, accel: 'tcg' },
+    setup: { workload: o.workload, memoryBytes: o.memoryBytes, bandwidthBytesPerSec: o.bandwidthBytesPerSec, storageBandwidthBytesPerSec: o.storageBandwidthBytesPerSec ?? 0, maxDowntimeMs: o.maxDowntimeMs, maxIterations: o.maxIterations, warmupMs: o.warmupMs, repeats: o.repeats, qemu: qemuVersion, accel: 'tcg' },
     machine: { cpus: os.availableParallelism(), model: cpu, loadAverageAtEnd: os.loadavg().map((l) => Math.round(l * 100) / 100) },
     runs,
     rows,
@@ -191,14 +196,15 @@ const ms = (v: number | null): string => (v === null ? '–' : v >= 1000 ? `${(v
 
 export function qemuTable(res: QemuBenchResult): string {
   const lines = [
-    '| strategy | verified | total time | × hybrid-1 | downtime | downtime violations | post-copy duration | guest stalled in post-copy | × hybrid-1 | data (migration network) | pre-copy passes | how pre-copy ended (last run) |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| strategy | verified | total time | × hybrid-1 | × precopy | downtime | downtime violations | post-copy duration | guest stalled in post-copy | × hybrid-1 | data (migration network) | × hybrid-1 | StaticData (storage network) | pre-copy passes | how pre-copy ended (last run) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   const h1 = res.rows.find((r) => r.strategy === 'hybrid-1');
+  const pre = res.rows.find((r) => r.strategy === 'precopy');
   const times = (v: number | null, base: number | null | undefined): string => (v !== null && base ? `${(v / base).toFixed(2)}×` : '–');
   for (const r of res.rows) {
     lines.push(
-      `| ${r.strategy} | ${r.verified}/${r.runs} | ${ms(r.totalTimeMs)} | ${times(r.totalTimeMs, h1?.totalTimeMs)} | ${ms(r.downtimeMs)} | ${r.downtimeViolations} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${times(r.stallMs ?? null, h1?.stallMs)} | ${formatBytes(r.bytes)} | ${r.passes} | ${r.ending.replace(/\|/g, '\\|')} |`,
+      `| ${r.strategy} | ${r.verified}/${r.runs} | ${ms(r.totalTimeMs)} | ${times(r.totalTimeMs, h1?.totalTimeMs)} | ${times(r.totalTimeMs, pre?.totalTimeMs)} | ${ms(r.downtimeMs)} | ${r.downtimeViolations} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${times(r.stallMs ?? null, h1?.stallMs)} | ${formatBytes(r.bytes)} | ${times(r.bytes, h1?.bytes)} | ${r.storageBytes ? formatBytes(r.storageBytes) : '–'} | ${r.passes} | ${r.ending.replace(/\|/g, '\\|')} |`,
     );
   }
   return lines.join('\n');
@@ -211,7 +217,7 @@ export function qemuMarkdown(res: QemuBenchResult, command: string): string {
     '',
     `\`${command}\` — ${res.startedAt}, ${(res.durationMs / 60000).toFixed(1)} min, ${res.machine.cpus} CPUs (${res.machine.model}), load average at the end ${res.machine.loadAverageAtEnd.join(' ')}.`,
     '',
-    `One ${formatBytes(s.memoryBytes)} test guest per run, workload \`${s.workload}\`, warmed up ${s.warmupMs} ms; migration link capped at ${formatBytes(s.bandwidthBytesPerSec)}/s (pre- and post-copy), max downtime ${s.maxDowntimeMs} ms, max ${s.maxIterations} passes; ${s.repeats} run(s) per strategy, medians shown. Verified = the guest's own page check passed on the target. Guest stalled = the target QEMU's postcopy-blocktime: how long all vCPUs at once waited for pages still on the source.`,
+    `One ${formatBytes(s.memoryBytes)} test guest per run, workload \`${s.workload}\`, warmed up ${s.warmupMs} ms; migration link capped at ${formatBytes(s.bandwidthBytesPerSec)}/s (pre- and post-copy), storage link ${s.storageBandwidthBytesPerSec ? `capped at ${formatBytes(s.storageBandwidthBytesPerSec)}/s` : 'uncapped'} (par-migrate's StaticData), max downtime ${s.maxDowntimeMs} ms, max ${s.maxIterations} passes; ${s.repeats} run(s) per strategy, medians shown. Verified = the guest's own page check passed on the target. Guest stalled = the target QEMU's postcopy-blocktime: how long all vCPUs at once waited for pages still on the source.`,
     '',
     qemuTable(res),
     '',

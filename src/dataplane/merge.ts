@@ -148,7 +148,7 @@ export async function loadPbData(opts: LoadPbDataOptions): Promise<LoadPbDataRes
  * Apply every chunk of a snapshot exactly once, in order, as chunks appear, until the
  * manifest exists and every chunk it lists is applied. Returns the manifest.
  */
-async function follow(
+export async function follow(
   reader: SnapshotReader,
   done: ReadonlySet<string>,
   opts: FollowOptions,

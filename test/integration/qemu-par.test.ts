@@ -42,14 +42,16 @@ function expectVerifiedOnTarget(r: MigrationReport): void {
   expect(r.verification!.pagesChecked).toBeGreaterThan(0);
 }
 
-/** The bulk pass went to StaticData and was merged: the migration network carried less than the guest's RAM. */
-function expectStaticData(r: MigrationReport, memoryBytes: number): void {
+/** The bulk pass went to StaticData and was merged (a converging guest: the migration network carried less than its RAM). */
+function expectStaticData(r: MigrationReport, memoryBytes: number | null): void {
   expect(r.static).not.toBeNull();
   expect(r.static!.pages).toBeGreaterThan(0);
   expect(r.bytes.storageWrite).toBeGreaterThan(0);
   expect(r.bytes.storageRead).toBeGreaterThan(0);
   expect(r.bytes.migrationNetwork).toBeGreaterThan(0);
-  expect(r.bytes.migrationNetwork).toBeLessThan(memoryBytes);
+  if (memoryBytes !== null) expect(r.bytes.migrationNetwork).toBeLessThan(memoryBytes);
+  // StaticData holds every page QEMU's bulk pass sent first, zero pages aside.
+  expect(r.bytes.storageWrite).toBeGreaterThanOrEqual(r.static!.pages * 4096 * 0.5);
   // Cleaned up after the migration.
   expect(fs.existsSync(path.join(storage, r.id))).toBe(false);
 }
@@ -86,7 +88,8 @@ describe('par-migrate on QEMU through the agents’ relays', () => {
     const sw = r.decisions.find((d) => d.action === 'switch-to-postcopy');
     expect(sw?.reason).toMatch(/λ=\[.*\], \d of 3 > 1, mean|no progress: next round sends \d+ pages|not worth another round/);
     expect(r.postcopy).not.toBeNull();
-    expectStaticData(r, mem);
+    // A write-intensive guest dirties more than its RAM while it migrates: no bound on the total here.
+    expectStaticData(r, null);
   }, 300_000);
 
   it('the source agent is killed during the bulk pass: rolled back, the guest runs on the source, no StaticData merged', async () => {

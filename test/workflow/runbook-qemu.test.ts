@@ -93,7 +93,7 @@ describe('qemu: par-migrate through the relays', () => {
       const r = await report(handle);
       expect(r.outcome).toBe('completed');
       expect(r.decisions.at(-1)?.action).toBe('stop-and-copy');
-      expect(r.decisions.filter((d) => d.reason === 'continue: static merge not complete').length).toBeGreaterThanOrEqual(2);
+      expect(r.decisions.some((d) => d.reason === 'continue: static merge not complete')).toBe(true);
       expect(c.indexOf('qemuStopAndCopy')).toBeGreaterThan(c.indexOf('qemuMergeStatic'));
     });
   });

@@ -23,7 +23,7 @@ import { runRegretSuite } from './bench-regret';
 
 export const help =
   'ferry bench --suite regret [--driver emulated|qemu] [--workloads memcached,…,trace:<file>] [--repeat N] [--sweep N] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--out DIR] [--json]   ferry\'s default vs the hindsight-best switch point · ' +
-  'ferry bench --suite qemu [--repeat N] [--strategies precopy,hybrid-1,as-hybrid] [--workload W] [--memory SIZE] [--bandwidth RATE] [--warmup T] [--out DIR] [--json]   the QEMU cell (real guests, TCG) · ' +
+  'ferry bench --suite qemu [--repeat N] [--strategies precopy,hybrid-1,as-hybrid,par-migrate,pa-hybrid] [--workload W] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--warmup T] [--out DIR] [--json]   the QEMU cell (real guests, TCG) · ' +
   'ferry bench [--suite paper|faults] [--trials N] [--seed S] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
 
 export async function run(argv: string[]): Promise<number> {
@@ -160,13 +160,14 @@ async function runQemuSuite(values: Record<string, unknown>, argv: string[]): Pr
   if (!QEMU_WORKLOADS[workload]) throw new UsageError(`--workload: '${workload}' is not one of ${Object.keys(QEMU_WORKLOADS).join(', ')}`);
   const memoryBytes = values.memory !== undefined ? parseSize(String(values.memory), '--memory') : 256 * 2 ** 20;
   const bandwidth = values.bandwidth !== undefined ? parseRate(String(values.bandwidth), '--bandwidth') : 32 * 2 ** 20;
+  const storageBandwidth = values['storage-bandwidth'] !== undefined ? parseRate(String(values['storage-bandwidth']), '--storage-bandwidth') : 400 * 2 ** 20;
   const warmupMs = values.warmup !== undefined ? parseDuration(String(values.warmup), '--warmup') : 2000;
   const repeats = int(values.repeat, 'repeat', 1, 100) ?? 3;
   const maxDowntimeMs = values['max-downtime'] !== undefined ? parseDuration(str(values['max-downtime'])!, '--max-downtime') : 300;
   const maxIterations = int(values['max-iterations'], 'max-iterations', 1, 1000) ?? 30;
   const outDir = path.resolve(str(values.out) ?? path.join('bench-results', `qemu-${new Date().toISOString().replace(/[:.]/g, '-')}`));
   return withQemuBenchCluster({ cfg: configFrom(values), prefix: 'qbench', memoryBytes, log: say, verbose: values.verbose === true }, async ({ client, source, target, qemuVersion }) => {
-    const res = await runQemuBench({ client, source, target, strategies, repeats, workload, memoryBytes, bandwidthBytesPerSec: bandwidth, maxDowntimeMs, maxIterations, warmupMs, log: say }, qemuVersion);
+    const res = await runQemuBench({ client, source, target, strategies, repeats, workload, memoryBytes, bandwidthBytesPerSec: bandwidth, storageBandwidthBytesPerSec: storageBandwidth, maxDowntimeMs, maxIterations, warmupMs, log: say }, qemuVersion);
     writeQemuOutputs(res, outDir, ['ferry', 'bench', ...argv].join(' '));
     if (values.json === true) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
     else process.stdout.write(`${qemuTable(res)}\n\n${path.join(outDir, 'results.md')}\n`);

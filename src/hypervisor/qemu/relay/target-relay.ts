@@ -15,6 +15,7 @@
  */
 import net from 'node:net';
 import { Bitmap } from '../../../dataplane/bitmap';
+import { follow } from '../../../dataplane/merge';
 import type { SnapshotReader } from '../../../dataplane/store-reader';
 import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '../stream/format';
 import { StreamReader } from '../stream/reader';
@@ -283,7 +284,6 @@ export class TargetRelay {
 
   private async runMerge(reader: SnapshotReader, opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: StaticMerge) => void }): Promise<StaticMerge> {
     const t0 = Date.now();
-    const manifest = await reader.waitForCommit(opts.timeoutMs ?? 2 * 3600_000, opts.signal);
     while (!this.layout) {
       if (this.failure) throw this.failure;
       await new Promise<void>((r) => {
@@ -292,22 +292,33 @@ export class TargetRelay {
       });
       opts.signal?.throwIfAborted();
     }
-    if (manifest.pageCount !== this.layout.pageCount || manifest.pageSize !== this.layout.pageSize) {
-      throw new Error(`StaticData holds ${manifest.pageCount} pages of ${manifest.pageSize} bytes; the stream's RAM has ${this.layout.pageCount} of ${this.layout.pageSize}`);
-    }
+    const layout = this.layout;
     let bytesRead = 0;
     const progress = (): StaticMerge => ({ pages: this.s.mergedPages, skippedNewer: this.s.skippedNewer, bytesRead, mergeMs: Date.now() - t0 });
-    for (const c of manifest.chunks) {
-      const chunk = await reader.readChunk(c.name);
-      for (let i = 0; i < chunk.pfns.length; i++) {
-        const pfn = chunk.pfns[i]!;
-        if (pfn >= this.layout.pageCount) throw new Error(`StaticData ${c.name}: page ${pfn} is outside the guest's ${this.layout.pageCount} pages`);
-        this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(chunk.page(i)) });
-        if (this.inject.length >= INSERT_PAGES) await this.injected(opts.signal);
-      }
-      bytesRead += chunk.bytes;
-      opts.onProgress?.(progress());
-    }
+    // Chunks as the source commits them (each is final once renamed, CRC-checked on read), so the
+    // merge overlaps the save. The end of pre-copy waits for the manifest: a StaticData the source
+    // never committed can fill an incoming QEMU that is then discarded, never one that resumes.
+    const done = new Set<string>();
+    const manifest = await follow(
+      reader,
+      done,
+      { ...(opts.signal ? { signal: opts.signal } : {}), timeoutMs: opts.timeoutMs ?? 2 * 3600_000 },
+      async (chunk) => {
+        if (chunk.pageSize !== layout.pageSize || chunk.memoryPages !== layout.pageCount) {
+          throw new Error(`StaticData ${chunk.name} holds ${chunk.memoryPages} pages of ${chunk.pageSize} bytes; the stream's RAM has ${layout.pageCount} of ${layout.pageSize}`);
+        }
+        for (let i = 0; i < chunk.pfns.length; i++) {
+          const pfn = chunk.pfns[i]!;
+          if (pfn >= layout.pageCount) throw new Error(`StaticData ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
+          this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(chunk.page(i)) });
+          if (this.inject.length >= INSERT_PAGES) await this.injected(opts.signal);
+        }
+        bytesRead += chunk.bytes;
+        opts.onProgress?.(progress());
+      },
+      (name) => done.add(name),
+    );
+    if (manifest.pageCount !== layout.pageCount) throw new Error(`StaticData's manifest says ${manifest.pageCount} pages; the stream's RAM has ${layout.pageCount}`);
     await this.injected(opts.signal);
     this.mergeDone = true;
     // Pre-copy may end now: let what waited for the merge through.
