@@ -41,6 +41,12 @@ export interface SourceRelayOptions {
   bandwidthBytesPerSec: number;
   /** Pages per StaticData batch (default 1024). */
   batchPages?: number;
+  /**
+   * The migration link made no progress this long while bytes waited to go (default 8000 ms):
+   * the link is cut. Without it a dead link would hold QEMU forever (its socket to the relay is
+   * healthy, only the relay's writes stop), so pre-copy fails instead and the guest stays here.
+   */
+  stallMs?: number;
   log?: (line: string) => void;
 }
 
@@ -324,7 +330,16 @@ export class SourceRelay {
     const waitMs = this.bucket.reserve(buf.length);
     if (!link.write(buf)) {
       this.hold();
-      link.once('drain', () => this.release());
+      const stallMs = this.opts.stallMs ?? 8000;
+      const t0 = Date.now();
+      const stalled = setTimeout(() => {
+        this.fail(new Error(`the migration link to the target stalled: ${link.writableLength} bytes waited ${Math.round((Date.now() - t0) / 1000)} s without moving`));
+      }, stallMs);
+      link.once('drain', () => {
+        clearTimeout(stalled);
+        this.release();
+      });
+      void this.finished.then(() => clearTimeout(stalled));
     }
     if (waitMs > 0) {
       this.hold();
