@@ -127,8 +127,20 @@ describe('behaviour the paper predicts', () => {
     // cannot fit the budget, and this test is about bursts, not about the budget.
     const as = await run('as-hybrid', 'scenario-bursty', { maxDowntimeMs: 2000 });
     expectComplete(as);
-    expect(as.decisions.some((d) => d.action === 'switch-to-postcopy'), JSON.stringify(as.decisions)).toBe(false);
-    expect(as.postcopy).toBeNull();
+    // The whole 64 MiB guest fits the 2 s budget at the link's 32 MiB/s. A machine too busy to
+    // move pages at even half that rate (seen: 3 MiB/s beside a CPU hog and other suites)
+    // measures a budget the rest cannot fit, and ferry's rule rightly switches: then the
+    // switch must say so. Otherwise the bursts alone must not make it switch.
+    const sent = as.iterations.reduce((a, i) => a + i.bytes, 0);
+    const ms = as.iterations.reduce((a, i) => a + i.durationMs, 0);
+    const starved = ms > 0 && sent / (ms / 1000) < 16 * MiB;
+    const sw = as.decisions.find((d) => d.action === 'switch-to-postcopy');
+    if (!starved) {
+      expect(sw, JSON.stringify(as.decisions)).toBeUndefined();
+      expect(as.postcopy).toBeNull();
+    } else if (sw) {
+      expect(sw.reason).toMatch(/above the budget \(\d+ pages\)|not worth another round/);
+    }
     const h1 = await run('hybrid-1', 'scenario-bursty');
     expectComplete(h1);
     expect(h1.decisions.some((d) => d.action === 'switch-to-postcopy')).toBe(true);
