@@ -97,7 +97,8 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
         strategy,
         options: { ...options, bandwidthBytesPerSec },
         target,
-        ...(p.tls !== undefined && !p.relay ? { targetTls: p.tls } : {}),
+        // Both legs check it: QEMU's own TLS, or the relays' link with the same cluster certificates.
+        ...(p.tls !== undefined ? { targetTls: p.tls } : {}),
         ...(p.relay ? { relay: p.relay } : {}),
       });
       return { startedAtMs: started.startedAtMs };

@@ -39,7 +39,8 @@ describe('QEMU migration over mutual TLS', () => {
     const foreign = makeCa(certs, 'foreign');
     // host C belongs to another cluster: its certificate and the CA it trusts are foreign.
     const filesC = makeHostCert(certs, foreign, hostC);
-    const local = { migrationAddr: '127.0.0.1' };
+    // One shared storage directory: par-migrate's StaticData.
+    const local = { migrationAddr: '127.0.0.1', storageDir: tempDir('qtls-storage') };
     [controller, a, b, c, d] = await Promise.all([
       startTestController(),
       startQemuAgent(hostA, { ...local, extraArgs: tlsArgs(makeHostCert(certs, ca, hostA)) }),
@@ -81,6 +82,24 @@ describe('QEMU migration over mutual TLS', () => {
     expect(fs.statSync(dir).mode & 0o077).toBe(0);
     expect(fs.statSync(path.join(dir, 'client-key.pem')).mode & 0o077).toBe(0);
   }, 300_000);
+
+  it("pa-hybrid between two hosts of the cluster CA: the agents' relay link runs over mutual TLS; StaticData merged, the guest verifies on the target", async () => {
+    const vm = 'qtls-pa-1';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 34 });
+    const r = await migrate(controller.client, { vm, source: hostA, target: hostB, strategy: 'pa-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 400 * MiB, maxIterations: 30 } });
+    expect(r.outcome, r.reason).toBe('completed');
+    expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+    expect(r.static?.pages).toBeGreaterThan(0);
+    expect(r.bytes.storageWrite).toBeGreaterThan(0);
+  }, 300_000);
+
+  it("pa-hybrid to a host whose certificate a foreign CA signed: the relay link's TLS handshake fails, rolled back, the guest verifies on the source", async () => {
+    const vm = 'qtls-pa-foreign';
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'hot-set', seed: 35 });
+    const r = await migrate(controller.client, { vm, source: hostA, target: hostC, strategy: 'pa-hybrid', options: { bandwidthBytesPerSec: 32 * MiB } });
+    expectRolledBackOnSource(r, vm);
+    expect(r.reason).toMatch(/relay link to .*TLS|certificate/i);
+  }, 240_000);
 
   it('a target whose certificate a foreign CA signed is refused by the source QEMU: rolled back, the guest verifies on the source', async () => {
     const vm = 'qtls-foreign-1';

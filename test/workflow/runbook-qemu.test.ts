@@ -63,8 +63,8 @@ describe('qemu: par-migrate through the relays', () => {
       expect(r.outcome).toBe('completed');
       expect(c.called('qemuPrepareTarget')[0]?.input).toMatchObject({ relay: true, strategy: 'pa-hybrid' });
       expect(c.called('qemuStart')[0]?.input).toMatchObject({ relay: { host: '127.0.0.1', port: 4445, token: 'stub-token' } });
-      // The relay link carries TLS itself: QEMU's own TLS check is not asked for.
-      expect(c.called('qemuStart')[0]?.input.targetTls).toBeUndefined();
+      // The target says whether it runs TLS: the source refuses a mismatch before anything is sent.
+      expect(c.called('qemuStart')[0]?.input.targetTls).toBe(false);
       expect(c.called('qemuSaveStatic').map((x) => x.side)).toEqual(['source']);
       expect(c.called('qemuMergeStatic').map((x) => x.side)).toEqual(['target']);
       expect(r.static).toEqual({ pages: 4096, saveMs: 5, mergeMs: 5, skippedNewer: 100 });

@@ -128,7 +128,9 @@ export async function connectRelay(opts: {
   const timeoutMs = opts.timeoutMs ?? 10_000;
   const where = `relay link to ${opts.targetHostId} (${opts.host}:${opts.port})`;
   const socket: net.Socket = opts.tls
-    ? await tlsCreateConnection(opts.tls, opts.targetHostId, { timeoutMs })({ host: opts.host, port: opts.port })
+    ? await tlsCreateConnection(opts.tls, opts.targetHostId, { timeoutMs })({ host: opts.host, port: opts.port }).catch((e: Error) => {
+        throw new Error(`${where}: ${e.message}`);
+      })
     : await new Promise<net.Socket>((resolve, reject) => {
         const s = net.connect({ host: opts.host, port: opts.port });
         const timer = setTimeout(() => {
