@@ -201,18 +201,22 @@ const KNOWN_FLAG_BITS = Object.values(RamFlag).reduce((a, f) => a | f, 0);
  */
 export function measureRamRecord(b: Buffer, at: number, pageSize = TARGET_PAGE_SIZE): Measured<RamRecord> {
   if (b.length < 8) return need(8);
-  const v = b.readBigUInt64BE(0);
-  const flags = Number(v & BigInt(RAM_FLAG_MASK));
-  const addr = readBe64(b, 0, at, 'ram record header') - flags;
+  // The hot path of a relay (one call per page record, several while its bytes arrive): two
+  // 32-bit reads instead of a BigInt, and the record's label built only for an error.
+  const hi = b.readUInt32BE(0);
+  const lo = b.readUInt32BE(4);
+  if (hi >= 0x200000) readBe64(b, 0, at, 'ram record header'); // ≥ 2^53: throws, as corruption
+  const flags = lo & RAM_FLAG_MASK;
+  const addr = hi * 0x1_0000_0000 + (lo - flags);
   const cont = (flags & RamFlag.CONTINUE) !== 0;
   const kind = flags & ~RamFlag.CONTINUE;
-  const record = `ram record flags ${hex(flags, 3)}`;
+  const rec = (): string => `ram record flags ${hex(flags, 3)}`;
   switch (kind) {
     case RamFlag.EOS:
-      if (flags !== RamFlag.EOS || addr !== 0) throw new QemuStreamError('BAD_RAM_RECORD', at, record, `EOS with offset ${hex(addr)} or CONTINUE (QEMU never sends it)`);
+      if (flags !== RamFlag.EOS || addr !== 0) throw new QemuStreamError('BAD_RAM_RECORD', at, rec(), `EOS with offset ${hex(addr)} or CONTINUE (QEMU never sends it)`);
       return { length: 8, value: { kind: 'eos' } };
     case RamFlag.MEM_SIZE:
-      if (cont) throw new QemuStreamError('BAD_RAM_RECORD', at, record, 'MEM_SIZE with CONTINUE (QEMU never sends it)');
+      if (cont) throw new QemuStreamError('BAD_RAM_RECORD', at, rec(), 'MEM_SIZE with CONTINUE (QEMU never sends it)');
       return { length: 8, value: { kind: 'mem-size', totalBytes: addr } };
     case RamFlag.ZERO:
     case RamFlag.PAGE: {
@@ -221,7 +225,7 @@ export function measureRamRecord(b: Buffer, at: number, pageSize = TARGET_PAGE_S
       if (!cont) {
         if (b.length < 9) return need(9);
         const n = b[8] ?? 0;
-        if (n === 0) throw new QemuStreamError('BAD_RAM_RECORD', at, record, 'empty block name');
+        if (n === 0) throw new QemuStreamError('BAD_RAM_RECORD', at, rec(), 'empty block name');
         if (b.length < 9 + n) return need(9 + n);
         block = b.toString('latin1', 9, 9 + n);
         pos = 9 + n;
@@ -235,9 +239,9 @@ export function measureRamRecord(b: Buffer, at: number, pageSize = TARGET_PAGE_S
     }
     default: {
       const unsupported = UNSUPPORTED_FLAGS.get(kind);
-      if (unsupported) throw new QemuStreamError('UNSUPPORTED_RAM_FLAG', at, record, `flag ${unsupported}`);
+      if (unsupported) throw new QemuStreamError('UNSUPPORTED_RAM_FLAG', at, rec(), `flag ${unsupported}`);
       const what = (kind & ~KNOWN_FLAG_BITS) !== 0 ? 'unknown flag bits' : 'unknown combination of flags';
-      throw new QemuStreamError('UNKNOWN_RAM_FLAG', at, record, `${what} (QEMU's target would refuse it too)`);
+      throw new QemuStreamError('UNKNOWN_RAM_FLAG', at, rec(), `${what} (QEMU's target would refuse it too)`);
     }
   }
 }
