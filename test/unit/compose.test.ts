@@ -18,7 +18,10 @@ describe('docker-compose.yml (the production topology)', () => {
     const r = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8' });
     const cfg = r.stdout;
     expect(cfg).toMatch(/postgresql:/);
-    expect(cfg).toMatch(/DB: postgres12/);
+    // The four Temporal services, each a container of the server image, from ferry's one config.
+    for (const svc of ['frontend', 'history', 'matching', 'worker']) expect(cfg).toMatch(new RegExp(`command:\\n\\s+- ${svc}\\n`));
+    expect((cfg.match(/image: temporalio\/server:1\.29\.1/g) ?? []).length).toBe(4);
+    expect(cfg).not.toMatch(/auto-setup/);
     expect(cfg).toMatch(/temporal-ui:/);
     expect(cfg).toMatch(/command:\n\s+- controller/);
     const agents = cfg.match(/- agent\n\s+- --host/g) ?? [];
@@ -43,13 +46,29 @@ describe('docker-compose.yml (the production topology)', () => {
   });
 });
 
-describe('Temporal dynamic config', () => {
-  it('the deployments mount the same values the dev server runs with', () => {
+describe('Temporal server config (one for compose and `ferry cluster`)', () => {
+  it('the deployments mount the same dynamic config values the dev server runs with', () => {
     const file = fs.readFileSync(path.join(REPO_ROOT, 'deploy/temporal/dynamicconfig.yaml'), 'utf8');
     const entries = [...file.matchAll(/^([a-zA-Z.]+):\n\s+- value: (\S+)$/gm)].map((m) => [m[1]!, JSON.parse(m[2]!) as number] as const);
     expect(Object.fromEntries(entries)).toEqual(FERRY_DYNAMIC_CONFIG);
     const compose = fs.readFileSync(path.join(REPO_ROOT, 'docker-compose.yml'), 'utf8');
-    expect(compose).toContain('./deploy/temporal/dynamicconfig.yaml:/etc/temporal/config/dynamicconfig/ferry.yaml:ro');
-    expect(compose).toContain('DYNAMIC_CONFIG_FILE_PATH: /etc/temporal/config/dynamicconfig/ferry.yaml');
+    expect(compose).toContain('./deploy/temporal:/etc/ferry/temporal:ro');
+    expect(compose).toContain('FERRY_TEMPORAL_DYNAMIC_CONFIG: /etc/ferry/temporal/dynamicconfig.yaml');
+    expect(fs.readFileSync(path.join(REPO_ROOT, 'src/cluster/services.ts'), 'utf8')).toContain("path.join(DEPLOY_DIR, 'dynamicconfig.yaml')");
+  });
+
+  it('compose runs the server, the schema and the namespace steps from the files `ferry cluster` runs', () => {
+    const cfg = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8' }).stdout;
+    expect(cfg).toMatch(/temporal-server\s+--root \/etc\/ferry\/temporal --config config --env ferry/);
+    expect(cfg).toMatch(/- \/etc\/ferry\/temporal\/setup-schema\.sh/);
+    expect(cfg).toMatch(/- \/etc\/ferry\/temporal\/setup-namespace\.sh/);
+    expect(cfg).toMatch(/FERRY_SEARCH_ATTRIBUTES: VmId SourceHost TargetHost Strategy Phase TicketId/);
+    expect(FERRY_SEARCH_ATTRIBUTES.map((k) => k.name).join(' ')).toBe('VmId SourceHost TargetHost Strategy Phase TicketId');
+    // The config is a template the server renders: every value the native cluster sets has a default.
+    const config = fs.readFileSync(path.join(REPO_ROOT, 'deploy/temporal/config/ferry.yaml'), 'utf8');
+    expect(config.split('\n')[0]).toBe('# enable-template');
+    const envs = [...config.matchAll(/env "(\w+)" \| default "[^"]*"/g)].map((m) => m[1]);
+    expect(envs.length).toBe([...config.matchAll(/\{\{/g)].length);
+    expect(config).toMatch(/pluginName: "postgres12"[\s\S]*pluginName: "postgres12"/);
   });
 });
