@@ -12,6 +12,7 @@ type Command = { help: string; run: (argv: string[]) => Promise<number> };
 const commands: Record<string, () => Promise<Command>> = {
   setup: () => import('./commands/setup'),
   server: () => import('./commands/server'),
+  cluster: () => import('./commands/cluster'),
   controller: () => import('./commands/controller'),
   agent: () => import('./commands/agent'),
   inventory: () => import('./commands/inventory'),

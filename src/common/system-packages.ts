@@ -1,11 +1,12 @@
 /**
- * Debian packages the test suite needs (docker-compose to validate the deployment file, and
- * later QEMU, OpenSSH, iproute2). Installed with apt-get when missing and running as root;
+ * Debian packages the test suite needs (docker-compose to validate the deployment file,
+ * PostgreSQL for `ferry cluster`, QEMU, OpenSSH, iproute2). Installed with apt-get when missing and running as root;
  * otherwise a clear error says what to install.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { postgresBinDir } from '../cluster/postgres';
 
 export interface SystemTool {
   /** The command that must be on PATH. */
@@ -43,6 +44,12 @@ export const TEST_TOOLS: SystemTool[] = [
     unusable: () => (fs.existsSync('/usr/lib/x86_64-linux-gnu/libc.a') ? null : 'no static libc (libc.a)'),
   },
   { command: 'dpkg-deb', pkg: 'dpkg', why: 'extracts the test guest\'s kernel and busybox' },
+  {
+    command: 'pg_ctlcluster',
+    pkg: 'postgresql',
+    why: 'the database of `ferry cluster` (the native Temporal cluster) and the PostgreSQL audit store tests',
+    unusable: () => (postgresBinDir() ? null : 'no initdb/pg_ctl under /usr/lib/postgresql/*/bin'),
+  },
 ];
 
 /** Debian suites ferry may add to apt's sources (Debian's own mirror). */

@@ -3,7 +3,6 @@
  * machine's own binaries, a cluster in a temp dir on a free port): the same behaviour as the
  * SQLite store, through `openAuditStore({ url })`.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,24 +10,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAuditStore } from '../../src/audit';
 import type { AttemptEnd, AttemptStart, AuditStore } from '../../src/audit/types';
 import { freePort } from '../../src/common/dev-server';
+import { chownToPostgres, pgToolOrThrow } from '../../src/cluster/postgres';
 
-function pgBin(name: string): string {
-  const dirs = [...(process.env.PATH ?? '').split(path.delimiter)];
-  try {
-    for (const v of fs.readdirSync('/usr/lib/postgresql').sort().reverse()) dirs.push(path.join('/usr/lib/postgresql', v, 'bin'));
-  } catch {
-    // no Debian layout
-  }
-  for (const d of dirs) if (fs.existsSync(path.join(d, name))) return path.join(d, name);
-  throw new Error(`PostgreSQL's ${name} not found (PATH, /usr/lib/postgresql/*/bin): install the Debian package postgresql to test the PostgreSQL audit store`);
-}
-
-const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
-/** PostgreSQL refuses to run as root: run its tools as the postgres user then. */
+/** PostgreSQL's tools, as the postgres user when we are root (PostgreSQL refuses root). */
 function pg(name: string, args: string[]): void {
-  const cmd = isRoot ? ['runuser', '-u', 'postgres', '--', pgBin(name), ...args] : [pgBin(name), ...args];
-  const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: 'utf8', timeout: 60_000 });
-  if (r.status !== 0) throw new Error(`${name} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr || r.stdout}`);
+  pgToolOrThrow(name, args, `${name} ${args.join(' ')}`);
 }
 
 let dir: string;
@@ -37,11 +23,7 @@ let store: AuditStore;
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-pg-'));
   const data = path.join(dir, 'data');
-  if (isRoot) {
-    const uid = Number(spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).stdout.trim());
-    const gid = Number(spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).stdout.trim());
-    fs.chownSync(dir, uid, gid);
-  }
+  chownToPostgres(dir);
   pg('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync']);
   const port = await freePort();
   pg('pg_ctl', ['-D', data, '-w', '-t', '60', '-l', path.join(dir, 'log'), '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start']);
