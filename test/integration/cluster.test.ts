@@ -1,0 +1,177 @@
+/**
+ * `ferry cluster` against real processes: PostgreSQL, the Temporal server's four services
+ * built from source, ferry's agents and a controller. A migration completes and verifies on
+ * it; the history service SIGKILLed mid-migration and brought back by `ferry cluster up` →
+ * the migration completes; `up` again starts nothing; `down` leaves no process and no port.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { Connection, type WorkflowHandle } from '@temporalio/client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ClusterStatus } from '../../src/cluster/cluster';
+import { processStartTicks } from '../../src/cluster/state';
+import { portOpen } from '../../src/cluster/services';
+import { FERRY_SEARCH_ATTRIBUTES } from '../../src/common/search-attributes';
+import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
+import { progressQuery, type Progress } from '../../src/workflows/messages';
+import type { MigrationReport } from '../../src/workflows/report';
+import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
+import { createVm, MiB, startMigration } from '../helpers/migrate';
+
+type UpJson = ClusterStatus & { started: string[]; alreadyRunning: boolean; elapsedMs: number };
+
+/** `ferry cluster …` as an operator runs it. */
+function cluster(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
+  const t0 = Date.now();
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [FERRY_BIN, 'cluster', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('exit', (code) => resolve({ code, stdout, stderr, ms: Date.now() - t0 }));
+  });
+}
+
+async function upJson(dir: string): Promise<UpJson> {
+  const r = await cluster('up', '--dir', dir, '--json');
+  expect(r.code, r.stderr).toBe(0);
+  const j = JSON.parse(r.stdout) as UpJson;
+  console.log(`ferry cluster up: ${(r.ms / 1000).toFixed(1)} s (started: ${j.started.join(', ') || 'nothing'})`);
+  return j;
+}
+
+const pidsOf = (s: ClusterStatus): Record<string, number | null> => Object.fromEntries(s.processes.map((p) => [p.name, p.pid]));
+
+const dir = tempDir('cluster');
+// PostgreSQL runs as the postgres user: it must be able to enter the cluster's directory.
+fs.chmodSync(dir, 0o755);
+let first: UpJson;
+let controller: TestController | undefined;
+const agents: FerryProcess[] = [];
+const hostA = uniqueHost('cl-a');
+const hostB = uniqueHost('cl-b');
+const storage = tempDir('cl-storage');
+
+beforeAll(async () => {
+  first = await upJson(dir);
+  const [c, a, b] = await Promise.all([
+    startTestController(first.address),
+    startAgentProcess(hostA, { storageDir: storage, address: first.address }),
+    startAgentProcess(hostB, { storageDir: storage, address: first.address }),
+  ]);
+  controller = c;
+  agents.push(a, b);
+}, 600_000);
+
+afterAll(async () => {
+  await Promise.all(agents.map((a) => a.stop()));
+  await controller?.stop();
+  const r = await cluster('down', '--dir', dir);
+  if (r.code !== 0) console.log(r.stderr);
+  fs.rmSync(dir, { recursive: true, force: true });
+}, 120_000);
+
+async function until(handle: WorkflowHandle, pred: (p: Progress) => boolean, timeoutMs = 60_000): Promise<Progress> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const p = await handle.query(progressQuery).catch(() => null);
+    if (p && pred(p)) return p;
+    if (Date.now() > deadline) throw new Error(`condition not reached; last progress ${JSON.stringify(p)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function expectVerified(report: MigrationReport, vm: string): void {
+  expect(report.outcome, report.reason).toBe('completed');
+  expect(report).toMatchObject({ vm, source: hostA, target: hostB });
+  expect(report.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target', pagesChecked: report.memoryBytes / report.pageSize });
+}
+
+describe('ferry cluster', () => {
+  it('up starts PostgreSQL and the four services, and registers the namespace with its retention and ferry\'s search attributes', async () => {
+    expect(first.running).toBe(true);
+    expect(first.started).toEqual(['postgresql', 'frontend', 'history', 'matching', 'worker']);
+    expect(first.processes.map((p) => p.name)).toEqual(['postgresql', 'frontend', 'history', 'matching', 'worker']);
+    expect(new Set(first.processes.map((p) => p.pid)).size).toBe(5);
+    expect(first.address).toMatch(/^127\.0\.0\.1:\d+$/);
+    const connection = await Connection.connect({ address: first.address });
+    try {
+      const ns = await connection.workflowService.describeNamespace({ namespace: 'default' });
+      expect(Number(ns.config?.workflowExecutionRetentionTtl?.seconds)).toBe(72 * 3600);
+      const sa = await connection.operatorService.listSearchAttributes({ namespace: 'default' });
+      for (const k of FERRY_SEARCH_ATTRIBUTES) expect(sa.customAttributes?.[k.name], k.name).toBeDefined();
+    } finally {
+      await connection.close();
+    }
+  });
+
+  it('a migration completes and verifies on it', async () => {
+    const vm = `vm-cl-${Date.now()}`;
+    await createVm(controller!.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 11 });
+    const handle = await startMigration(controller!.client, { vm, source: hostA, target: hostB, strategy: 'pa-hybrid' });
+    expectVerified((await handle.result()) as MigrationReport, vm);
+    // Visibility on PostgreSQL answers queries on ferry's search attributes (it is written
+    // asynchronously: poll until the closed migration shows).
+    const query = `WorkflowId = '${handle.workflowId}' AND Phase = 'completed' AND ExecutionStatus = 'Completed'`;
+    let listed: string[] = [];
+    for (const deadline = Date.now() + 30_000; listed.length === 0 && Date.now() < deadline; await new Promise((r) => setTimeout(r, 250))) {
+      listed = [];
+      for await (const wf of controller!.client.workflow.list({ query })) listed.push(wf.workflowId);
+    }
+    expect(listed).toEqual([handle.workflowId]);
+  }, 120_000);
+
+  it('the history service SIGKILLed mid-migration and restarted by `up`: the migration completes', async () => {
+    const vm = `vm-cl-kill-${Date.now()}`;
+    await createVm(controller!.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 12 });
+    // 8 MiB/s: the first pre-copy pass of 64 MiB lasts seconds, the kill lands inside pre-copy.
+    const handle = await startMigration(controller!.client, { vm, source: hostA, target: hostB, strategy: 'precopy', options: { bandwidthBytesPerSec: 8 * MiB, maxIterations: 4 } });
+    await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
+    const history = first.processes.find((p) => p.name === 'history')!;
+    process.kill(history.pid!, 'SIGKILL');
+    while (processStartTicks(history.pid!) !== null) await new Promise((r) => setTimeout(r, 50));
+    const status = await cluster('status', '--dir', dir, '--json');
+    expect(status.code).toBe(1);
+    expect((JSON.parse(status.stdout) as ClusterStatus).processes.filter((p) => !p.alive).map((p) => p.name)).toEqual(['history']);
+
+    const again = await upJson(dir);
+    expect(again.started).toEqual(['history']);
+    expect(pidsOf(again)).toEqual({ ...pidsOf(first), history: expect.any(Number) });
+    expect(pidsOf(again).history).not.toBe(history.pid);
+    first = again;
+    expectVerified((await handle.result()) as MigrationReport, vm);
+  }, 180_000);
+
+  it('up again is idempotent: it reports the running cluster and starts nothing', async () => {
+    const r = await cluster('up', '--dir', dir);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe(first.address);
+    expect(r.stderr).toContain('already running');
+    const j = await upJson(dir);
+    expect(j.alreadyRunning).toBe(true);
+    expect(j.started).toEqual([]);
+    const s = await cluster('status', '--dir', dir, '--json');
+    expect(s.code).toBe(0);
+    expect(pidsOf(JSON.parse(s.stdout) as ClusterStatus)).toEqual(pidsOf(first));
+    console.log(`ferry cluster up (warm): ${(r.ms / 1000).toFixed(1)} s`);
+  });
+
+  it('down stops every process it started and closes the frontend port; status then reports them dead', async () => {
+    // The clients go first, as an operator would stop them.
+    await Promise.all(agents.map((a) => a.stop()));
+    agents.length = 0;
+    await controller?.stop();
+    controller = undefined;
+    const r = await cluster('down', '--dir', dir, '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { stopped: string[] }).stopped.sort()).toEqual(['frontend', 'history', 'matching', 'postgresql', 'worker']);
+    for (const p of first.processes) expect(processStartTicks(p.pid!), p.name).toBeNull();
+    expect(await portOpen(Number(first.address.split(':')[1]))).toBe(false);
+    const s = await cluster('status', '--dir', dir, '--json');
+    expect(s.code).toBe(1);
+    expect((JSON.parse(s.stdout) as ClusterStatus).processes.every((p) => !p.alive)).toBe(true);
+    // A client gets a clear refusal, not a hang.
+    await expect(Connection.connect({ address: first.address, connectTimeout: 2000 })).rejects.toThrow();
+  }, 120_000);
+});
