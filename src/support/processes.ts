@@ -9,6 +9,13 @@ import { REPO_ROOT } from '../common/paths';
 
 export const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.mjs');
 
+/**
+ * How long a process may take to log its ready line. A controller bundles its workflow code
+ * and an agent creates its worker as they start: tens of seconds on a busy 2-core machine
+ * (seen: over 60 s beside a CPU hog and other suites). The bound only catches a hang.
+ */
+const DEFAULT_READY_MS = 180_000;
+
 export interface FerryProcess {
   name: string;
   child: ChildProcess;
@@ -70,7 +77,7 @@ export function spawnFerry(
       resolve(code);
     });
   });
-  const t = setTimeout(() => rejectReady(new Error(`${name} was not ready within ${opts.readyTimeoutMs ?? 60_000} ms:\n${out.slice(-4000)}`)), opts.readyTimeoutMs ?? 60_000);
+  const t = setTimeout(() => rejectReady(new Error(`${name} was not ready within ${opts.readyTimeoutMs ?? DEFAULT_READY_MS} ms:\n${out.slice(-4000)}`)), opts.readyTimeoutMs ?? DEFAULT_READY_MS);
   void ready.finally(() => clearTimeout(t)).catch(() => undefined);
   return {
     name,

@@ -42,9 +42,7 @@ export async function startIsolated(hosts: string[], opts: { persistent?: boolea
     controller: null as unknown as FerryProcess,
     agents,
     async startController() {
-      // A controller bundles the workflow code as it starts: tens of seconds on a busy 2-core
-      // machine (seen: over 60 s beside a CPU hog and other suites). The bound only catches a hang.
-      const p = spawnFerry('controller', ['controller'], { env, readyTimeoutMs: 180_000 });
+      const p = spawnFerry('controller', ['controller'], { env });
       await p.ready;
       iso.controller = p;
       return p;
