@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import type { Client } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { MigrationOptions } from '../../src/activities/types';
 import { CONTROL_QUEUE, migrationWorkflowId } from '../../src/common/names';
 import type { StrategyName } from '../../src/policy/types';
 import type { MigrationInput } from '../../src/workflows/migration';
+import { progressQuery, type Progress } from '../../src/workflows/messages';
 import type { MigrationReport } from '../../src/workflows/report';
 
 export const MiB = 1024 ** 2;
@@ -47,3 +48,14 @@ export async function migrate(client: Client, input: Omit<MigrationInput, 'optio
 }
 
 export type { StrategyName };
+
+/** Poll a migration's progress query until `pred` holds (or fail after timeoutMs, showing the last progress). */
+export async function untilProgress(handle: WorkflowHandle, pred: (p: Progress) => boolean, timeoutMs = 60_000): Promise<Progress> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const p = await handle.query(progressQuery).catch(() => null);
+    if (p && pred(p)) return p;
+    if (Date.now() > deadline) throw new Error(`condition not reached; last progress ${JSON.stringify(p)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -9,6 +9,8 @@ import path from 'node:path';
 import type { FerryProcess } from '../../src/support/processes';
 import { ensureTestGuest, type TestGuest } from '../../src/hypervisor/qemu/guest-image';
 import { killQemusUnder } from '../../src/hypervisor/qemu/driver';
+import { expect } from 'vitest';
+import type { MigrationReport } from '../../src/workflows/report';
 import { startAgentProcess, tempDir } from './cluster';
 
 let guest: Promise<TestGuest> | undefined;
@@ -65,4 +67,13 @@ export function qemuAvailable(): boolean {
   } catch {
     return false;
   }
+}
+
+/** Completed on QEMU, and the guest's own page check passed on the target. */
+export function expectVerifiedOnTarget(r: MigrationReport): void {
+  expect(r.outcome, r.reason).toBe('completed');
+  expect(r.driver).toBe('qemu');
+  expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+  expect(r.verification!.pagesChecked).toBeGreaterThan(0);
+  expect(r.bytes.migrationNetwork).toBeGreaterThan(0);
 }

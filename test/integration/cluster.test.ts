@@ -6,17 +6,16 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { Connection, type WorkflowHandle } from '@temporalio/client';
+import { Connection } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterStatus } from '../../src/cluster/cluster';
 import { processStartTicks } from '../../src/cluster/state';
 import { portOpen } from '../../src/cluster/services';
 import { FERRY_SEARCH_ATTRIBUTES } from '../../src/common/search-attributes';
 import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
-import { progressQuery, type Progress } from '../../src/workflows/messages';
 import type { MigrationReport } from '../../src/workflows/report';
 import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
-import { createVm, MiB, startMigration } from '../helpers/migrate';
+import { createVm, MiB, startMigration, untilProgress } from '../helpers/migrate';
 
 type UpJson = ClusterStatus & { started: string[]; alreadyRunning: boolean; elapsedMs: number };
 
@@ -72,15 +71,6 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 }, 120_000);
 
-async function until(handle: WorkflowHandle, pred: (p: Progress) => boolean, timeoutMs = 60_000): Promise<Progress> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const p = await handle.query(progressQuery).catch(() => null);
-    if (p && pred(p)) return p;
-    if (Date.now() > deadline) throw new Error(`condition not reached; last progress ${JSON.stringify(p)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function expectVerified(report: MigrationReport, vm: string): void {
   expect(report.outcome, report.reason).toBe('completed');
@@ -127,7 +117,7 @@ describe('ferry cluster', () => {
     await createVm(controller!.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 12 });
     // 8 MiB/s: the first pre-copy pass of 64 MiB lasts seconds, the kill lands inside pre-copy.
     const handle = await startMigration(controller!.client, { vm, source: hostA, target: hostB, strategy: 'precopy', options: { bandwidthBytesPerSec: 8 * MiB, maxIterations: 4 } });
-    await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
+    await untilProgress(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
     const history = first.processes.find((p) => p.name === 'history')!;
     process.kill(history.pid!, 'SIGKILL');
     while (processStartTicks(history.pid!) !== null) await new Promise((r) => setTimeout(r, 50));

@@ -4,13 +4,13 @@
  * set-bandwidth take effect.
  */
 import fs from 'node:fs';
-import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowUpdateFailedError } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FerryProcess } from '../../src/support/processes';
 import { inventory } from '../../src/client/migrations';
-import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate, type Progress } from '../../src/workflows/messages';
+import { cancelUpdate, forcePostcopyUpdate, progressQuery, setBandwidthUpdate } from '../../src/workflows/messages';
 import type { MigrationReport } from '../../src/workflows/report';
-import { createVm, MiB, startMigration } from '../helpers/migrate';
+import { createVm, MiB, startMigration, untilProgress } from '../helpers/migrate';
 import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 
 let controller: TestController;
@@ -34,15 +34,6 @@ afterAll(async () => {
   await controller?.stop();
 });
 
-async function until(handle: WorkflowHandle, pred: (p: Progress) => boolean, timeoutMs = 60_000): Promise<Progress> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const p = await handle.query(progressQuery).catch(() => null);
-    if (p && pred(p)) return p;
-    if (Date.now() > deadline) throw new Error(`condition not reached; last progress ${JSON.stringify(p)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function hostVms(host: string): Promise<{ name: string; state: string }[]> {
   const inv = await inventory(controller.client, [host]);
@@ -56,7 +47,7 @@ describe('operator controls', () => {
     const vm = 'op-cancel-early';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 3 });
     const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'pa-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1, switchRule: 'paper' } });
-    await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 2);
+    await untilProgress(handle, (p) => p.phase === 'precopy' && p.iteration >= 2);
     await handle.executeUpdate(cancelUpdate, { args: [{ by: 'alice', reason: 'change window closed' }] });
     const r = (await handle.result()) as MigrationReport;
     expect(r.outcome).toBe('rolled-back');
@@ -72,7 +63,7 @@ describe('operator controls', () => {
     const vm = 'op-cancel-late';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'kernel-compile', seed: 4 });
     const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'postcopy', options: { bandwidthBytesPerSec: 8 * MiB } });
-    await until(handle, (p) => p.switched);
+    await untilProgress(handle, (p) => p.switched);
     const err = await handle.executeUpdate(cancelUpdate, { args: [{ by: 'bob' }] }).then(
       () => null,
       (e: unknown) => e,
@@ -89,13 +80,13 @@ describe('operator controls', () => {
     const vm = 'op-force';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 64 * MiB, workload: 'memcached', seed: 5 });
     const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'as-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1, switchRule: 'paper' } });
-    await until(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
+    await untilProgress(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
     const before = (await handle.query(progressQuery)).iteration;
     // Lower the cap: a cap is an upper bound, which a busy machine cannot make look broken
     // (a raised cap would need the machine to be fast enough to exceed the old one).
     const bw = await handle.executeUpdate(setBandwidthUpdate, { args: [16 * MiB] });
     expect(bw.bandwidthBytesPerSec).toBe(16 * MiB);
-    await until(handle, (p) => p.iteration >= before + 2, 150_000);
+    await untilProgress(handle, (p) => p.iteration >= before + 2, 150_000);
     await handle.executeUpdate(forcePostcopyUpdate, { args: [{ by: 'carol' }] });
     const r = (await handle.result()) as MigrationReport;
     expect(r.outcome).toBe('completed');
@@ -116,7 +107,7 @@ describe('operator controls', () => {
     const vm = 'op-badbw';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 32 * MiB, workload: 'memcached', seed: 6 });
     const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'precopy', options: { maxIterations: 10, bandwidthBytesPerSec: 16 * MiB } });
-    await until(handle, (p) => p.phase === 'precopy');
+    await untilProgress(handle, (p) => p.phase === 'precopy');
     const e = await handle.executeUpdate(setBandwidthUpdate, { args: [100] }).catch((x: unknown) => x);
     expect((e as WorkflowUpdateFailedError).cause?.message).toMatch(/at least 64KiB\/s/);
     const r = (await handle.result()) as MigrationReport;

@@ -14,7 +14,7 @@ import type { MigrationReport } from '../../src/workflows/report';
 import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, migrate, MiB, startMigration } from '../helpers/migrate';
 import { cancelUpdate, progressQuery } from '../../src/workflows/messages';
-import { killQemusUnder, serialOf, startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+import { killQemusUnder, serialOf, startQemuAgent, stopQemuAgent, testGuest, type QemuAgent, expectVerifiedOnTarget } from '../helpers/qemu';
 import { maybeRecordHistory } from '../helpers/history';
 
 let controller: TestController;
@@ -36,13 +36,6 @@ afterAll(async () => {
   await controller?.stop();
 });
 
-function expectVerifiedOnTarget(r: MigrationReport): void {
-  expect(r.outcome, r.reason).toBe('completed');
-  expect(r.driver).toBe('qemu');
-  expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
-  expect(r.verification!.pagesChecked).toBeGreaterThan(0);
-  expect(r.bytes.migrationNetwork).toBeGreaterThan(0);
-}
 
 describe('QEMU guests', () => {
   it('precopy converges on a converging load; the guest verifies its pages on the target', async () => {

@@ -12,7 +12,7 @@ import type { MigrationReport } from '../../src/workflows/report';
 import { progressQuery } from '../../src/workflows/messages';
 import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, migrate, MiB, startMigration } from '../helpers/migrate';
-import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
+import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent, expectVerifiedOnTarget } from '../helpers/qemu';
 
 let controller: TestController;
 let a: QemuAgent;
@@ -35,12 +35,6 @@ afterAll(async () => {
   await controller?.stop();
 });
 
-function expectVerifiedOnTarget(r: MigrationReport): void {
-  expect(r.outcome, r.reason).toBe('completed');
-  expect(r.driver).toBe('qemu');
-  expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
-  expect(r.verification!.pagesChecked).toBeGreaterThan(0);
-}
 
 /** The bulk pass went to StaticData and was merged (a converging guest: the migration network carried less than its RAM). */
 function expectStaticData(r: MigrationReport, memoryBytes: number | null): void {
