@@ -82,23 +82,25 @@ describe('operator controls', () => {
     const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, strategy: 'as-hybrid', options: { maxIterations: 50, maxDowntimeMs: 1, switchRule: 'paper' } });
     await untilProgress(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
     const before = (await handle.query(progressQuery)).iteration;
-    // Lower the cap: a cap is an upper bound, which a busy machine cannot make look broken
-    // (a raised cap would need the machine to be fast enough to exceed the old one).
-    const bw = await handle.executeUpdate(setBandwidthUpdate, { args: [16 * MiB] });
-    expect(bw.bandwidthBytesPerSec).toBe(16 * MiB);
+    // Raise the cap (a lower one makes memcached's rounds diverge, and as-hybrid would switch
+    // before the test forces it).
+    const bw = await handle.executeUpdate(setBandwidthUpdate, { args: [48 * MiB] });
+    expect(bw.bandwidthBytesPerSec).toBe(48 * MiB);
     await untilProgress(handle, (p) => p.iteration >= before + 2, 150_000);
     await handle.executeUpdate(forcePostcopyUpdate, { args: [{ by: 'carol' }] });
     const r = (await handle.result()) as MigrationReport;
     expect(r.outcome).toBe('completed');
     expect(r.decisions.find((d) => d.action === 'switch-to-postcopy')?.reason).toMatch(/forced by carol/);
     expect(r.postcopy).not.toBeNull();
-    // Every round that started after the update is paced by the new cap: it cannot finish
-    // faster than its bytes beyond the token bucket's burst (50 ms of the rate) take at 16 MiB/s.
-    const cap = 16 * MiB;
-    const burst = Math.max(cap * 0.05, 64 * 1024);
-    const after = r.iterations.slice(before + 1).filter((i) => i.bytes > 2 * burst);
-    expect(after.length).toBeGreaterThan(0);
-    for (const i of after) expect(i.durationMs / 1000, `round ${i.index}: ${i.bytes} bytes`).toBeGreaterThanOrEqual(((i.bytes - 2 * burst) / cap) * 0.95);
+    const rate = (i: MigrationReport['iterations'][number]) => i.bytes / (i.durationMs / 1000);
+    const bulk = r.iterations[0]!;
+    const after = r.iterations.slice(before + 1).filter((i) => i.bytes > 4 * MiB);
+    // Every round is paced by the cap it ran under (48 MiB/s at most, the bucket's burst aside).
+    for (const i of after) expect(rate(i)).toBeLessThan(48 * MiB * 1.15);
+    // A machine that kept the bulk round at the old 32 MiB/s cap can move pages faster than
+    // that: then the rounds after the update must have. A CPU-starved machine (seen beside a
+    // CPU hog: rounds could not exceed 33 MiB/s) shows nothing about the new cap that way.
+    if (rate(bulk) >= 0.9 * 32 * MiB) for (const i of after) expect(rate(i), `round ${i.index}`).toBeGreaterThan(33 * MiB);
     const refused = await handle.executeUpdate(forcePostcopyUpdate, { args: [{ by: 'carol' }] }).catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(Error);
   }, 240_000);
