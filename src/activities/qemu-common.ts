@@ -89,12 +89,18 @@ export async function query(v: QemuVm): Promise<MigrateInfo> {
   return parseMigrateInfo(await v.qmp.execute('query-migrate'));
 }
 
-export async function setCaps(v: QemuVm, postcopy: boolean, role: 'source' | 'target'): Promise<void> {
+/**
+ * The migration capabilities ferry sets. `relayed`: the stream runs through the agents' relays
+ * (qemu-relay.ts), which cannot carry pages on other connections, encoded pages or a file
+ * layout, so those capabilities are turned off.
+ */
+export async function setCaps(v: QemuVm, postcopy: boolean, role: 'source' | 'target', relayed = false): Promise<void> {
   const caps = [
     { capability: 'events', state: true },
     { capability: 'postcopy-ram', state: postcopy },
     // The target measures how long its vCPUs wait for missing pages in post-copy.
     ...(role === 'target' ? [{ capability: 'postcopy-blocktime', state: postcopy }] : []),
+    ...(relayed ? ['multifd', 'xbzrle', 'postcopy-preempt', 'mapped-ram', 'x-ignore-shared'].map((capability) => ({ capability, state: false })) : []),
   ];
   await v.qmp.execute('migrate-set-capabilities', { capabilities: caps });
 }

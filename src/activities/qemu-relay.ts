@@ -68,12 +68,6 @@ export function relaySocketPath(vmDir: string, name: string): string {
   return path.join(os.tmpdir(), `ferry-${createHash('sha256').update(p).digest('hex').slice(0, 16)}.sock`);
 }
 
-/** Capabilities whose records the relay cannot carry (pages on other connections, encoded pages, a file layout): off. */
-export async function relayCapabilities(v: QemuVm): Promise<void> {
-  const off = ['multifd', 'xbzrle', 'postcopy-preempt', 'mapped-ram', 'x-ignore-shared'];
-  await v.qmp.execute('migrate-set-capabilities', { capabilities: off.map((capability) => ({ capability, state: false })) });
-}
-
 export function requireLocalQemu(ctx: QemuContext, strategy: string): void {
   if (ctx.driver.opts.host.where !== 'local') {
     throw userError(
@@ -104,7 +98,6 @@ function connectUnix(p: string, timeoutMs = 10_000): Promise<net.Socket> {
 /** Target: the incoming QEMU listens on a unix socket, the agent's relay on the migration network. */
 export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: QemuVm, ref: StepRef): Promise<RelayAddress> {
   relays.close(ref.migrationId);
-  await relayCapabilities(v);
   const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, ref.vm), 'relay-in.sock');
   await v.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
   const token = newRelayToken();
@@ -142,7 +135,6 @@ export async function startSourceRelay(
       `${ctx.hostId} cannot see what ${input.target} wrote to shared storage (${probe}): par-migrate needs one storage directory both agents mount (FERRY_STORAGE_DIR / --storage); use as-hybrid otherwise`,
     );
   }
-  await relayCapabilities(v);
   const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, input.vm), 'relay-out.sock');
   const source = await SourceRelay.listen({
     listenPath: sock,

@@ -118,7 +118,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
         const [withTls, without] = d.migrationTls ? [ctx.hostId, input.target ?? 'the target'] : [input.target ?? 'the target', ctx.hostId];
         throw userError('Conflict', `migration TLS mismatch: ${withTls} runs its migration streams over mutual TLS, ${without} does not (give both agents --tls-ca/--tls-cert/--tls-key, or neither)`);
       }
-      await setCaps(v, mayPostcopy(input.strategy), 'source');
+      await setCaps(v, mayPostcopy(input.strategy), 'source', !!input.relay);
       const cap = input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : 0;
       if (input.relay) {
         // QEMU ↔ relay is a local unix socket, unpaced: the relay paces each network itself

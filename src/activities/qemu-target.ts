@@ -81,7 +81,7 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
         ...(input.rate ? { rate: input.rate } : {}),
         ...(input.qemuArgs ? { qemuArgs: input.qemuArgs } : {}),
       });
-      await setCaps(v, input.postcopy, 'target');
+      await setCaps(v, input.postcopy, 'target', !!input.relay);
       ports.set(input.vm, new Set()); // a new QEMU: ports of an earlier one mean nothing here
       if (input.relay) {
         // QEMU ↔ relay is a local unix socket; the agents' link carries TLS when the cluster has it.

@@ -60,7 +60,6 @@ export class TargetRelay {
   private layout: RamLayout | null = null;
   private layoutWaiters: (() => void)[] = [];
   private delivered: Bitmap | null = null;
-  private sectionId: number | null = null;
   /** An event that may not pass before the merge is done. */
   private held: StreamEvent | null = null;
   private mergeDone = false;
@@ -221,8 +220,6 @@ export class TargetRelay {
       this.layout = new RamLayout(e.blocks);
       this.delivered = new Bitmap(this.layout.pageCount);
       for (const w of this.layoutWaiters.splice(0)) w();
-    } else if (e.kind === 'section') {
-      this.sectionId = e.sectionId;
     } else if (e.kind === 'page') {
       if (!this.layout || !this.delivered) throw new QemuStreamError('BAD_RAM_RECORD', e.offset, 'RAM page', 'a page before MEM_SIZE');
       this.delivered.set(this.layout.pfn(e.block, e.addr, e.offset));
@@ -256,7 +253,7 @@ export class TargetRelay {
     this.inject = [];
     this.wake();
     if (pages.length === 0) return Buffer.alloc(0);
-    const id = this.sectionId!;
+    const id = this.reader.sectionId!;
     const events: StreamEvent[] = [{ kind: 'section', type: 'part', offset: 0, sectionId: id }];
     for (const p of pages) events.push(p);
     events.push({ kind: 'eos', offset: 0 }, { kind: 'footer', offset: 0, sectionId: id });
