@@ -24,9 +24,11 @@ import { runRegretSuite } from './bench-regret';
 export const help =
   'ferry bench --suite regret [--driver emulated|qemu] [--workloads memcached,…,trace:<file>] [--repeat N] [--sweep N] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--out DIR] [--json]   ferry\'s default vs the hindsight-best switch point · ' +
   'ferry bench --suite qemu [--repeat N] [--strategies precopy,hybrid-1,as-hybrid,par-migrate,pa-hybrid] [--workload W] [--memory SIZE] [--bandwidth RATE] [--storage-bandwidth RATE] [--warmup T] [--out DIR] [--json]   the QEMU cell (real guests, TCG) · ' +
+  'ferry bench --suite scale [--address HOST:PORT | --dir DIR] [--repeat N] [--vms 48] [--iterations 200] [--burst 1000] [--skip evacuation,long,api,overhead] [--out DIR] [--json]   evacuation, history, API load and overhead on a `ferry cluster` · ' +
   'ferry bench [--suite paper|faults] [--trials N] [--seed S] [--scale small|full|smoke] [--repeat N] [--out DIR] [--only 1,2,comprehensive] [--max-downtime 300ms] [--max-iterations 30] [--list] [--render DIR] [--json]   the paper comparison suite';
 
 export async function run(argv: string[]): Promise<number> {
+  if (argv.some((a, i) => a === '--suite=scale' || (a === '--suite' && argv[i + 1] === 'scale'))) return (await import('../../bench/scale')).runScaleCli(argv);
   const { values } = parse(
     argv,
     {
