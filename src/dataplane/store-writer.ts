@@ -43,6 +43,28 @@ export interface WriterStats {
   elapsedMs: number;
 }
 
+/** Snapshot files and directories: the agents' user only (they hold guest memory). */
+export const FILE_MODE = 0o600;
+export const DIR_MODE = 0o700;
+
+/**
+ * Create `dir` (and missing ancestors) and make it, and every ancestor created here, exactly
+ * 0700. mkdir's mode goes through the umask, so the mode is set again explicitly; an
+ * existing `dir` is tightened too (existing ancestors are left as they are).
+ */
+export async function mkdirPrivate(dir: string): Promise<void> {
+  const target = path.resolve(dir);
+  const first = await fsp.mkdir(target, { recursive: true, mode: DIR_MODE });
+  const made = [target];
+  if (first !== undefined) {
+    for (let d = target; d !== path.resolve(first) && path.dirname(d) !== d; ) {
+      d = path.dirname(d);
+      made.push(d);
+    }
+  }
+  for (const d of made.reverse()) await fsp.chmod(d, DIR_MODE);
+}
+
 export class SnapshotWriter {
   readonly pageSize: number;
   readonly pageCount: number;
@@ -88,12 +110,18 @@ export class SnapshotWriter {
   /** @internal called by SharedStore.openWriter */
   async init(): Promise<void> {
     if (!this.resume) await fsp.rm(this.dir, { recursive: true, force: true });
-    await fsp.mkdir(this.dir, { recursive: true });
+    // Guest memory: only the agents' user may list or read it (0700 directories, 0600
+    // files), whatever the umask and whoever else can reach the shared mount.
+    await mkdirPrivate(path.dirname(this.dir));
+    await mkdirPrivate(this.dir);
     if (!this.resume) return;
     const reader = new SnapshotReader(this.dir, this.migrationId, this.kind);
     const m = await reader.manifest();
     const names = m ? m.chunks.map((c) => c.name) : await reader.committedChunks();
-    for (const f of await fsp.readdir(this.dir)) if (f.endsWith('.tmp')) await fsp.rm(path.join(this.dir, f), { force: true });
+    for (const f of await fsp.readdir(this.dir)) {
+      if (f.endsWith('.tmp')) await fsp.rm(path.join(this.dir, f), { force: true });
+      else await fsp.chmod(path.join(this.dir, f), FILE_MODE); // an attempt by an older agent may have left 0644
+    }
     for (const name of names) {
       let chunk: Chunk;
       try {
@@ -269,8 +297,9 @@ export class SnapshotWriter {
   private async atomicWrite(name: string, data: Uint8Array): Promise<void> {
     const final = path.join(this.dir, name);
     const tmp = `${final}.tmp`;
-    const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, 0o644);
+    const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, FILE_MODE);
     try {
+      await fh.chmod(FILE_MODE); // the umask may have taken bits off the open mode; a reused temp keeps its old mode
       let off = 0;
       while (off < data.length) {
         const { bytesWritten } = await fh.write(data, off, data.length - off);
