@@ -18,6 +18,7 @@ export function configFrom(values: Record<string, unknown>): FerryConfig {
     namespace: values.namespace as string | undefined,
     storage: values.storage as string | undefined,
     temporalBin: values['temporal-bin'] as string | undefined,
+    traceDir: values['trace-dir'] as string | undefined,
   };
   return loadConfig(process.env, flags);
 }

@@ -20,6 +20,10 @@ export interface FerryConfig {
   auditUrl: string | null;
   /** Working state of the embedded server and agents. */
   stateDir: string;
+  /** The only directory an agent reads `trace:<file>` workloads from; null = none (trace workloads refused). */
+  traceDir: string | null;
+  /** When set, /metrics (API listener, controller and agent --metrics) needs `Authorization: Bearer <it>`. */
+  metricsToken: string | null;
 }
 
 export interface ConfigFlags {
@@ -31,6 +35,7 @@ export interface ConfigFlags {
   apiTokensFile?: string;
   auditDb?: string;
   auditUrl?: string;
+  traceDir?: string;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd = process.cwd()): FerryConfig {
@@ -57,5 +62,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd 
     auditDb: path.resolve(cwd, pick(flags.auditDb, 'FERRY_AUDIT_DB') ?? path.join('.ferry', 'audit.db')),
     auditUrl: pick(flags.auditUrl, 'FERRY_AUDIT_URL'),
     stateDir,
+    traceDir: ((d) => (d === null ? null : path.resolve(cwd, d)))(pick(flags.traceDir, 'FERRY_TRACE_DIR')),
+    metricsToken: pick(undefined, 'FERRY_METRICS_TOKEN'),
   };
 }

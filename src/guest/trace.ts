@@ -18,7 +18,7 @@
  * - count: optional run length (default 1, at most 1,000,000): count consecutive pages,
  *   all at the same time.
  * Blank lines are ignored. Any other line is an error naming the file, the line number and
- * the line.
+ * what is wrong with it, never the line's content (a trace file may hold anything).
  *
  * Replay: each access runs on the vCPU that owns the page (page % vcpus), at time_ms after
  * the vCPU started (divided by `speed`), or back to back if the rate is 'max'. At the end
@@ -53,25 +53,25 @@ export function parseTrace(text: string, source = 'trace'): Trace {
   const lines = text.split(/\r?\n/);
   let last = 0;
   for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!;
-    const line = raw.replace(/#.*/, '').trim();
+    const line = lines[i]!.replace(/#.*/, '').trim();
     if (line === '') continue;
+    // Only the position and the reason: nothing read from the file goes into the message.
     const fail = (why: string): never => {
-      throw new UsageError(`${source}:${i + 1}: ${why}: "${raw.length > 80 ? raw.slice(0, 77) + '...' : raw}" (expected "<time_ms> r|w <page> [<count>]")`);
+      throw new UsageError(`${source}:${i + 1}: ${why} (expected "<time_ms> r|w <page> [<count>]")`);
     };
     const f = line.split(/\s+/);
     if (f.length < 3 || f.length > 4) fail(`expected 3 or 4 fields, got ${f.length}`);
     const [tText, opText, pageText, countText] = f as [string, string, string, string | undefined];
-    if (!/^\d+(\.\d+)?$/.test(tText)) fail(`time '${tText}' is not a non-negative number of milliseconds`);
+    if (!/^\d+(\.\d+)?$/.test(tText)) fail('field 1 (time) is not a non-negative number of milliseconds');
     const t = Number(tText);
-    if (t < last) fail(`time ${t} goes backwards (previous line was at ${last})`);
+    if (t < last) fail('field 1 (time) goes backwards (earlier than the previous access)');
     const op = opText.toLowerCase();
-    if (op !== 'r' && op !== 'w' && op !== 'read' && op !== 'write') fail(`access '${opText}' is not r or w`);
-    if (!/^\d+$/.test(pageText) || Number(pageText) >= 2 ** 32) fail(`page '${pageText}' is not a page index (0..2^32-1)`);
+    if (op !== 'r' && op !== 'w' && op !== 'read' && op !== 'write') fail('field 2 (access) is not r or w');
+    if (!/^\d+$/.test(pageText) || Number(pageText) >= 2 ** 32) fail('field 3 (page) is not a page index (0..2^32-1)');
     const page = Number(pageText);
     let count = 1;
     if (countText !== undefined) {
-      if (!/^\d+$/.test(countText) || Number(countText) < 1 || Number(countText) > MAX_RUN) fail(`count '${countText}' is not 1..${MAX_RUN}`);
+      if (!/^\d+$/.test(countText) || Number(countText) < 1 || Number(countText) > MAX_RUN) fail(`field 4 (count) is not 1..${MAX_RUN}`);
       count = Number(countText);
     }
     if (times.length + count > MAX_ENTRIES) fail(`trace longer than ${MAX_ENTRIES} accesses`);

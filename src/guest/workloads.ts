@@ -18,7 +18,8 @@
  * `deterministic: true`, a virtual clock advancing 1/rate per access, which makes every
  * profile repeatable access for access.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import path from 'node:path';
 import { UsageError } from '../common/errors';
 import { parseRate } from '../common/units';
 import { parseTrace, type Trace } from './trace';
@@ -228,31 +229,111 @@ export function normaliseWorkload(w: string | WorkloadSpec): { profile: string; 
 }
 
 /**
- * Resolve a profile for a guest. For 'trace:<file>' the file is read and parsed here
- * (the Trace is returned next to the JSON-safe description).
+ * Where `trace:<file>` workloads may be read from: the agent's trace directory (`ferry agent
+ * --trace-dir DIR` or FERRY_TRACE_DIR). A relative file is taken inside it; an absolute one
+ * must be inside it; after `..` and symlinks are resolved the file must still be inside it.
+ * Without a trace directory no trace file is read.
  */
+let traceDirSetting: { dir: string | null } | null = null;
+
+/** Set the trace directory of this process (the agent, from --trace-dir); null = none. */
+export function setTraceDir(dir: string | null): void {
+  traceDirSetting = { dir: dir === null ? null : path.resolve(dir) };
+}
+
+/** The trace directory in effect: the one set by setTraceDir, else FERRY_TRACE_DIR, else none. */
+export function traceDir(): string | null {
+  if (traceDirSetting) return traceDirSetting.dir;
+  const env = process.env.FERRY_TRACE_DIR;
+  return env ? path.resolve(env) : null;
+}
+
+const HOW_TO_SET = 'the agent reads trace files only from its trace directory: start it with --trace-dir DIR or FERRY_TRACE_DIR=DIR';
+
+function isInside(dir: string, p: string): boolean {
+  const rel = path.relative(dir, p);
+  return rel !== '' && rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
+}
+
+/**
+ * The real path of trace `file` inside the trace directory `dir`, or a UsageError naming
+ * `file` (never its content, nor where a symlink out of the directory points).
+ */
+export function resolveTraceFile(file: string, dir: string | null = traceDir()): string {
+  if (dir === null) throw new UsageError(`workload: trace file '${file}' refused: no trace directory is configured (${HOW_TO_SET})`);
+  let realDir: string;
+  try {
+    realDir = realpathSync(dir);
+    if (!statSync(realDir).isDirectory()) throw new Error('not a directory');
+  } catch (e) {
+    throw new UsageError(`workload: the trace directory '${dir}' cannot be used: ${(e as Error).message}`);
+  }
+  const lexical = path.resolve(dir, file);
+  if (!isInside(path.resolve(dir), lexical) && !isInside(realDir, lexical)) {
+    throw new UsageError(`workload: trace file '${file}' is outside the trace directory ${dir} (${HOW_TO_SET})`);
+  }
+  let real: string;
+  try {
+    real = realpathSync(lexical);
+  } catch (e) {
+    throw new UsageError(`workload: cannot read trace file '${file}' in the trace directory ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (!isInside(realDir, real)) throw new UsageError(`workload: trace file '${file}' leads outside the trace directory ${dir} (a symlink out of it is refused)`);
+  return real;
+}
+
 /** Parsed traces by file, while the file is unchanged: a target parses before the pause, not in it. */
 const traces = new Map<string, { mtimeMs: number; size: number; trace: Trace; digest: string }>();
 
 function loadTrace(file: string): { trace: Trace; digest: string } {
-  let st: { mtimeMs: number; size: number };
-  try {
-    st = statSync(file);
-  } catch (e) {
-    throw new UsageError(`workload: cannot read trace file '${file}': ${(e as Error).message}`);
-  }
-  const known = traces.get(file);
-  if (known && known.mtimeMs === st.mtimeMs && known.size === st.size) return known;
+  const real = resolveTraceFile(file);
   let text: string;
+  let st: { mtimeMs: number; size: number };
+  let fd: number | undefined;
   try {
-    text = readFileSync(file, 'utf8');
+    // O_NOFOLLOW: the checked path's last component cannot be swapped for a symlink in between.
+    fd = openSync(real, fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0));
+    const fst = fstatSync(fd);
+    if (!fst.isFile()) throw new Error('not a regular file');
+    st = { mtimeMs: fst.mtimeMs, size: fst.size };
+    const known = traces.get(real);
+    if (known && known.mtimeMs === st.mtimeMs && known.size === st.size) return known;
+    text = readFileSync(fd, 'utf8');
   } catch (e) {
-    throw new UsageError(`workload: cannot read trace file '${file}': ${(e as Error).message}`);
+    throw new UsageError(`workload: cannot read trace file '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
   const entry = { mtimeMs: st.mtimeMs, size: st.size, trace: parseTrace(text, file), digest: digest(text) };
   if (traces.size >= 4) traces.delete(traces.keys().next().value!);
-  traces.set(file, entry);
+  traces.set(real, entry);
   return entry;
+}
+
+/**
+ * For commands that start their own agents (`ferry demo`, `ferry bench --suite regret`):
+ * the trace files the user named on this machine, as absolute real paths, and the directory
+ * holding them all, for those agents' --trace-dir. Null when no workload is a trace.
+ */
+export function localTraceSetup(workloads: readonly string[], option = '--workload'): { traceDir: string | null; workloads: string[] } {
+  const files: string[] = [];
+  const out = workloads.map((w) => {
+    if (!w.startsWith('trace:')) return w;
+    const file = w.slice('trace:'.length);
+    if (file === '') throw new UsageError(`${option}: 'trace:' needs a file, e.g. trace:./accesses.trace`);
+    let real: string;
+    try {
+      real = realpathSync(file);
+    } catch {
+      throw new UsageError(`${option}: trace file ${file} does not exist`);
+    }
+    files.push(real);
+    return `trace:${real}`;
+  });
+  if (files.length === 0) return { traceDir: null, workloads: out };
+  let dir = path.dirname(files[0]!);
+  for (const f of files) while (!isInside(dir, f)) dir = path.dirname(dir);
+  return { traceDir: dir, workloads: out };
 }
 
 /** Parse a trace workload's file ahead of a resume (a no-op for other workloads); errors wait for the resume. */
@@ -265,6 +346,10 @@ export function prepareWorkload(workload: string): void {
   }
 }
 
+/**
+ * Resolve a profile for a guest. For 'trace:<file>' the file is read and parsed here
+ * (the Trace is returned next to the JSON-safe description).
+ */
 export function resolveWorkload(w: string | WorkloadSpec, geo: WorkloadGeometry): { resolved: ResolvedWorkload; trace: Trace | null } {
   const { profile, overrides: o } = normaliseWorkload(w);
   if (geo.dataPages < geo.vcpus) throw new UsageError(`workload: ${geo.dataPages} data pages cannot be shared by ${geo.vcpus} vCPUs`);

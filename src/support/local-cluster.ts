@@ -29,6 +29,8 @@ export interface LocalClusterOptions {
   agentArgs?: (host: string) => string[];
   /** Run the embedded dev server with its stock dynamic config (side-by-side measurements). */
   stockServer?: boolean;
+  /** The agents' --trace-dir (where `trace:<file>` workloads may be read from). */
+  traceDir?: string | null;
 }
 
 export async function startLocalCluster(opts: LocalClusterOptions): Promise<LocalCluster> {
@@ -60,6 +62,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     for (const host of opts.hosts) {
       const args = ['agent', '--host', host];
       if (opts.memoryCapacity) args.push('--memory-capacity', opts.memoryCapacity);
+      if (opts.traceDir) args.push('--trace-dir', opts.traceDir);
       args.push(...(opts.agentArgs?.(host) ?? []));
       const p = spawnFerry(`agent ${host}`, args, { env, echo });
       started.push(p);

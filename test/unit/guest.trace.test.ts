@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EmulatedGuest, formatTrace, parseTrace, tableVersion } from '../../src/guest';
+import { setTraceDir } from '../../src/guest/workloads';
 
 const MiB = 1024 ** 2;
 const guests: EmulatedGuest[] = [];
@@ -10,6 +11,7 @@ afterEach(async () => {
   await Promise.all(guests.splice(0).map((g) => g.stop()));
 });
 const dir = mkdtempSync(join(tmpdir(), 'ferry-guest-trace-'));
+setTraceDir(dir); // as an agent started with --trace-dir
 function traceFile(name: string, text: string): string {
   const f = join(dir, name);
   writeFileSync(f, text);
@@ -36,12 +38,12 @@ describe('trace format', () => {
   });
 
   it.each([
-    ['0 w 1\n1 x 2\n', /^f\.trace:2: access 'x' is not r or w: "1 x 2"/],
-    ['0 w 1\n\n# c\n5 w 2\n3 r 4\n', /^f\.trace:5: time 3 goes backwards \(previous line was at 5\)/],
-    ['0 w\n', /^f\.trace:1: expected 3 or 4 fields, got 2: "0 w"/],
-    ['-1 w 3\n', /^f\.trace:1: time '-1' is not a non-negative number/],
-    ['0 w 3.5\n', /^f\.trace:1: page '3.5' is not a page index/],
-    ['0 w 3 0\n', /^f\.trace:1: count '0' is not 1\.\.1000000/],
+    ['0 w 1\n1 x 2\n', /^f\.trace:2: field 2 \(access\) is not r or w \(expected/],
+    ['0 w 1\n\n# c\n5 w 2\n3 r 4\n', /^f\.trace:5: field 1 \(time\) goes backwards/],
+    ['0 w\n', /^f\.trace:1: expected 3 or 4 fields, got 2 \(expected/],
+    ['-1 w 3\n', /^f\.trace:1: field 1 \(time\) is not a non-negative number/],
+    ['0 w 3.5\n', /^f\.trace:1: field 3 \(page\) is not a page index/],
+    ['0 w 3 0\n', /^f\.trace:1: field 4 \(count\) is not 1\.\.1000000/],
     ['# nothing\n', /^f\.trace: trace has no accesses/],
   ])('rejects %j with an error naming the line', (text, message) => {
     expect(() => parseTrace(text, 'f.trace')).toThrow(message);
@@ -49,7 +51,7 @@ describe('trace format', () => {
 
   it('a bad trace file is a usage error at guest creation', () => {
     const f = traceFile('bad.trace', '0 w 1\nnonsense\n');
-    expect(() => EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, workload: `trace:${f}` })).toThrow(`${f}:2: expected 3 or 4 fields, got 1: "nonsense"`);
+    expect(() => EmulatedGuest.create({ name: 't', memoryBytes: 4 * MiB, workload: `trace:${f}` })).toThrow(`${f}:2: expected 3 or 4 fields, got 1 (expected`);
   });
 });
 

@@ -1,5 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { tmpdir } from 'node:os';
 import { EmulatedGuest, PROFILES, resolveWorkload, type WorkloadSpec } from '../../src/guest';
+import { setTraceDir } from '../../src/guest/workloads';
 
 const MiB = 1024 ** 2;
 const guests: EmulatedGuest[] = [];
@@ -68,7 +70,8 @@ describe('workload profiles', () => {
     expect(() => resolveWorkload({ profile: 'idle', writeRatio: 2 }, geo)).toThrow(/writeRatio = 2 is not a number in 0..1/);
     expect(() => resolveWorkload({ profile: 'idle', rate: 'fast' }, geo)).toThrow(/not a size/);
     expect(() => resolveWorkload('trace:', geo)).toThrow(/needs a file/);
-    expect(() => resolveWorkload('trace:/nonexistent/x.trace', geo)).toThrow(/cannot read trace file/);
+    setTraceDir(tmpdir()); // trace files are read only from a trace directory
+    expect(() => resolveWorkload('trace:ferry-nonexistent-x.trace', geo)).toThrow(/cannot read trace file 'ferry-nonexistent-x\.trace'/);
   });
 });
 

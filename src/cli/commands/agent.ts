@@ -1,8 +1,10 @@
+import fs from 'node:fs';
 import os from 'node:os';
 import { UsageError } from '../../common/errors';
 import { HOST_ID_RE } from '../../common/names';
 import { parseSize } from '../../common/units';
 import path from 'node:path';
+import { setTraceDir } from '../../guest/workloads';
 import { startAgent, type QemuAgentOptions } from '../../workers/agent';
 import { checkOwnIdentity, checkSignedByCa, loadChannelTls, TlsConfigError, type ChannelTlsFiles } from '../../dataplane/tls';
 import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
@@ -14,7 +16,7 @@ import { commonOptions, configFrom, say, temporalAddressOf } from '../context';
 export const help =
   'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE] [--metrics HOST:PORT] ' +
   '[--qemu-state DIR] [--migration-addr IP] [--fallback-addr IP] [--guest-kernel F --guest-initrd F] [--ssh USER@HOST[:PORT] --ssh-key F --known-hosts F] ' +
-  '[--tls-ca F --tls-cert F --tls-key F]   run a host agent';
+  '[--tls-ca F --tls-cert F --tls-key F] [--trace-dir DIR]   run a host agent (trace:<file> workloads are read only from --trace-dir)';
 
 const IP_RE = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]+)$/;
 
@@ -97,6 +99,7 @@ export async function run(argv: string[]): Promise<number> {
       'tls-ca': { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
+      'trace-dir': { type: 'string' },
     },
     false,
   );
@@ -108,6 +111,16 @@ export async function run(argv: string[]): Promise<number> {
   const dataAddr = str(values['data-addr']) ?? '127.0.0.1:0';
   if (!/^[^\s:]+:\d{1,5}$/.test(dataAddr)) throw new UsageError(`--data-addr: '${dataAddr}' is not HOST:PORT`);
   const tls = tlsOptions(values, hostId, driver);
+  if (cfg.traceDir !== null) {
+    let ok = false;
+    try {
+      ok = fs.statSync(cfg.traceDir).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!ok) throw new UsageError(`--trace-dir / FERRY_TRACE_DIR: '${cfg.traceDir}' is not a directory`);
+  }
+  setTraceDir(cfg.traceDir);
   const capacity = values['memory-capacity'] ? parseSize(String(values['memory-capacity']), '--memory-capacity') : Math.floor(os.totalmem() / 2);
   const agent = await startAgent({
     hostId,

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { withQemuBenchCluster } from '../../bench/qemu-cluster';
 import { QEMU_REGRET_WORKLOADS, REGRET_WORKLOADS, regretMarkdown, runQemuRegret, runRegret, type RegretPlan } from '../../bench/regret';
+import { localTraceSetup } from '../../guest/workloads';
 import { QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
 import { UsageError } from '../../common/errors';
 import { parseDuration, parseRate, parseSize } from '../../common/units';
@@ -21,14 +22,16 @@ import { configFrom, say } from '../context';
 export async function runRegretSuite(values: Record<string, unknown>, argv: string[]): Promise<number> {
   const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
   const qemu = driver === 'qemu';
-  const workloads = str(values.workloads)?.split(',').filter(Boolean) ?? [...(qemu ? QEMU_REGRET_WORKLOADS : REGRET_WORKLOADS)];
+  const named = str(values.workloads)?.split(',').filter(Boolean) ?? [...(qemu ? QEMU_REGRET_WORKLOADS : REGRET_WORKLOADS)];
   if (qemu) {
-    for (const w of workloads) if (!QEMU_WORKLOADS[w]) throw new UsageError(`--workloads: '${w}' is not a QEMU guest workload (${Object.keys(QEMU_WORKLOADS).join(', ')}); trace files run on emulated hosts`);
+    for (const w of named) if (!QEMU_WORKLOADS[w]) throw new UsageError(`--workloads: '${w}' is not a QEMU guest workload (${Object.keys(QEMU_WORKLOADS).join(', ')}); trace files run on emulated hosts`);
     if (values['storage-bandwidth'] !== undefined) throw new UsageError('--storage-bandwidth: the QEMU engine has no storage channel yet (its default strategy is as-hybrid)');
-  } else for (const w of workloads) {
+  } else for (const w of named) {
     if (!w.startsWith('trace:') && !(REGRET_WORKLOADS as readonly string[]).includes(w)) throw new UsageError(`--workloads: '${w}' is not one of ${REGRET_WORKLOADS.join(', ')}, trace:<file>`);
-    if (w.startsWith('trace:') && !fs.existsSync(w.slice(6))) throw new UsageError(`--workloads: trace file ${w.slice(6)} does not exist`);
   }
+  // Trace files named here: absolute paths, read by the bench's own agents from their directory.
+  const traces = qemu ? { traceDir: null, workloads: named } : localTraceSetup(named, '--workloads');
+  const workloads = traces.workloads;
   const plan: RegretPlan = {
     workloads,
     repeats: int(values.repeat, 'repeat', 1, 100) ?? 3,
@@ -56,7 +59,7 @@ export async function runRegretSuite(values: Record<string, unknown>, argv: stri
   const [source, target] = [`regret-${runId}-a`, `regret-${runId}-b`];
   const storageDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-regret-storage-'));
   const cfg = { ...configFrom(values), storageDir };
-  const cluster = await startLocalCluster({ cfg, hosts: [source, target], memoryCapacity: String(2 * 2 ** 30), log: say, verbose: values.verbose === true });
+  const cluster = await startLocalCluster({ cfg, hosts: [source, target], traceDir: traces.traceDir, memoryCapacity: String(2 * 2 ** 30), log: say, verbose: values.verbose === true });
   try {
     const connection = await Connection.connect({ address: cluster.address });
     try {

@@ -10,7 +10,7 @@ import { UsageError } from '../../common/errors';
 import { CONTROL_QUEUE } from '../../common/names';
 import { parseSize } from '../../common/units';
 import { reportOf, resolveHandle, startMigration } from '../../client/migrations';
-import { workloadNames } from '../../guest/workloads';
+import { localTraceSetup, workloadNames } from '../../guest/workloads';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
 import { reportText, watchProgress } from '../display';
@@ -43,7 +43,11 @@ export async function run(argv: string[]): Promise<number> {
   const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
   // On QEMU, the paper's scheme without par-migrate (QEMU exposes no dirty log to ferry).
   const { strategy, options } = migrationOptionsFrom(driver === 'qemu' && values.strategy === undefined ? { ...values, strategy: 'as-hybrid' } : values);
-  const workload = str(values.workload) ?? (driver === 'qemu' ? 'write-intensive' : 'memcached');
+  const asked = str(values.workload) ?? (driver === 'qemu' ? 'write-intensive' : 'memcached');
+  // A trace file named here is read by the demo's own agents: their trace directory is the
+  // file's (agents read trace files only from the directory they are given).
+  const traces = driver === 'qemu' ? { traceDir: null, workloads: [asked] } : localTraceSetup([asked]);
+  const workload = traces.workloads[0] ?? asked;
   if (driver === 'qemu') {
     if (!QEMU_WORKLOADS[workload]) throw new UsageError(`--workload: '${workload}' is not one of ${Object.keys(QEMU_WORKLOADS).join(', ')} (the QEMU test guest's)`);
   } else if (!workload.startsWith('trace:') && !workloadNames().includes(workload)) {
@@ -57,6 +61,7 @@ export async function run(argv: string[]): Promise<number> {
   const cluster = await startLocalCluster({
     cfg,
     hosts: ['host-a', 'host-b'],
+    traceDir: traces.traceDir,
     log: say,
     verbose: values.verbose === true,
     ...(img
