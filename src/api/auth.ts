@@ -18,6 +18,10 @@ import { UsageError } from '../common/errors';
 
 export type Scope = 'read' | 'write';
 
+/** Why the API does not start without a token (there is no default one), and how to give it one. */
+export const API_TOKEN_REQUIRED =
+  '--listen: the API needs a token and has no default: set FERRY_API_TOKEN (e.g. export FERRY_API_TOKEN=$(openssl rand -hex 16)) or a tokens file of SHA-256 hashes (FERRY_API_TOKENS_FILE / --tokens-file)';
+
 export interface ApiToken {
   hash: Buffer;
   scope: Scope;

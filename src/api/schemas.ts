@@ -104,7 +104,11 @@ export const auditQuerySchema = {
 const error = {
   type: 'object',
   required: ['error'],
-  properties: { error: { type: 'string' }, field: { type: 'string' } },
+  properties: {
+    error: { type: 'string' },
+    field: { type: 'string' },
+    requestId: { type: 'string', description: 'also in the X-Request-Id header; a 500 carries only this (the details are in the controller log under it)' },
+  },
 } as const;
 
 const errorResponses = (...codes: number[]): Record<string, unknown> =>
@@ -112,7 +116,7 @@ const errorResponses = (...codes: number[]): Record<string, unknown> =>
     codes.map((c) => [
       String(c),
       {
-        description: { 400: 'bad request: the message names the field', 401: 'no valid bearer token', 403: 'the token may not do this', 404: 'not found', 409: 'conflict' }[c] ?? 'error',
+        description: { 400: 'bad request: the message names the field', 401: 'no valid bearer token', 403: 'the token may not do this', 404: 'not found', 409: 'conflict', 500: 'internal error: only a request id' }[c] ?? 'error',
         content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
       },
     ]),
@@ -210,7 +214,13 @@ export function openApiDocument(serverUrl?: string): unknown {
         },
       },
       '/v1/openapi.json': { get: { summary: 'This document', security: [], responses: { '200': json({ type: 'object' }, 'OpenAPI 3.1') } } },
-      '/metrics': { get: { summary: 'Prometheus metrics of the controller', security: [], responses: { '200': { description: 'text exposition format' } } } },
+      '/metrics': {
+        get: {
+          summary: 'Prometheus metrics of the controller (open unless FERRY_METRICS_TOKEN is set; then its bearer token, not an API token)',
+          security: [],
+          responses: { '200': { description: 'text exposition format' }, '401': { description: 'FERRY_METRICS_TOKEN is set and the request does not carry it' } },
+        },
+      },
     },
   };
 }

@@ -9,12 +9,16 @@
  *   GET  /v1/evacuations/:id
  *   POST /v1/evacuations/:id/cancel     {requestedBy, reason?, vms?}
  *   GET  /v1/audit?ticket=|vm=|host=|evacuation=&from=&to=&limit=
- *   GET  /v1/openapi.json · GET /metrics · GET /healthz      (no token)
+ *   GET  /v1/openapi.json · GET /healthz                     (no token)
+ *   GET  /metrics                       (no token, or FERRY_METRICS_TOKEN when set)
  *
- * Errors are JSON `{error, field?}`: 400 names the bad field, 401 without a valid token, 403
- * for a read token on a write, 404 unknown migration/VM/route, 409 conflicts (the VM is
- * already migrating under another ticket, cancel after the switch, nothing to retry).
+ * Every response carries an `X-Request-Id`. Errors are JSON `{error, field?, requestId}`: 400
+ * names the bad field, 401 without a valid token, 403 for a read token on a write, 404
+ * unknown migration/VM/route, 409 conflicts (the VM is already migrating under another
+ * ticket, cancel after the switch, nothing to retry). A 500 says nothing but its request id:
+ * the error itself goes to the controller's log under that id.
  */
+import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
@@ -31,7 +35,7 @@ import { defaultPbData, type StrategyName } from '../policy/types';
 import { cancelQueuedUpdate, evacuationQuery } from '../workflows/evacuation-messages';
 import { cancelUpdate, progressQuery } from '../workflows/messages';
 import type { MigrationReport } from '../workflows/report';
-import { authorize, type ApiToken, type Scope } from './auth';
+import { API_TOKEN_REQUIRED, authorize, type ApiToken, type Scope } from './auth';
 import {
   auditQuerySchema,
   cancelEvacuationSchema,
@@ -50,6 +54,8 @@ export interface ApiOptions {
   listen: string;
   /** The controller's Prometheus registry, served at /metrics. */
   metrics?: Registry | null;
+  /** When set, /metrics needs `Authorization: Bearer <it>` (FERRY_METRICS_TOKEN). */
+  metricsToken?: string | null;
   log?: (line: string) => void;
 }
 
@@ -407,13 +413,15 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://ferry.invalid');
     const path = url.pathname;
+    const requestId = randomUUID();
+    res.setHeader('x-request-id', requestId);
     void (async () => {
       try {
         if (req.method === 'GET' && path === '/v1/openapi.json') return send(res, 200, openApiDocument());
         if (req.method === 'GET' && path === '/healthz') return send(res, 200, { ok: true });
         if (req.method === 'GET' && path === '/metrics') {
           if (!opts.metrics) throw new HttpError(404, 'metrics are not enabled on this listener');
-          return await writeMetrics(opts.metrics, res);
+          return await writeMetrics(opts.metrics, req, res, { token: opts.metricsToken, log }, requestId);
         }
         const matching = routes.filter((r) => r.path.test(path));
         if (matching.length === 0) throw new HttpError(404, `no route ${path} (see /v1/openapi.json)`);
@@ -432,8 +440,14 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
         send(res, out.status, out.body);
       } catch (e) {
         const he = mapError(e);
-        if (he.status >= 500) log(`ferry api: ${req.method} ${path}: ${(e as Error)?.stack ?? String(e)}`);
-        if (!res.headersSent) send(res, he.status, { error: he.message, ...(he.field ? { field: he.field } : {}) });
+        if (he.status >= 500) {
+          // The details (they may name hosts, files, queries) stay in the log; the caller gets the id to quote.
+          log(`ferry api: request ${requestId}: ${req.method} ${path} → ${he.status}: ${(e as Error)?.stack ?? String(e)}`);
+          if (!res.headersSent) send(res, he.status, { error: `internal error (request id ${requestId})`, requestId });
+          else res.end();
+          return;
+        }
+        if (!res.headersSent) send(res, he.status, { error: he.message, ...(he.field ? { field: he.field } : {}), requestId });
         else res.end();
       }
     })();
@@ -441,7 +455,7 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
 }
 
 export async function startApiServer(opts: ApiOptions): Promise<RunningApi> {
-  if (opts.tokens.length === 0) throw new UsageError('--listen: the API needs a token: set FERRY_API_TOKEN or FERRY_API_TOKENS_FILE (--tokens-file)');
+  if (opts.tokens.length === 0) throw new UsageError(API_TOKEN_REQUIRED);
   const { host, port } = splitListen(opts.listen, '--listen');
   const server = http.createServer(createApiHandler(opts));
   server.keepAliveTimeout = 5000;

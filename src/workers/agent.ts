@@ -38,6 +38,8 @@ export interface AgentOptions {
   memoryCapacityBytes: number;
   /** Serve Prometheus metrics on this HOST:PORT (port 0 = any). */
   metricsAddr?: string;
+  /** When set, the agent's /metrics needs `Authorization: Bearer <it>` (FERRY_METRICS_TOKEN). */
+  metricsToken?: string | null;
   /** Driver qemu: where QEMU runs and which addresses its migration streams use. */
   qemu?: QemuAgentOptions;
   /**
@@ -144,7 +146,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const metrics = opts.metricsAddr ? createAgentMetrics({ hostId: opts.hostId, driver, memoryCapacityBytes: opts.memoryCapacityBytes }) : null;
   let metricsServer: MetricsServer | null = null;
   if (metrics && opts.metricsAddr) {
-    metricsServer = await serveMetrics(opts.metricsAddr, metrics.registry);
+    metricsServer = await serveMetrics(opts.metricsAddr, metrics.registry, { token: opts.metricsToken });
     log(`ferry agent ${opts.hostId}: metrics on ${metricsServer.url}`);
   }
   const connection = await connectNative(opts.temporalAddress);

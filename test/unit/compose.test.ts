@@ -6,16 +6,19 @@ import { REPO_ROOT } from '../../src/common/paths';
 import { FERRY_SEARCH_ATTRIBUTES } from '../../src/common/search-attributes';
 import { FERRY_DYNAMIC_CONFIG } from '../../src/common/server-tuning';
 
+// The API token has no default: compose needs one from the environment.
+const COMPOSE_ENV = { ...process.env, FERRY_API_TOKEN: 'compose-test-token' };
+
 describe('docker-compose.yml (the production topology)', () => {
   it('is valid for docker-compose', () => {
-    const r = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config', '-q'], { encoding: 'utf8' });
+    const r = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config', '-q'], { encoding: 'utf8', env: COMPOSE_ENV });
     expect(r.error).toBeUndefined();
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
   });
 
   it('has Temporal on PostgreSQL, the UI, a controller and three agents sharing storage', () => {
-    const r = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8' });
+    const r = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8', env: COMPOSE_ENV });
     const cfg = r.stdout;
     expect(cfg).toMatch(/postgresql:/);
     // The four Temporal services, each a container of the server image, from ferry's one config.
@@ -35,7 +38,7 @@ describe('docker-compose.yml (the production topology)', () => {
   });
 
   it('runs the HTTP API with a bearer token, the audit trail on a volume, metrics on every agent and emulated VMs', () => {
-    const r = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8' });
+    const r = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8', env: COMPOSE_ENV });
     const cfg = r.stdout;
     expect(cfg).toMatch(/command:\n\s+- controller\n\s+- --listen\n\s+- 0\.0\.0\.0:8088/);
     expect(cfg).toMatch(/FERRY_API_TOKEN: /);
@@ -58,7 +61,7 @@ describe('Temporal server config (one for compose and `ferry cluster`)', () => {
   });
 
   it('compose runs the server, the schema and the namespace steps from the files `ferry cluster` runs', () => {
-    const cfg = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8' }).stdout;
+    const cfg = spawnSync('docker-compose', ['-f', path.join(REPO_ROOT, 'docker-compose.yml'), 'config'], { encoding: 'utf8', env: COMPOSE_ENV }).stdout;
     expect(cfg).toMatch(/temporal-server\s+--root \/etc\/ferry\/temporal --config config --env ferry/);
     expect(cfg).toMatch(/- \/etc\/ferry\/temporal\/setup-schema\.sh/);
     expect(cfg).toMatch(/- \/etc\/ferry\/temporal\/setup-namespace\.sh/);

@@ -132,6 +132,7 @@ export async function run(argv: string[]): Promise<number> {
     storageDir: cfg.storageDir,
     memoryCapacityBytes: capacity,
     metricsAddr: str(values.metrics),
+    metricsToken: cfg.metricsToken,
     ...(tls ? { tls } : {}),
     ...(driver === 'qemu' ? { qemu: await qemuOptions(values, hostId, dataAddr) } : {}),
   });

@@ -1,7 +1,7 @@
 import { UsageError } from '../../common/errors';
 import { openAuditStore } from '../../audit';
 import { startApiServer, type RunningApi } from '../../api/server';
-import { loadTokens } from '../../api/auth';
+import { API_TOKEN_REQUIRED, loadTokens } from '../../api/auth';
 import { createControllerMetrics } from '../../metrics/controller';
 import { serveMetrics, type MetricsServer } from '../../metrics/http';
 import { startController } from '../../workers/controller';
@@ -25,7 +25,9 @@ export async function run(argv: string[]): Promise<number> {
   const metricsAddr = str(values.metrics);
   // Check the API's tokens before anything starts.
   const tokens = listen ? loadTokens({ token: cfg.apiToken, tokensFile: str(values['tokens-file']) ?? cfg.apiTokensFile }) : [];
-  if (listen && tokens.length === 0) throw new UsageError('--listen: the API needs a token: set FERRY_API_TOKEN or FERRY_API_TOKENS_FILE (--tokens-file)');
+  if (listen && tokens.length === 0) {
+    throw new UsageError(API_TOKEN_REQUIRED);
+  }
   const store = await openAuditStore({ url: auditUrl, file: auditDb });
   const address = temporalAddressOf(cfg);
   let api: RunningApi | null = null;
@@ -45,11 +47,11 @@ export async function run(argv: string[]): Promise<number> {
       const client = c.client;
       const metrics = createControllerMetrics({ store, client });
       if (listen) {
-        api = await startApiServer({ client, store, tokens, listen, metrics: metricsAddr ? null : metrics.registry });
+        api = await startApiServer({ client, store, tokens, listen, metrics: metricsAddr ? null : metrics.registry, metricsToken: cfg.metricsToken });
         say(`ferry controller: API on ${api.url} (OpenAPI ${api.url}/v1/openapi.json${metricsAddr ? '' : `, metrics ${api.url}/metrics`}); audit trail in ${store.kind === 'sqlite' ? auditDb : 'PostgreSQL'}`);
       }
       if (metricsAddr) {
-        metricsServer = await serveMetrics(metricsAddr, metrics.registry);
+        metricsServer = await serveMetrics(metricsAddr, metrics.registry, { token: cfg.metricsToken });
         say(`ferry controller: metrics on ${metricsServer.url}`);
       }
     }
