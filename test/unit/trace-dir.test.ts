@@ -3,12 +3,14 @@
  * FERRY_TRACE_DIR): a path outside it, by `..`, by an absolute path or by a symlink, is
  * refused; a parse error names the file and the line, never the line's content.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { EmulatedGuest } from '../../src/guest';
 import { localTraceSetup, resolveTraceFile, setTraceDir } from '../../src/guest/workloads';
+import { FERRY_BIN } from '../../src/support/processes';
 
 const MiB = 1024 ** 2;
 const root = mkdtempSync(join(tmpdir(), 'ferry-trace-dir-'));
@@ -112,5 +114,14 @@ describe('commands that start their own agents (demo, regret bench)', () => {
     expect(r.workloads).toEqual(['memcached', `trace:${join(traces, 'sub', 'nested.trace')}`, `trace:${join(traces, 'ok.trace')}`]);
     expect(localTraceSetup(['idle'])).toEqual({ traceDir: null, workloads: ['idle'] });
     expect(() => localTraceSetup([`trace:${join(root, 'missing.trace')}`], '--workloads')).toThrow(/^--workloads: trace file .*missing\.trace does not exist$/);
+  });
+});
+
+describe('ferry agent --trace-dir', () => {
+  it('an agent given a trace directory that is not one exits 2 naming the option', () => {
+    const env = { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1', FERRY_TRACE_DIR: '' };
+    const r = spawnSync(process.execPath, [FERRY_BIN, 'agent', '--host', 'host-t', '--trace-dir', join(traces, 'ok.trace')], { encoding: 'utf8', env, timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual([`ferry agent: --trace-dir / FERRY_TRACE_DIR: '${join(traces, 'ok.trace')}' is not a directory`]);
   });
 });
