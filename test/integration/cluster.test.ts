@@ -1,18 +1,23 @@
 /**
  * `ferry cluster` against real processes: PostgreSQL, the Temporal server's four services
- * built from source, ferry's agents and a controller. A migration completes and verifies on
+ * built from source, ferry's agents and controllers. A migration completes and verifies on
  * it; the history service SIGKILLed mid-migration and brought back by `ferry cluster up` →
- * the migration completes; `up` again starts nothing; `down` leaves no process and no port.
+ * the migration completes; the frontend SIGKILLed mid-migration and brought back → the
+ * controllers and agents reconnect and it completes; two controller processes, the one
+ * running a migration SIGKILLed → the other carries it on; `up` again starts nothing; `down`
+ * leaves no process and no port.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { Connection } from '@temporalio/client';
+import os from 'node:os';
+import { Connection, type WorkflowHandle } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterStatus } from '../../src/cluster/cluster';
 import { processStartTicks } from '../../src/cluster/state';
 import { portOpen } from '../../src/cluster/services';
 import { FERRY_SEARCH_ATTRIBUTES } from '../../src/common/search-attributes';
-import { FERRY_BIN, type FerryProcess } from '../../src/support/processes';
+import { CONTROL_QUEUE } from '../../src/common/names';
+import { FERRY_BIN, spawnFerry, type FerryProcess } from '../../src/support/processes';
 import type { MigrationReport } from '../../src/workflows/report';
 import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, MiB, startMigration, untilProgress } from '../helpers/migrate';
@@ -48,6 +53,8 @@ fs.chmodSync(dir, 0o755);
 let first: UpJson;
 let controller: TestController | undefined;
 const agents: FerryProcess[] = [];
+/** Two `ferry controller` processes, for the controller-failover test. */
+const controllers: FerryProcess[] = [];
 const hostA = uniqueHost('cl-a');
 const hostB = uniqueHost('cl-b');
 const storage = tempDir('cl-storage');
@@ -61,10 +68,12 @@ beforeAll(async () => {
   ]);
   controller = c;
   agents.push(a, b);
+  // They bundle their workflow code while the first tests run; the failover test awaits them.
+  for (const n of [1, 2]) controllers.push(spawnFerry(`controller ${n}`, ['controller'], { env: { FERRY_TEMPORAL_ADDRESS: first.address } }));
 }, 600_000);
 
 afterAll(async () => {
-  await Promise.all(agents.map((a) => a.stop()));
+  await Promise.all([...agents, ...controllers].map((a) => a.stop()));
   await controller?.stop();
   const r = await cluster('down', '--dir', dir);
   if (r.code !== 0) console.log(r.stderr);
@@ -76,6 +85,23 @@ function expectVerified(report: MigrationReport, vm: string): void {
   expect(report.outcome, report.reason).toBe('completed');
   expect(report).toMatchObject({ vm, source: hostA, target: hostB });
   expect(report.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target', pagesChecked: report.memoryBytes / report.pageSize });
+}
+
+type HistoryEvent = NonNullable<Awaited<ReturnType<WorkflowHandle['fetchHistory']>>['events']>[number];
+const eventMs = (e: HistoryEvent): number => Number(e.eventTime?.seconds ?? 0) * 1000 + Math.floor((e.eventTime?.nanos ?? 0) / 1e6);
+
+/** Who completed each workflow task (worker identity `pid@host`) and who started each activity, with the event times. */
+async function workers(handle: WorkflowHandle): Promise<{ workflowTasks: { ms: number; identity: string }[]; activities: { ms: number; identity: string }[] }> {
+  const events = (await handle.fetchHistory()).events ?? [];
+  return {
+    workflowTasks: events.filter((e) => e.workflowTaskCompletedEventAttributes).map((e) => ({ ms: eventMs(e), identity: e.workflowTaskCompletedEventAttributes!.identity ?? '' })),
+    activities: events.filter((e) => e.activityTaskStartedEventAttributes).map((e) => ({ ms: eventMs(e), identity: e.activityTaskStartedEventAttributes!.identity ?? '' })),
+  };
+}
+
+/** The migrated guest is destroyed once checked: guests left running would load the 2-core machine. */
+async function destroyVm(vm: string, host: string): Promise<void> {
+  await controller!.client.workflow.execute('vmCommandWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: `vm-destroy-${vm}-${Date.now()}`, args: [{ host, op: 'destroy', name: vm }] });
 }
 
 describe('ferry cluster', () => {
@@ -133,6 +159,72 @@ describe('ferry cluster', () => {
     expectVerified((await handle.result()) as MigrationReport, vm);
   }, 180_000);
 
+  it('the frontend SIGKILLed mid-migration and restarted by `up`: the controller and the agents reconnect and the migration completes', async () => {
+    const vm = `vm-cl-fe-${Date.now()}`;
+    await createVm(controller!.client, hostA, { name: vm, memoryBytes: 32 * MiB, workload: 'memcached', seed: 13 });
+    // 8 MiB/s: the first pre-copy pass of 32 MiB lasts about 4 s, the frontend goes down inside pre-copy.
+    const handle = await startMigration(controller!.client, { vm, source: hostA, target: hostB, strategy: 'precopy', options: { bandwidthBytesPerSec: 8 * MiB, maxIterations: 4 } });
+    await untilProgress(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
+    const frontend = first.processes.find((p) => p.name === 'frontend')!;
+    process.kill(frontend.pid!, 'SIGKILL');
+    while (processStartTicks(frontend.pid!) !== null) await new Promise((r) => setTimeout(r, 50));
+    // The process is a zombie once its main thread is gone; its sockets close when the last thread is.
+    const port = Number(first.address.split(':')[1]);
+    for (const deadline = Date.now() + 10_000; await portOpen(port); await new Promise((r) => setTimeout(r, 50))) {
+      if (Date.now() > deadline) throw new Error(`the frontend port ${port} is still open 10 s after the SIGKILL`);
+    }
+    const downAt = Date.now();
+
+    const again = await upJson(dir);
+    const backAt = Date.now();
+    expect(again.started).toEqual(['frontend']);
+    expect(again.address).toBe(first.address);
+    expect(pidsOf(again)).toEqual({ ...pidsOf(first), frontend: expect.any(Number) });
+    expect(pidsOf(again).frontend).not.toBe(frontend.pid);
+    first = again;
+    console.log(`frontend down for ${((backAt - downAt) / 1000).toFixed(1)} s`);
+    expectVerified((await handle.result()) as MigrationReport, vm);
+    // Reconnected, not started afresh: the same workers took workflow tasks and activities
+    // before the frontend went down and after it came back.
+    const w = await workers(handle);
+    const before = { wf: new Set(w.workflowTasks.filter((x) => x.ms < downAt).map((x) => x.identity)), act: new Set(w.activities.filter((x) => x.ms < downAt).map((x) => x.identity)) };
+    const after = { wf: w.workflowTasks.filter((x) => x.ms > backAt), act: w.activities.filter((x) => x.ms > backAt) };
+    expect(after.wf.length).toBeGreaterThan(0);
+    expect(after.act.length).toBeGreaterThan(0);
+    expect(after.act.some((x) => before.act.has(x.identity)), JSON.stringify({ before: [...before.act], after: after.act })).toBe(true);
+    await destroyVm(vm, hostB);
+  }, 240_000);
+
+  it('two controllers, the one running a migration SIGKILLed mid-migration: the other carries it on to a verified completion', async () => {
+    await Promise.all(controllers.map((c) => c.ready));
+    // From here on only the two controller processes poll ferry-control (this test's own
+    // in-process worker stops; its client stays).
+    controller!.worker.shutdown();
+    for (const deadline = Date.now() + 60_000; controller!.worker.getState() !== 'STOPPED'; await new Promise((r) => setTimeout(r, 100))) {
+      if (Date.now() > deadline) throw new Error(`the in-process worker did not stop: ${controller!.worker.getState()}`);
+    }
+    const vm = `vm-cl-ctl-${Date.now()}`;
+    await createVm(controller!.client, hostA, { name: vm, memoryBytes: 32 * MiB, workload: 'memcached', seed: 14 });
+    const handle = await startMigration(controller!.client, { vm, source: hostA, target: hostB, strategy: 'precopy', options: { bandwidthBytesPerSec: 8 * MiB, maxIterations: 4 } });
+    await untilProgress(handle, (p) => p.phase === 'precopy' && p.iteration >= 1);
+    // The controller that completed the latest workflow task holds the migration (sticky).
+    const held = (await workers(handle)).workflowTasks.at(-1)!.identity;
+    const victim = controllers.find((c) => held === `${c.child.pid}@${os.hostname()}`);
+    const survivor = controllers.find((c) => c !== victim)!;
+    expect(victim, `workflow task completed by ${held}; controllers ${controllers.map((c) => c.child.pid).join(', ')}`).toBeDefined();
+    victim!.kill('SIGKILL');
+    await victim!.exited;
+    const killedAt = Date.now();
+
+    expectVerified((await handle.result()) as MigrationReport, vm);
+    const w = await workers(handle);
+    const afterKill = w.workflowTasks.filter((x) => x.ms > killedAt);
+    expect(afterKill.length).toBeGreaterThan(0);
+    expect(new Set(afterKill.map((x) => x.identity))).toEqual(new Set([`${survivor.child.pid}@${os.hostname()}`]));
+    console.log(`controller failover: completed ${((Date.now() - killedAt) / 1000).toFixed(1)} s after the SIGKILL`);
+    await destroyVm(vm, hostB);
+  }, 300_000);
+
   it('up again is idempotent: it reports the running cluster and starts nothing', async () => {
     const r = await cluster('up', '--dir', dir);
     expect(r.code, r.stderr).toBe(0);
@@ -149,8 +241,9 @@ describe('ferry cluster', () => {
 
   it('down stops every process it started and closes the frontend port; status then reports them dead', async () => {
     // The clients go first, as an operator would stop them.
-    await Promise.all(agents.map((a) => a.stop()));
+    await Promise.all([...agents, ...controllers].map((a) => a.stop()));
     agents.length = 0;
+    controllers.length = 0;
     await controller?.stop();
     controller = undefined;
     const r = await cluster('down', '--dir', dir, '--json');
