@@ -12,6 +12,10 @@
  * exists; it is written to a temp name, fsynced, renamed, and the directory fsynced, so a
  * reader never sees a half-written snapshot as complete.
  *
+ * Snapshots hold guest memory: the writer makes `<migrationId>/` and `<kind>/` (and a root it
+ * creates) 0700 and every chunk and manifest 0600, set explicitly so the umask cannot widen
+ * or narrow them; only the agents' user can list or read them on a shared mount.
+ *
  * The chunk and manifest formats are described in store-format.ts; the writer is in
  * store-writer.ts and the reader in store-reader.ts. This module re-exports all of them.
  */
