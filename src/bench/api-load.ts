@@ -82,6 +82,8 @@ export interface ApiLoadResult {
     /** /healthz, probed every 100 ms on its own connection while the burst ran. */
     healthz: LatencyStats & { failures: number };
   };
+  /** What the controller logged for answers of 500 (the first line of each, at most 10). */
+  serverErrors: string[];
   /** The controller process still runs and /healthz answers 200 after everything. */
   controllerAliveAfter: boolean;
   healthzAfter: number;
@@ -277,6 +279,7 @@ export async function runApiLoad(o: ApiLoadOptions): Promise<ApiLoadResult> {
         unexpected: unexpected.slice(0, 20),
         healthz,
       },
+      serverErrors: [...new Set(o.controller.output().split('\n').filter((l) => /ferry api: request \S+: .*→ 5\d\d/.test(l)).map((l) => l.replace(/^.*?→ /, '').replace(/request [0-9a-f-]{36}/g, 'request …')))].slice(0, 10),
       controllerAliveAfter: isAlive(o.controller),
       healthzAfter,
       noDuplicateAfterBurst,

@@ -105,6 +105,8 @@ export interface EvacuationRun {
 export interface LongMigration {
   iterationsAsked: number;
   iterations: number;
+  /** Why pre-copy ended (the last decision's reason). */
+  ended: string;
   outcome: string;
   verified: boolean;
   durationMs: number;
@@ -284,7 +286,8 @@ async function longMigration(ctx: Ctx, source: string, target: string, iteration
     source,
     target,
     strategy: 'precopy',
-    options: migrationOptions({ bandwidthBytesPerSec: 256 * MiB, storageBandwidthBytesPerSec: 0, maxDowntimeMs: 1, maxIterations: iterations, pbdata: 'off' }),
+    // Max downtime 0: only a round that leaves no dirty page ends pre-copy before the valve.
+    options: migrationOptions({ bandwidthBytesPerSec: 256 * MiB, storageBandwidthBytesPerSec: 0, maxDowntimeMs: 0, maxIterations: iterations, pbdata: 'off' }),
   });
   const handle = client.workflow.getHandle(started.workflowId, started.runId);
   const report = (await handle.result()) as MigrationReport;
@@ -306,6 +309,7 @@ async function longMigration(ctx: Ctx, source: string, target: string, iteration
   return {
     iterationsAsked: iterations,
     iterations: report.iterations.length,
+    ended: report.decisions.at(-1)?.reason ?? '',
     outcome: report.outcome,
     verified: report.verification?.ok === true,
     durationMs,
@@ -541,10 +545,10 @@ export function scaleMarkdown(r: ScaleResult): string {
   }
   const lm = r.longMigration;
   if (lm) {
-    L.push('## A 200-iteration migration: history and replay');
+    L.push(`## A ${lm.iterationsAsked}-iteration migration: history and replay`);
     L.push('');
     L.push(
-      `A pre-copy migration that cannot converge (max downtime 1 ms, 32 MiB memcached guest, 256 MiB/s) ran ${lm.iterations} iterations (max ${lm.iterationsAsked}) and ended ${lm.outcome}${lm.verified ? ', verified' : ''} in ${ms(lm.durationMs)}. ` +
+      `A pre-copy migration that cannot converge (max downtime 0 ms, 32 MiB memcached guest, 256 MiB/s) ran ${lm.iterations} iterations (max ${lm.iterationsAsked}; ${lm.ended}) and ended ${lm.outcome}${lm.verified ? ', verified' : ''} in ${ms(lm.durationMs)}. ` +
         `Its history: **${lm.history.events} events, ${mb(lm.history.bytes)}** — ${lm.perIteration.events} events and ${mb(lm.perIteration.bytes)} per iteration. ` +
         `Temporal's limits: warning at ${lm.limits.warnEvents} events or ${mb(lm.limits.warnBytes)}, the workflow is terminated at ${lm.limits.errorEvents} events or ${mb(lm.limits.errorBytes)}; ` +
         `at this rate one migration reaches the warning after about ${lm.iterationsToWarnLimit} iterations. ` +
@@ -574,6 +578,7 @@ export function scaleMarkdown(r: ScaleResult): string {
     L.push(`| **all** | ${b.all.n} | | ${Object.values(b.byKind).reduce((x, v) => x + v.answeredAsExpected, 0)} | ${ms(b.all.p50Ms)} | ${ms(b.all.p95Ms)} | **${ms(b.all.p99Ms)}** | ${ms(b.all.maxMs)} |`);
     L.push(`| /healthz during the burst (every 100 ms, own connection) | ${b.healthz.n} | 200 | ${b.healthz.n - b.healthz.failures} | ${ms(b.healthz.p50Ms)} | ${ms(b.healthz.p95Ms)} | ${ms(b.healthz.p99Ms)} | ${ms(b.healthz.maxMs)} |`);
     L.push('');
+    if (a.serverErrors.length) L.push(`The controller logged for its answers of 500: ${a.serverErrors.map((e) => `\`${e.slice(0, 300)}\``).join('; ')}.\n`);
     L.push(`After the burst: controller process ${a.controllerAliveAfter ? 'running' : 'GONE'}, /healthz ${a.healthzAfter}, no new migration or audit attempt: ${a.noDuplicateAfterBurst ? 'yes' : 'NO'}.`);
     if (b.unexpected.length) L.push(`\nUnexpected answers (first ${b.unexpected.length}): ${b.unexpected.join('; ')}`);
     L.push('');
