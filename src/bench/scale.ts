@@ -178,6 +178,16 @@ async function createVm(client: Client, host: string, name: string, memoryBytes:
   });
 }
 
+/** Destroy the VMs on whichever of `hosts` holds each (the inventory knows). */
+async function destroyVms(client: Client, hosts: string[], names: string[]): Promise<void> {
+  const inv = await inventory(client, hosts, 15_000);
+  const where = new Map(inv.hosts.flatMap((h) => (h.ok ? h.facts.vms.map((v) => [v.name, h.host] as const) : [])));
+  await inBatches(names, 8, async (name) => {
+    const host = where.get(name);
+    if (host) await client.workflow.execute('vmCommandWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: `vm-destroy-${name}-${randomBytes(4).toString('hex')}`, args: [{ host, op: 'destroy', name }] });
+  });
+}
+
 async function historyOf(client: Client, workflowId: string, runId?: string): Promise<HistorySize> {
   const d = await client.workflow.getHandle(workflowId, runId).describe();
   return { events: d.historyLength, bytes: d.historySize ?? 0 };
@@ -432,6 +442,8 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleResult> {
         if (run.lost.length) failures.push(`evacuation ${r}: lost ${run.lost.join('; ')}`);
         if (!run.limitsHeld) failures.push(`evacuation ${r}: limits exceeded: ${JSON.stringify(run.peaks)}`);
       }
+      // The guests go before the next phases: 48 running guests keep a 2-core machine busy.
+      await destroyVms(client, o.repeats % 2 === 1 ? targets : sources, names);
       const ev = result.evacuations;
       const g = (r: EvacuationRun, name: string): GroupUsage | undefined => r.usage.groups[name];
       result.medians = {
