@@ -30,6 +30,8 @@ export interface QemuIteration {
   finishedAtMs: number;
   /** The dirty set's growth during the pass, [ms, pages], from QEMU's page sampling (dirty-sampler.ts). */
   growth?: number[][];
+  /** The pass's pages went to StaticData, not over the migration network: it measures no bandwidth. */
+  offLink?: boolean;
 }
 
 export type QemuPassResult =
@@ -121,9 +123,11 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       await setCaps(v, mayPostcopy(input.strategy), 'source', !!input.relay);
       const cap = input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : 0;
       if (input.relay) {
-        // QEMU ↔ relay is a local unix socket, unpaced: the relay paces each network itself
-        // (the bulk pass at the storage cap, the rest at the migration cap).
-        await v.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'max-bandwidth': UNCAPPED, 'max-postcopy-bandwidth': 0, 'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS });
+        // QEMU ↔ relay is a local unix socket. Pre-copy into it is unpaced: the relay paces each
+        // network itself (the bulk pass at the storage cap, the rest at the migration cap).
+        // Post-copy is paced by QEMU, as without the relay: QEMU sends a faulting page ahead of
+        // its background pages, which a relay behind a full socket could not.
+        await v.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'max-bandwidth': UNCAPPED, 'max-postcopy-bandwidth': cap, 'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS });
       } else {
         // QEMU checks that the target's certificate names the host ferry meant to reach.
         await setTls(d, v, 'client', { hostname: input.target ?? null });
@@ -203,6 +207,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
                   dirtyAfter: Math.round(rb.remaining / pageSize),
                   finishedAtMs: b.atMs,
                   ...(growth.length > 0 ? { growth } : {}),
+                  ...(relay ? { offLink: true } : {}),
                 },
               };
             }
@@ -362,7 +367,9 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       const v = vmOf(ctx, input.vm);
       const relay = relays.get(input.migrationId)?.source;
       if (relay) {
-        relay.setBandwidth(input.bandwidthBytesPerSec); // QEMU stays unpaced into its relay
+        // Pre-copy: the relay paces, QEMU stays unpaced into it; post-copy: QEMU paces.
+        relay.setBandwidth(input.bandwidthBytesPerSec);
+        await v.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': input.bandwidthBytesPerSec > 0 ? input.bandwidthBytesPerSec : 0 });
         return;
       }
       await v.qmp.execute('migrate-set-parameters', {

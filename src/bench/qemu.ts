@@ -85,6 +85,10 @@ export interface QemuBenchRun {
   reason: string;
   /** The stop-and-copy test (not the valve) chose stop-and-copy and the pause was longer than the budget. */
   downtimeViolated: boolean;
+  /** par-migrate: when StaticData was committed and merged (ms from the relay's start / the merge's start). */
+  static?: { saveMs: number; mergeMs: number } | null;
+  /** The timeline, in ms from the migration's start: each pass and each decision with its reason. */
+  timeline?: { passes: { index: number; startedAtMs: number; durationMs: number; pages: number; dirtyAfter: number }[]; decisions: { atMs: number; action: string; reason: string }[] };
 }
 
 /** One strategy's medians over its runs (and how many of them the guest verified). */
@@ -156,6 +160,11 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
         ending: ender?.reason ?? '',
         reason: r.reason,
         downtimeViolated: ender?.action === 'stop-and-copy' && !/max iterations/.test(ender.reason) && r.downtimeMs !== null && r.downtimeMs > o.maxDowntimeMs,
+        static: r.static ? { saveMs: r.static.saveMs, mergeMs: r.static.mergeMs } : null,
+        timeline: {
+          passes: r.iterations.map((i) => ({ index: i.index, startedAtMs: i.startedAtMs - Date.parse(r.startedAt), durationMs: i.durationMs, pages: i.pages, dirtyAfter: i.dirtyAfter })),
+          decisions: r.decisions.map((d) => ({ atMs: d.atMs, action: d.action, reason: d.reason })),
+        },
       };
       runs.push(run);
       o.log(`bench qemu: ${variant.id} #${rep}: ${r.outcome}${run.verified ? ' (verified)' : ''}, total ${(r.totalTimeMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs ?? '–'} ms, post-copy ${r.postcopyDurationMs ?? '–'} ms (guest stalled ${run.stallMs ?? '–'} ms), ${formatBytes(run.bytes)}, ${run.passes} pass(es) — ${run.ending}`);

@@ -38,6 +38,8 @@ export interface FollowOptions {
   pollMs?: number;
   /** Give up (StorageTimeoutError) if the snapshot is not complete by then (default: never). */
   timeoutMs?: number;
+  /** Told true when the follower has applied every committed chunk and waits for more, false when it has work again. */
+  onWaiting?: (waiting: boolean) => void;
 }
 
 export interface MergeStaticOptions extends FollowOptions {
@@ -165,6 +167,7 @@ export async function follow(
     const names = m ? m.chunks.map((c) => c.name) : await reader.committedChunks();
     // Read chunk j+1 (I/O in the thread pool) while chunk j is applied.
     const todo = names.filter((n) => !done.has(n));
+    if (todo.length > 0) opts.onWaiting?.(false);
     const read = (j: number): Promise<Chunk> | undefined => {
       const name = todo[j];
       if (name === undefined) return undefined;
@@ -185,6 +188,7 @@ export async function follow(
     if (!progressed) {
       const left = deadline - performance.now();
       if (left <= 0) throw new StorageTimeoutError(`${reader.dir}: snapshot not complete within ${opts.timeoutMs} ms`);
+      opts.onWaiting?.(true);
       await sleep(Math.min(pollMs, left), signal);
     }
   }

@@ -16,12 +16,13 @@ export function lambdas(iterations: readonly IterationStat[]): number[] {
 
 /**
  * Measured bandwidth of the migration network in wire bytes/s: the last iteration that moved
- * enough to measure (a few pages in a few milliseconds say nothing), else the configured cap.
+ * enough to measure (a few pages in a few milliseconds say nothing; a pass whose pages went to
+ * StaticData measures the storage path, not this one), else the configured cap.
  */
 export function measuredBandwidth(iterations: readonly IterationStat[], fallbackBytesPerSec: number): number {
   for (let i = iterations.length - 1; i >= 0; i--) {
     const it = iterations[i]!;
-    if (it.bytes >= 256 * 1024 && it.durationMs >= 5) return (it.bytes * 1000) / it.durationMs;
+    if (!it.offLink && it.bytes >= 256 * 1024 && it.durationMs >= 5) return (it.bytes * 1000) / it.durationMs;
   }
   return fallbackBytesPerSec;
 }

@@ -38,6 +38,8 @@ export interface IterationStat {
    * engine cannot peek (QEMU) and in histories recorded before it existed.
    */
   growth?: number[][];
+  /** The round's pages went to StaticData, not over the migration network: it measures no bandwidth. */
+  offLink?: boolean;
 }
 
 /** `paper`: MECHANISM.md's adaptive switch exactly. `ferry`: it, plus the plateau and the cost of another round. */

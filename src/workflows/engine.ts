@@ -28,11 +28,13 @@ export interface EngineCaps {
   guestSelfCheck: boolean;
   /** set-bandwidth also paces post-copy (else post-copy is paced by the guest's faults). */
   bandwidthAfterSwitch: boolean;
+  /** Pre-copy passes run on by themselves and ferry watches them (else each round is one of ferry's activities). */
+  passesRunOn: boolean;
 }
 
 export const ENGINE_CAPS: Record<EngineName, EngineCaps> = {
-  emulated: { staticSnapshot: true, pbdata: true, postcopyRecovery: false, guestSelfCheck: false, bandwidthAfterSwitch: false },
-  qemu: { staticSnapshot: true, pbdata: false, postcopyRecovery: true, guestSelfCheck: true, bandwidthAfterSwitch: true },
+  emulated: { staticSnapshot: true, pbdata: true, postcopyRecovery: false, guestSelfCheck: false, bandwidthAfterSwitch: false, passesRunOn: false },
+  qemu: { staticSnapshot: true, pbdata: false, postcopyRecovery: true, guestSelfCheck: true, bandwidthAfterSwitch: true, passesRunOn: true },
 };
 
 /** What the source says about the VM before anything moves. */

@@ -24,7 +24,7 @@ import { decide, holdForMerge, lambdaOf, transferMs } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision, type IterationStat, type PolicyConfig, type PolicyState, type SwitchRule } from '../policy/types';
 import { audited } from './audit';
 import { Journal, progressOf, registerControls } from './controls';
-import { engineFor, type Engine, type EngineName, type VmFacts } from './engine';
+import { engineFor, type Engine, type EngineName, type RoundResult, type VmFacts } from './engine';
 import { emulatedEngine } from './engine-emulated';
 import { qemuEngine } from './engine-qemu';
 import { validate, type MigrationInput } from './migration-input';
@@ -43,6 +43,8 @@ export const SWITCH_RULE_PATCH = 'ferry-switch-rule';
 export const DOWNTIME_PATCH = 'ferry-downtime-promise';
 /** Marks runs that hold par-migrate's rounds the rule would not send until the static merge is done. */
 export const HOLD_FOR_MERGE_PATCH = 'ferry-hold-for-merge';
+/** Engines whose passes run on by themselves (QEMU): decide when the merge completes, not at the next pass's end. */
+export const DECIDE_ON_MERGE_PATCH = 'ferry-decide-on-merge';
 
 const facts = (host: string) =>
   proxyActivities<HostActivities>({
@@ -261,7 +263,8 @@ class Runbook {
         }
       }
       journal.roundInFlight = true;
-      const r = await this.engine!.round(i, (i === 1 && !this.par) || bulkNext).finally(() => (journal.roundInFlight = false));
+      const r = await this.awaitRound(i, (i === 1 && !this.par) || bulkNext).finally(() => (journal.roundInFlight = false));
+      if (r.kind === 'decided') return r.action;
       if (r.kind === 'converged') {
         journal.record({ action: 'stop-and-copy', reason: r.reason });
         return 'stop-and-copy';
@@ -275,6 +278,41 @@ class Runbook {
       this.remainingPages = it.dirtyAfter;
       statsStale = await this.pauseWhileMerging(it.pages);
     }
+  }
+
+  /**
+   * One pre-copy round. Where the engine's passes run on by themselves (QEMU: ferry only
+   * watches them) and only the merge held the decision, the decision is taken the moment the
+   * merge completes, from the rounds measured so far — not a whole pass later, at the end of
+   * the round in flight. A decision to end pre-copy there stops watching that round.
+   */
+  private async awaitRound(i: number, bulk: boolean): Promise<RoundResult | { kind: 'decided'; action: Ending }> {
+    const engine = this.engine!;
+    const watchMerge = i > 1 && !bulk && this.par && engine.caps.passesRunOn && this.staticMerged === false && this.mergePromise !== null && this.saveError === null;
+    if (!watchMerge || !patched(DECIDE_ON_MERGE_PATCH)) return engine.round(i, bulk);
+    const scope = new CancellationScope();
+    let settled: { ok: true; r: RoundResult } | { ok: false; err: unknown } | null = null;
+    const round = scope.run(() => engine.round(i, bulk));
+    round.then(
+      (r) => (settled = { ok: true, r }),
+      (err: unknown) => (settled = { ok: false, err }),
+    );
+    await condition(() => settled !== null || this.staticMerged === true);
+    if (settled === null) {
+      const d = this.decide(i);
+      const at = `the StaticData merge completed during round ${i}`;
+      if (d.action !== 'continue') {
+        this.journal.record({ ...d, reason: `${d.reason} (${at})` });
+        scope.cancel();
+        await round.catch(() => undefined);
+        return { kind: 'decided', action: d.action };
+      }
+      this.journal.record({ action: 'continue', reason: `${d.reason} (${at}; round ${i} goes on)` });
+      await condition(() => settled !== null);
+    }
+    const s = settled as unknown as { ok: true; r: RoundResult } | { ok: false; err: unknown };
+    if (!s.ok) throw s.err;
+    return s.r;
   }
 
   /** StaticData failed for good (storage full or not writable): go on without channel-1. */
@@ -500,5 +538,5 @@ class Runbook {
 }
 
 function toStat(it: ReportIteration): IterationStat {
-  return { index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter, ...(it.growth ? { growth: it.growth } : {}) };
+  return { index: it.index, pages: it.pages, durationMs: it.durationMs, bytes: it.bytes, dirtyAfter: it.dirtyAfter, ...(it.growth ? { growth: it.growth } : {}), ...(it.offLink ? { offLink: true } : {}) };
 }

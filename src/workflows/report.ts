@@ -14,6 +14,8 @@ export interface ReportIteration {
   finishedAtMs: number;
   /** The dirty set's growth during the round: [ms, pages] (emulated engine). */
   growth?: number[][];
+  /** The round's pages went to StaticData, not over the migration network (QEMU's relayed bulk pass). */
+  offLink?: boolean;
 }
 
 export interface ReportDecision {

@@ -51,7 +51,10 @@ function normalize(events: StreamEvent[]): StreamEvent[] {
     if (e.kind === 'opaque' && prev?.kind === 'opaque' && prev.what === e.what && (e.what === 'tail' || e.what === 'package') && prev.offset + prev.bytes.length === e.offset) {
       out[out.length - 1] = { ...prev, bytes: Buffer.concat([prev.bytes, e.bytes]) };
     } else if (e.kind === 'opaque') out.push({ ...e, bytes: Buffer.from(e.bytes) });
-    else if (e.kind === 'page') out.push({ ...e, data: e.data ? Buffer.from(e.data) : null });
+    else if (e.kind === 'page') {
+      const { raw: _raw, ...page } = e;
+      out.push({ ...page, data: e.data ? Buffer.from(e.data) : null });
+    }
     else out.push(e);
   }
   return out;
@@ -70,7 +73,10 @@ function pageMap(events: StreamEvent[]): Map<string, string> {
 function content(events: StreamEvent[]): unknown[] {
   return normalize(events).map((e) => {
     const { offset: _offset, ...rest } = e;
-    if (rest.kind === 'page') return { ...rest, continued: false };
+    if (rest.kind === 'page') {
+      const { raw: _raw, ...page } = rest;
+      return { ...page, continued: false };
+    }
     return rest;
   });
 }
@@ -167,6 +173,52 @@ describe('qemu stream writer: round trip', () => {
     });
   }
 
+  it('writePage forwards a record as read where the target resolves it the same, and names the block where a CONTINUE would now mean another', () => {
+    const ev = readStream(precopy);
+    // Forward every event but the PART records that name a block (a relay diverting them),
+    // except the first: the CONTINUE records after a dropped one now follow another block.
+    const w = new StreamWriter();
+    const out: Buffer[] = [];
+    const forwarded: StreamEvent[] = [];
+    let named = 0;
+    let asRead = 0;
+    let section: string | null = null;
+    for (const e of ev) {
+      if (e.kind === 'section') section = e.type;
+      if (e.kind === 'page') {
+        if (section === 'part' && !e.continued && named++ > 0) continue;
+        const b = w.writePage(e);
+        if (b === e.raw) asRead++;
+        out.push(b);
+      } else out.push(w.write(e));
+      forwarded.push(e);
+    }
+    expect(named).toBeGreaterThan(2);
+    expect(asRead).toBeGreaterThan(0);
+    expect(asRead).toBeLessThan(pages(forwarded).length); // the CONTINUE records after a dropped one had to be named
+    // The target resolves every forwarded page to the same (block, offset) with the same bytes.
+    const back = readStream(Buffer.concat(out));
+    expect(pages(back)).toHaveLength(pages(forwarded).length);
+    expect(pageMap(back)).toEqual(pageMap(forwarded));
+  });
+
+  it('writeRamPart encodes the same bytes as encodeRamPart, in one buffer, between records only', () => {
+    const ev = readStream(precopy);
+    const ps = pages(ev).slice(0, 300);
+    const w = new StreamWriter();
+    const start = ev.findIndex((e) => e.kind === 'section');
+    // Bring a writer to the first boundary after ram START, then insert.
+    let i = 0;
+    for (; i < ev.length; i++) {
+      w.write(ev[i]!);
+      if (i > start && ev[i]!.kind === 'footer') break;
+    }
+    const id = (ev[start] as { sectionId: number }).sectionId;
+    expect(w.writeRamPart(id, ps).equals(encodeRamPart(id, ps))).toBe(true);
+    w.write({ kind: 'section', type: 'part', offset: 0, sectionId: id });
+    expect(() => w.writeRamPart(id, ps)).toThrow(QemuStreamError);
+  });
+
   it('a stream without CONTINUE (written by hand with encodeRamPart) round-trips byte for byte', () => {
     const ev = readStream(precopy);
     const header = ev[0]!.kind === 'opaque' ? ev[0]!.bytes : Buffer.alloc(0);
@@ -262,6 +314,42 @@ describe('qemu stream reader: chunking', () => {
     expect(normalize(readChunked(postcopy, () => 1).events)).toEqual(ref);
     const r2 = mulberry32(7);
     expect(normalize(readChunked(postcopy, () => 1 + Math.floor(r2() * 3000)).events)).toEqual(ref);
+  });
+
+  it('detach after PACKAGED (a relay forwarding post-copy untouched): re-encoded head + detached bytes + raw rest is the same stream for the target', () => {
+    const r2 = mulberry32(11);
+    for (let trial = 0; trial < 20; trial++) {
+      const r = new StreamReader();
+      const w = new StreamWriter();
+      const out: Buffer[] = [];
+      let detachedAt = -1;
+      for (let i = 0; i < postcopy.length; ) {
+        const n = 1 + Math.floor(r2() * 5000);
+        const chunk = postcopy.subarray(i, i + n);
+        i += n;
+        if (r.isDetached) {
+          out.push(chunk);
+          continue;
+        }
+        r.push(chunk);
+        for (let e = r.next(); e; e = r.next()) {
+          out.push(w.write(e));
+          if (e.kind === 'opaque' && e.what === 'command' && e.command === 7) {
+            detachedAt = e.offset;
+            out.push(r.detach());
+            break;
+          }
+        }
+        expect(r.next()).toBeNull(); // nothing is parsed once detached
+      }
+      r.end(); // a detached reader does not judge the stream's end
+      expect(detachedAt).toBeGreaterThan(0);
+      const back = readStream(Buffer.concat(out));
+      expect(pageMap(back)).toEqual(pageMap(readStream(postcopy)));
+      // From the PACKAGED command on, the bytes are QEMU's own.
+      const tail = Buffer.concat(out).subarray(Buffer.concat(out).length - (postcopy.length - detachedAt));
+      expect(tail.equals(postcopy.subarray(detachedAt))).toBe(true);
+    }
   });
 
   it('with 1-byte chunks, a page record is held until complete and nothing else is', () => {

@@ -98,6 +98,35 @@ describe('qemu: par-migrate through the relays', () => {
     });
   });
 
+  it('pa-hybrid: the merge completes during a pass: the decision comes then, and ferry stops watching that pass', async () => {
+    await withCluster(h, { ...qemu, rounds: diverging }, async (c) => {
+      const merge = c.gate();
+      const pass3 = c.gate(); // QEMU's third pass does not end while the test runs
+      c.on('qemuMergeStatic', async (_i, x) => {
+        await merge.wait();
+        return x.answer();
+      });
+      c.on('qemuAwaitPass', async (i, x) => {
+        if (i.index === 3) await pass3.wait();
+        return x.answer();
+      });
+      const handle = await c.migrate('pa-hybrid');
+      await pass3.entered;
+      expect(c.called('qemuSwitchToPostcopy')).toEqual([]);
+      merge.open();
+      const r = await report(handle);
+      expect(r.outcome).toBe('completed');
+      // Two passes measured (λ = 2 from the second): once merged, the rule switches at once.
+      expect(r.iterations).toHaveLength(2);
+      const last = r.decisions.at(-1)!;
+      expect(last.action).toBe('switch-to-postcopy');
+      expect(last.reason).toMatch(/^switch to post-copy at iteration 3: .*\(the StaticData merge completed during round 3\)$/);
+      expect(pass3.cancelled).toBe(true);
+      expect(c.indexOf('qemuSwitchToPostcopy')).toBeGreaterThan(c.indexOf('qemuMergeStatic'));
+      pass3.open();
+    });
+  });
+
   it('StaticData fails: QEMU cannot resend its bulk pass, so the migration rolls back (guest on the source) and StaticData is removed', async () => {
     await withCluster(h, { ...qemu, rounds: converging }, async (c) => {
       c.fail('qemuSaveStatic', 'nonRetryable', 'StaticData could not be written: ENOSPC (stub)');

@@ -7,11 +7,15 @@
  * - sends everything else — later copies of pages, zero pages, the header, the configuration,
  *   commands, device state — to the target's relay over the migration network, in order,
  *   paced at the migration cap, re-encoded by the stream writer (block names always written);
- * - passes the target's return path back to QEMU byte for byte.
+ * - passes the target's return path back to QEMU byte for byte;
+ * - paces pre-copy's records at the migration cap, but not the switchover (the guest is paused
+ *   and QEMU lifts its own rate limit there); forwards post-copy (after QEMU's PACKAGED command)
+ *   untouched, paced by QEMU's max-postcopy-bandwidth, which lets a faulting page jump the queue.
  *
- * Diverting stops (and StaticData is committed) when QEMU starts its second pass (the agent
- * calls stopDiverting), or at the latest when the stream reaches stop-and-copy (ram END) or
- * any post-copy command: from then on the relay forwards every record. A page diverted is a
+ * Diverting stops (and StaticData is committed) when QEMU starts its second pass (the first
+ * page sent again, or QEMU's pass event: the agent calls stopDiverting), or at the latest when
+ * the stream reaches stop-and-copy (ram END) or any post-copy command: from then on the relay
+ * forwards every record. A page diverted is a
  * page the target gets only from StaticData, so a StaticData that cannot be written fails the
  * stream (QEMU then fails the migration and the guest runs on here).
  */
@@ -26,7 +30,9 @@ import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
 
 /** Commands after which the target needs every page it will ever get before post-copy: stop diverting. */
-const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
+const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
+/** Why the relay stopped reading QEMU: StaticData writes behind, the link's buffer full, the migration cap. */
+type HoldReason = 'storage' | 'link' | 'pace';
 /** Diverted-page batches being written before the relay stops reading QEMU. */
 const MAX_PENDING_BATCHES = 2;
 
@@ -81,12 +87,23 @@ export class SourceRelay {
   private layout: RamLayout | null = null;
   private seen: Bitmap | null = null;
   private diverting = true;
+  /** The stream reached post-copy's commands. */
+  private postcopy = false;
+  /** The switchover (guest paused) is under way: QEMU sends unpaced, and so does the relay. */
+  private unpaced = false;
+  /** Post-copy runs: the rest of the stream is forwarded untouched (paced), not parsed. */
+  private raw = false;
   private stopWhy: string | null = null;
   private staticWriter: Promise<SnapshotWriter> | null = null;
   private batch: { pfns: number[]; data: Buffer[] } = { pfns: [], data: [] };
   private saving: Promise<void> = Promise.resolve();
   private pendingBatches = 0;
   private holds = 0;
+  private readonly holding: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0 };
+  private readonly holdSince: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0 };
+  private readonly heldMs: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0 };
+  private parseMs = 0;
+  private qemuBytes = 0;
   private readonly startedAt = Date.now();
   private failure: Error | null = null;
   private ended = false;
@@ -143,7 +160,11 @@ export class SourceRelay {
     if (!this.diverting) return;
     this.diverting = false;
     this.stopWhy = why;
-    this.opts.log?.(`relay: diverting stopped (${why}) after ${this.s.divertedPages} pages`);
+    const h = this.heldMs;
+    this.opts.log?.(
+      `relay: diverting stopped (${why}) after ${this.s.divertedPages} pages, ${Date.now() - this.startedAt} ms, ${(this.qemuBytes / 2 ** 20).toFixed(1)} MiB read from QEMU; ` +
+        `QEMU held ${Math.round(h.storage)} ms for StaticData writes, ${Math.round(h.link)} ms for the link, ${Math.round(h.pace)} ms for the migration cap; relay work ${Math.round(this.parseMs)} ms`,
+    );
     const last = this.takeBatch();
     const writer = this.staticWriter;
     if (!writer) {
@@ -198,8 +219,15 @@ export class SourceRelay {
         });
         link.resume();
         socket.on('data', (chunk: Buffer) => {
+          if (this.raw) {
+            this.send(chunk);
+            return;
+          }
+          this.qemuBytes += chunk.length;
           this.reader.push(chunk);
+          const t = performance.now();
           this.pump();
+          this.parseMs += performance.now() - t;
         });
         socket.on('end', () => this.onQemuEnd());
         socket.resume();
@@ -242,7 +270,15 @@ export class SourceRelay {
     if (this.failure) return;
     const out: Buffer[] = [];
     try {
-      for (let e = this.reader.next(); e; e = this.reader.next()) this.handle(e, out);
+      for (let e = this.reader.next(); e; e = this.reader.next()) {
+        this.handle(e, out);
+        if (e.kind === 'opaque' && e.what === 'command' && e.command === VmCommand.PACKAGED) {
+          // Post-copy runs after the package: both directions are forwarded untouched from here.
+          this.raw = true;
+          out.push(this.reader.detach());
+          break;
+        }
+      }
     } catch (e) {
       this.fail(e instanceof QemuStreamError ? new Error(`the relay refused QEMU's stream: ${e.message}`) : (e as Error));
       return;
@@ -262,10 +298,20 @@ export class SourceRelay {
         }
         break;
       case 'section':
-        if (e.type === 'end') this.stopDiverting('QEMU reached stop-and-copy');
+        if (e.type === 'end') {
+          this.stopDiverting('QEMU reached stop-and-copy');
+          if (!this.postcopy) this.unpaced = true;
+        }
         break;
       case 'opaque':
-        if (e.what === 'command' && e.command !== undefined && SWITCH_COMMANDS.has(e.command)) this.stopDiverting('QEMU switched to post-copy');
+        if (e.what === 'command' && e.command !== undefined && SWITCH_COMMANDS.has(e.command)) {
+          this.stopDiverting(e.command === VmCommand.SWITCHOVER_START ? 'QEMU began its switchover' : 'QEMU switched to post-copy');
+          if (e.command !== VmCommand.SWITCHOVER_START) this.postcopy = true;
+          // The guest is paused from here: QEMU lifts its rate limit for the switchover
+          // (migration_completion_precopy and postcopy_start: RATE_LIMIT_DISABLED) and paces
+          // again only once post-copy runs. The relay paces where QEMU would.
+          this.unpaced = e.command !== VmCommand.PACKAGED;
+        }
         break;
       case 'page': {
         const layout = this.layout;
@@ -273,16 +319,21 @@ export class SourceRelay {
         const pfn = layout.pfn(e.block, e.addr, e.offset);
         const first = !this.seen.get(pfn);
         this.seen.set(pfn);
+        // QEMU's bulk pass sends each page once: a page sent again is its second pass
+        // beginning, seen here before QEMU's pass event reaches the agent.
+        if (!first && this.diverting) this.stopDiverting('QEMU sent a page again: its second pass began');
         if (this.diverting && first && e.data) {
+          // A view of the bytes read from QEMU (the socket never reuses them), copied once, into the chunk.
           this.batch.pfns.push(pfn);
-          this.batch.data.push(Buffer.from(e.data));
+          this.batch.data.push(e.data);
           this.s.divertedPages++;
           this.s.divertedWireBytes += 8 + (e.continued ? 0 : 1 + Buffer.byteLength(e.block, 'latin1')) + e.data.length;
           if (this.batch.pfns.length >= (this.opts.batchPages ?? 4096)) this.queueBatch();
           return;
         }
         this.s.forwardedPages++;
-        break;
+        out.push(this.writer.writePage(e));
+        return;
       }
       default:
         break;
@@ -302,23 +353,26 @@ export class SourceRelay {
     const writer = this.staticWriter;
     if (!b || !writer) return;
     const held = ++this.pendingBatches >= MAX_PENDING_BATCHES;
-    if (held) this.hold();
+    if (held) this.hold('storage');
     this.saving = this.saving
       .then(async () => this.writeBatch(await writer, b))
       .then(() => {
         this.pendingBatches--;
-        if (held) this.release();
+        if (held) this.release('storage');
       })
       .catch((err: unknown) => this.fail(new Error(`StaticData could not be written: ${(err as Error).message}`)));
   }
 
   private async writeBatch(w: SnapshotWriter, b: { pfns: number[]; data: Buffer[] }): Promise<void> {
-    const index = new Map<number, Buffer>();
-    b.pfns.forEach((p, i) => index.set(p, b.data[i]!));
+    // writePages reads the pages in list order: a cursor, not a lookup per page.
+    let k = 0;
     await w.writePages(Uint32Array.from(b.pfns), {
       pageSize: w.pageSize,
       pageCount: w.pageCount,
-      readPage: (pfn, dst) => dst.set(index.get(pfn)!),
+      readPage: (pfn, dst) => {
+        if (b.pfns[k] !== pfn) k = b.pfns.indexOf(pfn);
+        dst.set(b.data[k++]!);
+      },
     });
   }
 
@@ -327,9 +381,10 @@ export class SourceRelay {
     const link = this.link;
     if (!link) return;
     this.s.linkBytes += buf.length;
-    const waitMs = this.bucket.reserve(buf.length);
+    // Paced in pre-copy only: the switchover is unpaced in QEMU too, and post-copy QEMU paces itself.
+    const waitMs = this.unpaced || this.raw ? 0 : this.bucket.reserve(buf.length);
     if (!link.write(buf)) {
-      this.hold();
+      this.hold('link');
       const stallMs = this.opts.stallMs ?? 8000;
       const t0 = Date.now();
       const stalled = setTimeout(() => {
@@ -337,21 +392,24 @@ export class SourceRelay {
       }, stallMs);
       link.once('drain', () => {
         clearTimeout(stalled);
-        this.release();
+        this.release('link');
       });
       void this.finished.then(() => clearTimeout(stalled));
     }
     if (waitMs > 0) {
-      this.hold();
-      setTimeout(() => this.release(), waitMs);
+      this.hold('pace');
+      setTimeout(() => this.release('pace'), waitMs);
     }
   }
 
-  private hold(): void {
+  private hold(why: HoldReason): void {
+    this.holding[why]++;
+    if (this.holding[why] === 1) this.holdSince[why] = performance.now();
     if (this.holds++ === 0) this.qemu?.pause();
   }
 
-  private release(): void {
+  private release(why: HoldReason): void {
+    if (--this.holding[why] === 0) this.heldMs[why] += performance.now() - this.holdSince[why];
     if (--this.holds === 0 && !this.failure) this.qemu?.resume();
   }
 }

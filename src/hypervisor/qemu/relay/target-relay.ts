@@ -8,10 +8,13 @@
  * - once StaticData is committed on shared storage, its pages, in PART sections of their own
  *   inserted between two records — each page only if no dynamic version of it was delivered
  *   before (the merge rule, checked when the page is written into the stream, so a newer
- *   page is never overwritten and a later one overwrites it as usual);
+ *   page is never overwritten and a later one overwrites it as usual). The merge goes first:
+ *   while committed chunks wait to be merged, the source's records wait at the next record
+ *   boundary (pre-copy cannot end before the merge, so the merge is what to finish first);
  * - nothing that ends pre-copy (ram END, post-copy commands) passes before the merge is done.
  *
- * The target QEMU's return path goes back to the source relay byte for byte.
+ * Once post-copy runs (after QEMU's PACKAGED command) the rest of the stream is forwarded
+ * untouched. The target QEMU's return path goes back to the source relay byte for byte.
  */
 import net from 'node:net';
 import { Bitmap } from '../../../dataplane/bitmap';
@@ -22,9 +25,13 @@ import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
 
-const GATED_COMMANDS = new Set<number>([VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
+/**
+ * Commands that end pre-copy. POSTCOPY_RAM_DISCARD is one of them: it drops the target's copy of
+ * the pages dirty at the switch, so a static page written after it would come back stale.
+ */
+const GATED_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
 /** Static pages per inserted PART section. */
-const INSERT_PAGES = 512;
+const INSERT_PAGES = 1024;
 
 export interface TargetRelayOptions {
   /** The source relay's authenticated connection (link.ts). */
@@ -69,6 +76,16 @@ export class TargetRelay {
   private inject: { pfn: number; data: Buffer | null }[] = [];
   private injectWaiters: (() => void)[] = [];
   private qemuBusy = false;
+  /** The merge has committed chunks to insert: the source's records wait at the next boundary. */
+  private mergeFirst = false;
+  /** Top-level records written since the last insertion. */
+  private recordsSinceInject = 0;
+  /** Where the merge's time went: waiting for the source's commits, waiting to insert (a boundary, QEMU). */
+  private mergeWaitSince: number | null = null;
+  private mergeWaitMs = 0;
+  private insertWaitMs = 0;
+  /** Post-copy runs: the rest of the stream is forwarded untouched, not parsed. */
+  private raw = false;
   private failure: Error | null = null;
   private ended = false;
   private readonly s: TargetRelayStats = { deliveredPages: 0, linkBytes: 0, mergedPages: 0, skippedNewer: 0 };
@@ -139,11 +156,15 @@ export class TargetRelay {
     });
     qemu.on('drain', () => {
       this.qemuBusy = false;
-      if (!this.held) link.resume();
       this.wake();
+      this.resumeLink();
     });
     link.on('data', (chunk: Buffer) => {
       this.s.linkBytes += chunk.length;
+      if (this.raw) {
+        this.toQemu(chunk);
+        return;
+      }
       this.reader.push(chunk);
       this.pump();
     });
@@ -184,6 +205,32 @@ export class TargetRelay {
     for (const w of this.injectWaiters.splice(0)) w();
   }
 
+  /** The source's records flow unless an event waits for the merge, the merge goes first, or QEMU is behind. */
+  private resumeLink(): void {
+    if (this.qemuBusy || this.failure) return;
+    if (this.raw) {
+      this.link?.resume();
+      return;
+    }
+    if (this.held || (this.mergeFirst && !this.mergeDone && this.recordsSinceInject > 0)) return;
+    this.link?.resume();
+    // Events parsed before the pause may be buffered: go on with them.
+    if (this.reader.pendingBytes > 0) this.pump();
+  }
+
+  /** The merge has chunks to insert (true) or has caught up with the save and waits (false). */
+  private setMergeFirst(on: boolean): void {
+    if (this.mergeFirst === on) return;
+    const now = performance.now();
+    if (!on) this.mergeWaitSince = now;
+    else if (this.mergeWaitSince !== null) {
+      this.mergeWaitMs += now - this.mergeWaitSince;
+      this.mergeWaitSince = null;
+    }
+    this.mergeFirst = on;
+    if (!on) this.resumeLink();
+  }
+
   private gated(e: StreamEvent): boolean {
     if (!this.opts.expectStatic || this.mergeDone) return false;
     return (e.kind === 'section' && e.type === 'end') || (e.kind === 'opaque' && ((e.what === 'command' && e.command !== undefined && GATED_COMMANDS.has(e.command)) || e.what === 'tail'));
@@ -194,6 +241,13 @@ export class TargetRelay {
     const out: Buffer[] = [];
     try {
       for (;;) {
+        if (this.mergeFirst && !this.mergeDone && !this.held && this.writer.atRecordBoundary && this.recordsSinceInject > 0) {
+          // The merge goes first: stop at this boundary and let it insert (injected()). One
+          // record passes between two insertions, so the link never looks stalled to the source.
+          this.link?.pause();
+          this.wake();
+          break;
+        }
         const e = this.held ?? this.reader.next();
         if (!e) break;
         if (this.gated(e)) {
@@ -205,7 +259,14 @@ export class TargetRelay {
         }
         this.held = null;
         this.handle(e, out);
+        if (this.writer.atRecordBoundary) this.recordsSinceInject++;
         if (this.writer.atRecordBoundary && this.inject.length) out.push(this.injectNow());
+        if (e.kind === 'opaque' && e.what === 'command' && e.command === VmCommand.PACKAGED) {
+          // Post-copy runs after the package (the merge is done: it was gated): forward the rest untouched.
+          this.raw = true;
+          out.push(this.reader.detach());
+          break;
+        }
       }
     } catch (e) {
       this.fail(e instanceof QemuStreamError ? new Error(`the target's relay refused the stream: ${e.message}`) : (e as Error));
@@ -224,6 +285,8 @@ export class TargetRelay {
       if (!this.layout || !this.delivered) throw new QemuStreamError('BAD_RAM_RECORD', e.offset, 'RAM page', 'a page before MEM_SIZE');
       this.delivered.set(this.layout.pfn(e.block, e.addr, e.offset));
       this.s.deliveredPages++;
+      out.push(this.writer.writePage(e));
+      return;
     }
     out.push(this.writer.write(e));
   }
@@ -251,13 +314,10 @@ export class TargetRelay {
       this.s.mergedPages++;
     }
     this.inject = [];
+    this.recordsSinceInject = 0;
     this.wake();
     if (pages.length === 0) return Buffer.alloc(0);
-    const id = this.reader.sectionId!;
-    const events: StreamEvent[] = [{ kind: 'section', type: 'part', offset: 0, sectionId: id }];
-    for (const p of pages) events.push(p);
-    events.push({ kind: 'eos', offset: 0 }, { kind: 'footer', offset: 0, sectionId: id });
-    return this.writer.writeAll(events);
+    return this.writer.writeRamPart(this.reader.sectionId!, pages);
   }
 
   /** Wait until the pages handed over were written into the stream (or the relay ended). */
@@ -270,12 +330,15 @@ export class TargetRelay {
       // At a boundary with the link quiet (or held for the merge): write them now.
       if (this.inject.length && this.writer.atRecordBoundary && this.qemu && !this.qemuBusy) {
         this.toQemu(this.injectNow());
+        this.resumeLink(); // one of the source's records may pass before the next insertion
         continue;
       }
+      const t = performance.now();
       await new Promise<void>((r) => {
         this.injectWaiters.push(r);
         setTimeout(r, 50);
       });
+      this.insertWaitMs += performance.now() - t;
     }
   }
 
@@ -296,10 +359,11 @@ export class TargetRelay {
     // merge overlaps the save. The end of pre-copy waits for the manifest: a StaticData the source
     // never committed can fill an incoming QEMU that is then discarded, never one that resumes.
     const done = new Set<string>();
+    this.mergeWaitSince = performance.now();
     const manifest = await follow(
       reader,
       done,
-      { ...(opts.signal ? { signal: opts.signal } : {}), timeoutMs: opts.timeoutMs ?? 2 * 3600_000 },
+      { ...(opts.signal ? { signal: opts.signal } : {}), timeoutMs: opts.timeoutMs ?? 2 * 3600_000, onWaiting: (waiting) => this.setMergeFirst(!waiting) },
       async (chunk) => {
         if (chunk.pageSize !== layout.pageSize || chunk.memoryPages !== layout.pageCount) {
           throw new Error(`StaticData ${chunk.name} holds ${chunk.memoryPages} pages of ${chunk.pageSize} bytes; the stream's RAM has ${layout.pageCount} of ${layout.pageSize}`);
@@ -307,7 +371,8 @@ export class TargetRelay {
         for (let i = 0; i < chunk.pfns.length; i++) {
           const pfn = chunk.pfns[i]!;
           if (pfn >= layout.pageCount) throw new Error(`StaticData ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
-          this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(chunk.page(i)) });
+          const page = chunk.page(i); // a view of the chunk just read: no copy
+          this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(page.buffer, page.byteOffset, page.byteLength) });
           if (this.inject.length >= INSERT_PAGES) await this.injected(opts.signal);
         }
         bytesRead += chunk.bytes;
@@ -318,11 +383,17 @@ export class TargetRelay {
     if (manifest.pageCount !== layout.pageCount) throw new Error(`StaticData's manifest says ${manifest.pageCount} pages; the stream's RAM has ${layout.pageCount}`);
     await this.injected(opts.signal);
     this.mergeDone = true;
+    this.mergeFirst = false;
+    const m = progress();
+    this.opts.log?.(
+      `relay: StaticData merged: ${m.pages} pages inserted, ${m.skippedNewer} skipped (newer delivered), ${(bytesRead / 2 ** 20).toFixed(1)} MiB read in ${m.mergeMs} ms; ` +
+        `waited ${Math.round(this.mergeWaitMs)} ms for the source's commits, ${Math.round(this.insertWaitMs)} ms to insert (a record boundary, the target QEMU)`,
+    );
     // Pre-copy may end now: let what waited for the merge through.
     if (this.held) {
       this.link?.resume();
       this.pump();
-    }
+    } else this.resumeLink();
     return progress();
   }
 }

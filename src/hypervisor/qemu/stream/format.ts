@@ -149,6 +149,8 @@ export interface PageEvent {
   fill: number;
   /** The source omitted the block name (CONTINUE). Informational: the writer always names it. */
   continued: boolean;
+  /** The record's bytes as read (a view of pushed input); absent on pages built by hand. */
+  raw?: Buffer;
 }
 
 /** RAM_SAVE_FLAG_EOS: the end of a section's RAM records. */

@@ -315,6 +315,21 @@ class ByteQueue {
     const first = this.chunks[0];
     if (!first) return Buffer.alloc(0);
     if (first.length >= n) return first.subarray(0, n);
+    return this.merge(n);
+  }
+
+  /**
+   * At least n contiguous bytes from the front (the whole first chunk when it holds them, so
+   * the record parsers find a record in one call, without a view per attempt).
+   */
+  peekAtLeast(n: number): Buffer {
+    const first = this.chunks[0];
+    if (!first) return Buffer.alloc(0);
+    if (first.length >= n) return first;
+    return this.merge(n);
+  }
+
+  private merge(n: number): Buffer {
     const merged = Buffer.allocUnsafe(n);
     let filled = 0;
     let i = 0;
@@ -347,6 +362,14 @@ class ByteQueue {
       }
     }
     this.length -= n;
+  }
+
+  /** Remove and return every buffered byte. */
+  takeAll(): Buffer {
+    const out = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+    this.chunks = [];
+    this.length = 0;
+    return out;
   }
 
   /** Remove and return up to n bytes without copying: at most the first chunk. */
@@ -384,6 +407,7 @@ export class StreamReader {
   /** Stream offset of the first buffered byte. */
   private offset = 0;
   private failed: QemuStreamError | null = null;
+  private detached = false;
   private readonly pageSize: number;
 
   /** Facts learnt from the stream, that later records depend on. */
@@ -416,9 +440,24 @@ export class StreamReader {
     this.q.push(chunk);
   }
 
+  /**
+   * Stop parsing (after the event just returned): the bytes received and not parsed yet, for a
+   * caller that forwards the rest of the stream untouched. next() returns null from then on.
+   */
+  detach(): Buffer {
+    this.detached = true;
+    return this.q.takeAll();
+  }
+
+  /** detach() was called. */
+  get isDetached(): boolean {
+    return this.detached;
+  }
+
   /** The next event, or null if more bytes are needed. Throws QemuStreamError (and stays failed). */
   next(): StreamEvent | null {
     if (this.failed) throw this.failed;
+    if (this.detached) return null;
     try {
       return this.step();
     } catch (err) {
@@ -440,7 +479,7 @@ export class StreamReader {
    */
   end(): void {
     if (this.failed) throw this.failed;
-    if (this.state.s === 'tail') return;
+    if (this.state.s === 'tail' || this.detached) return;
     const what = this.state.s === 'top' ? 'the stream' : this.state.s;
     this.failed = new QemuStreamError(
       'TRUNCATED',
@@ -455,7 +494,7 @@ export class StreamReader {
   private measure<T>(f: (b: Buffer) => Measured<T>): { length: number; value: T } | null {
     for (;;) {
       if (this.q.length < this.want) return null;
-      const m = f(this.q.peek(this.want));
+      const m = f(this.q.peekAtLeast(this.want));
       if ('length' in m) {
         this.want = 1;
         return m;
@@ -608,8 +647,9 @@ export class StreamReader {
           throw new QemuStreamError('BAD_RAM_RECORD', at, `${record} "${block}"`, `offset ${hex(r.addr)} beyond the block's ${hex(used)} bytes`);
         }
         this.lastBlock = block;
+        const raw = this.q.peekAtLeast(length).subarray(0, length);
         this.consume(length);
-        return { kind: 'page', offset: at, block, addr: r.addr, data: r.data, fill: r.fill, continued: r.block === null };
+        return { kind: 'page', offset: at, block, addr: r.addr, data: r.data, fill: r.fill, continued: r.block === null, raw };
       }
     }
   }

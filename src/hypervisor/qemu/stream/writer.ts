@@ -127,6 +127,8 @@ export interface StreamWriterOptions {
 
 export class StreamWriter {
   private pos: Position = { at: 'top' };
+  /** The block of the last page record written: what a CONTINUE record after it refers to. */
+  private lastBlock: string | null = null;
   private ramSectionId: number | null = null;
   private written = 0;
   private readonly pageSize: number;
@@ -145,6 +147,57 @@ export class StreamWriter {
     const out = this.encode(ev);
     this.written += out.length;
     return out;
+  }
+
+  /**
+   * A page record forwarded as it was read: the writer's position advances as for write(), and
+   * the bytes are the record's own. Only where the target resolves it to the same block: a
+   * record that names its block, or a CONTINUE whose previous record out of this writer was
+   * of the same block (lastBlock). Otherwise the page is re-encoded with its name.
+   */
+  writePage(ev: PageEvent): Buffer {
+    if (this.pos.at !== 'records') this.fail(ev, 'a page outside a ram section (or after its EOS)');
+    const raw = ev.raw && (!ev.continued || ev.block === this.lastBlock) ? ev.raw : null;
+    if (!raw) return this.write(ev);
+    this.pos.records++;
+    this.lastBlock = ev.block;
+    this.written += raw.length;
+    return raw;
+  }
+
+  /**
+   * A whole ram PART section of these pages (names always written), encoded into one buffer:
+   * what a relay inserts between two records. The writer must stand between records.
+   */
+  writeRamPart(sectionId: number, pages: readonly PageEvent[]): Buffer {
+    if (this.pos.at !== 'top') this.fail(pages[0] ?? { kind: 'eos', offset: 0 }, 'an inserted PART while not between records');
+    if (this.ramSectionId !== null && sectionId !== this.ramSectionId) this.fail(pages[0] ?? { kind: 'eos', offset: 0 }, `PART of section ${sectionId}, ram is section ${this.ramSectionId}`);
+    const ps = this.pageSize;
+    let size = 5 + 8 + 5;
+    for (const p of pages) size += 9 + Buffer.byteLength(p.block, 'latin1') + (p.data ? ps : 1);
+    const b = Buffer.allocUnsafe(size);
+    b[0] = SECTION_TYPE_BYTE.part;
+    b.writeUInt32BE(sectionId, 1);
+    let o = 5;
+    for (const p of pages) {
+      if (p.addr % ps !== 0) throw new RangeError(`offset 0x${p.addr.toString(16)} is not page-aligned`);
+      if (p.data && p.data.length !== ps) throw new RangeError(`page of ${p.data.length} bytes, expected ${ps}`);
+      writeBe64(b, p.addr + (p.data ? RamFlag.PAGE : RamFlag.ZERO), o);
+      const n = b.write(p.block, o + 9, 'latin1');
+      if (n === 0 || n > 255) throw new RangeError(`block name of ${n} bytes (1..255)`);
+      b[o + 8] = n;
+      o += 9 + n;
+      if (p.data) {
+        p.data.copy(b, o);
+        o += ps;
+      } else b[o++] = p.fill;
+      this.lastBlock = p.block;
+    }
+    writeBe64(b, RamFlag.EOS, o);
+    b[o + 8] = VmRecord.SECTION_FOOTER;
+    b.writeUInt32BE(sectionId, o + 9);
+    this.written += size;
+    return b;
   }
 
   /** Write several events into one buffer (e.g. a whole inserted PART section). */
@@ -180,6 +233,7 @@ export class StreamWriter {
       case 'page':
         if (p.at !== 'records') this.fail(ev, 'a page outside a ram section (or after its EOS)');
         p.records++;
+        this.lastBlock = ev.block;
         return encodePage(ev, this.pageSize);
       case 'eos':
         if (p.at !== 'records') this.fail(ev, 'EOS outside a ram section');
