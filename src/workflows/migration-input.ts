@@ -37,6 +37,8 @@ export function validate(input: MigrationInput): void {
   const o = input.options;
   if (!o) bad('options are required');
   if (!(o.maxIterations >= 1)) bad('maxIterations must be ≥ 1');
+  // About 6 history events per iteration: Temporal ends a workflow at 51,200 events.
+  if (!(o.maxIterations <= 1000)) bad('maxIterations must be ≤ 1000 (each iteration adds about 6 events to the migration history, which Temporal caps)');
   if (!(o.maxDowntimeMs >= 0)) bad('maxDowntimeMs must be ≥ 0');
   if (!['sync', 'async', 'off'].includes(o.pbdata)) bad(`pbdata must be sync, async or off`);
 }

@@ -212,7 +212,10 @@ export class TargetRelay {
       this.link?.resume();
       return;
     }
-    if (this.held || (this.mergeFirst && !this.mergeDone && this.recordsSinceInject > 0)) return;
+    if (this.held) return;
+    // Stopped at a boundary for the merge: its next insertion resumes the link. Anywhere else
+    // (QEMU was behind mid-section) the link must flow on to the next boundary, or neither moves.
+    if (this.mergeFirst && !this.mergeDone && this.recordsSinceInject > 0 && this.writer.atRecordBoundary) return;
     this.link?.resume();
     // Events parsed before the pause may be buffered: go on with them.
     if (this.reader.pendingBytes > 0) this.pump();
