@@ -61,19 +61,35 @@ export function encodeMemSize(totalBytes: number, blocks: readonly MemSizeEvent[
   return Buffer.concat(parts);
 }
 
-/** A ZERO or PAGE record, always with its block name (never CONTINUE). */
-export function encodePage(p: Pick<PageEvent, 'block' | 'addr' | 'data' | 'fill'>, pageSize = TARGET_PAGE_SIZE): Buffer {
-  const name = Buffer.from(p.block, 'latin1');
-  if (name.length === 0 || name.length > 255) throw new RangeError(`block name of ${name.length} bytes (1..255)`);
+type PageParts = Pick<PageEvent, 'block' | 'addr' | 'data' | 'fill'>;
+
+/** Bytes of a ZERO or PAGE record with its block name. */
+function pageRecordSize(p: PageParts, pageSize: number): number {
+  return 9 + Buffer.byteLength(p.block, 'latin1') + (p.data ? pageSize : 1);
+}
+
+/** Write a ZERO or PAGE record with its block name at `o` in `b`; returns the offset after it. */
+function putPage(b: Buffer, o: number, p: PageParts, pageSize: number): number {
+  const n = Buffer.byteLength(p.block, 'latin1');
+  if (n === 0 || n > 255) throw new RangeError(`block name of ${n} bytes (1..255)`);
   if (p.addr % pageSize !== 0) throw new RangeError(`offset 0x${p.addr.toString(16)} is not page-aligned`);
   if (p.data && p.data.length !== pageSize) throw new RangeError(`page of ${p.data.length} bytes, expected ${pageSize}`);
-  const payload = p.data ? pageSize : 1;
-  const b = Buffer.allocUnsafe(8 + 1 + name.length + payload);
-  writeBe64(b, p.addr + (p.data ? RamFlag.PAGE : RamFlag.ZERO), 0);
-  b[8] = name.length;
-  name.copy(b, 9);
-  if (p.data) p.data.copy(b, 9 + name.length);
-  else b[9 + name.length] = p.fill;
+  writeBe64(b, p.addr + (p.data ? RamFlag.PAGE : RamFlag.ZERO), o);
+  b[o + 8] = n;
+  b.write(p.block, o + 9, 'latin1');
+  o += 9 + n;
+  if (p.data) {
+    p.data.copy(b, o);
+    return o + pageSize;
+  }
+  b[o] = p.fill;
+  return o + 1;
+}
+
+/** A ZERO or PAGE record, always with its block name (never CONTINUE). */
+export function encodePage(p: PageParts, pageSize = TARGET_PAGE_SIZE): Buffer {
+  const b = Buffer.allocUnsafe(pageRecordSize(p, pageSize));
+  putPage(b, 0, p, pageSize);
   return b;
 }
 
@@ -88,12 +104,19 @@ export function encodeFooter(sectionId: number): Buffer {
   return b;
 }
 
-/** A complete ram PART section holding `pages`: what a relay inserts to deliver diverted pages. */
-export function encodeRamPart(sectionId: number, pages: Iterable<Pick<PageEvent, 'block' | 'addr' | 'data' | 'fill'>>, pageSize = TARGET_PAGE_SIZE): Buffer {
-  const parts = [encodeSectionHeader('part', sectionId)];
-  for (const p of pages) parts.push(encodePage(p, pageSize));
-  parts.push(encodeEos(), encodeFooter(sectionId));
-  return Buffer.concat(parts);
+/** A complete ram PART section holding `pages`, in one buffer: what a relay inserts to deliver diverted pages. */
+export function encodeRamPart(sectionId: number, pages: readonly PageParts[], pageSize = TARGET_PAGE_SIZE): Buffer {
+  let size = 5 + 8 + 5;
+  for (const p of pages) size += pageRecordSize(p, pageSize);
+  const b = Buffer.allocUnsafe(size);
+  b[0] = SECTION_TYPE_BYTE.part;
+  b.writeUInt32BE(sectionId, 1);
+  let o = 5;
+  for (const p of pages) o = putPage(b, o, p, pageSize);
+  writeBe64(b, RamFlag.EOS, o);
+  b[o + 8] = VmRecord.SECTION_FOOTER;
+  b.writeUInt32BE(sectionId, o + 9);
+  return b;
 }
 
 function be64(v: number): Buffer {
@@ -170,33 +193,12 @@ export class StreamWriter {
    * what a relay inserts between two records. The writer must stand between records.
    */
   writeRamPart(sectionId: number, pages: readonly PageEvent[]): Buffer {
-    if (this.pos.at !== 'top') this.fail(pages[0] ?? { kind: 'eos', offset: 0 }, 'an inserted PART while not between records');
-    if (this.ramSectionId !== null && sectionId !== this.ramSectionId) this.fail(pages[0] ?? { kind: 'eos', offset: 0 }, `PART of section ${sectionId}, ram is section ${this.ramSectionId}`);
-    const ps = this.pageSize;
-    let size = 5 + 8 + 5;
-    for (const p of pages) size += 9 + Buffer.byteLength(p.block, 'latin1') + (p.data ? ps : 1);
-    const b = Buffer.allocUnsafe(size);
-    b[0] = SECTION_TYPE_BYTE.part;
-    b.writeUInt32BE(sectionId, 1);
-    let o = 5;
-    for (const p of pages) {
-      if (p.addr % ps !== 0) throw new RangeError(`offset 0x${p.addr.toString(16)} is not page-aligned`);
-      if (p.data && p.data.length !== ps) throw new RangeError(`page of ${p.data.length} bytes, expected ${ps}`);
-      writeBe64(b, p.addr + (p.data ? RamFlag.PAGE : RamFlag.ZERO), o);
-      const n = b.write(p.block, o + 9, 'latin1');
-      if (n === 0 || n > 255) throw new RangeError(`block name of ${n} bytes (1..255)`);
-      b[o + 8] = n;
-      o += 9 + n;
-      if (p.data) {
-        p.data.copy(b, o);
-        o += ps;
-      } else b[o++] = p.fill;
-      this.lastBlock = p.block;
-    }
-    writeBe64(b, RamFlag.EOS, o);
-    b[o + 8] = VmRecord.SECTION_FOOTER;
-    b.writeUInt32BE(sectionId, o + 9);
-    this.written += size;
+    const at: StreamEvent = pages[0] ?? { kind: 'eos', offset: 0 };
+    if (this.pos.at !== 'top') this.fail(at, 'an inserted PART while not between records');
+    if (this.ramSectionId !== null && sectionId !== this.ramSectionId) this.fail(at, `PART of section ${sectionId}, ram is section ${this.ramSectionId}`);
+    const b = encodeRamPart(sectionId, pages, this.pageSize);
+    if (pages.length > 0) this.lastBlock = pages[pages.length - 1]!.block;
+    this.written += b.length;
     return b;
   }
 
