@@ -1,6 +1,6 @@
 /**
  * Debian packages the test suite needs (docker-compose to validate the deployment file,
- * PostgreSQL for `ferry cluster`, QEMU, OpenSSH, iproute2). Installed with apt-get when missing and running as root;
+ * PostgreSQL for `ferry cluster`, QEMU, OpenSSH, iproute2, Chromium for the dashboard tests). Installed with apt-get when missing and running as root;
  * otherwise a clear error says what to install.
  */
 import { spawnSync } from 'node:child_process';
@@ -34,6 +34,7 @@ export const TEST_TOOLS: SystemTool[] = [
   { command: 'ip', pkg: 'iproute2', why: 'network namespaces and veth links of the link fault tests' },
   { command: 'tc', pkg: 'iproute2', why: 'shapes the links of the fault tests' },
   { command: 'qemu-system-x86_64', pkg: 'qemu-system-x86', why: 'runs the QEMU tests\' guests (QEMU ≥ 9)', suite: 'bookworm-backports', unusable: qemuTooOld },
+  { command: 'chromium', pkg: 'chromium', why: 'the headless browser of the dashboard tests (driven by playwright-core)' },
   { command: 'sshd', pkg: 'openssh-server', why: 'the real SSH server of the agentless-host tests' },
   { command: 'ssh-keygen', pkg: 'openssh-client', why: 'keys of the agentless-host tests' },
   { command: 'gcc', pkg: 'gcc', why: 'builds the test guest\'s workload' },
