@@ -187,8 +187,23 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
+/** gRPC status codes (DEADLINE_EXCEEDED 4, RESOURCE_EXHAUSTED 8, UNAVAILABLE 14): Temporal is overloaded or out of reach for now. */
+const TRANSIENT_GRPC_CODES = new Set([4, 8, 14]);
+/** Seconds a 503 asks the caller to wait (Retry-After). */
+export const RETRY_AFTER_S = 5;
+
+/** The gRPC status code on a Temporal client error or any error in its cause chain. */
+export function grpcStatusOf(e: unknown): number | undefined {
+  for (let err = e, depth = 0; err instanceof Error && depth < 8; err = (err as { cause?: unknown }).cause, depth++) {
+    const g = err as { code?: unknown; details?: unknown };
+    if (typeof g.code === 'number' && typeof g.details === 'string') return g.code;
+  }
+  return undefined;
+}
+
 function mapError(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
+  if (TRANSIENT_GRPC_CODES.has(grpcStatusOf(e) ?? -1)) return new HttpError(503, (e as Error).message);
   if (e instanceof UsageError) {
     const field = /^([A-Za-z][\w.]*):/.exec(e.message)?.[1];
     return new HttpError(400, e.message, field);
@@ -440,6 +455,15 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
         send(res, out.status, out.body);
       } catch (e) {
         const he = mapError(e);
+        if (he.status === 503) {
+          // Temporal timed out, is unreachable or overloaded: the caller may try again shortly.
+          log(`ferry api: request ${requestId}: ${req.method} ${path} → 503: ${(e as Error)?.stack ?? String(e)}`);
+          if (!res.headersSent) {
+            res.setHeader('retry-after', String(RETRY_AFTER_S));
+            send(res, 503, { error: `temporarily unavailable: Temporal did not answer; retry in ${RETRY_AFTER_S} s (request id ${requestId})`, requestId });
+          } else res.end();
+          return;
+        }
         if (he.status >= 500) {
           // The details (they may name hosts, files, queries) stay in the log; the caller gets the id to quote.
           log(`ferry api: request ${requestId}: ${req.method} ${path} → ${he.status}: ${(e as Error)?.stack ?? String(e)}`);
