@@ -84,6 +84,14 @@ export class SnapshotWriter {
   private readonly started: number;
   private ended: number | null = null;
   private readonly s = { bytesWritten: 0, pages: 0, zeroPages: 0, chunks: 0 };
+  /**
+   * Chunks are renamed into place as soon as written and fsynced one after another in the
+   * background (not on the write path); commit waits for every one before the manifest.
+   * A chunk lost to a crash before that fails its CRC and is rewritten on resume; the
+   * manifest, written last, only ever names chunks that are on disk.
+   */
+  private syncs: Promise<void> = Promise.resolve();
+  private syncError: unknown = null;
 
   constructor(
     readonly dir: string,
@@ -174,7 +182,7 @@ export class SnapshotWriter {
     if (source.pageSize !== this.pageSize) throw new UsageError(`source page size ${source.pageSize} != snapshot page size ${this.pageSize}`);
     this.busy = true;
     // Two buffers: chunk k+1 is built (pages copied, zero check, CRC) while chunk k is
-    // written and fsynced. Renames stay in chunk order.
+    // written (its fsync runs behind, see `syncs`). Renames stay in chunk order.
     const known = (pfns as { length?: unknown }).length;
     const cap = typeof known === 'number' ? Math.max(1, Math.min(this.chunkPages, known)) : this.chunkPages;
     const bufs = [0, 1].map(() => new Uint8Array(chunkSize(cap, cap, this.pageSize)));
@@ -202,7 +210,7 @@ export class SnapshotWriter {
         if (waitMs > 0) await this.clock.sleep(waitMs, signal);
         await pending;
         if (failed) throw failed.error;
-        pending = this.atomicWrite(entry.name, buf.subarray(0, entry.bytes)).then(
+        pending = this.atomicWrite(entry.name, buf.subarray(0, entry.bytes), true).then(
           () => {
             if (this.state !== 'open') throw new Error(`snapshot ${this.dir} was ${this.state} while writing`);
             for (const p of chunkPfns) this.covered.set(p);
@@ -277,6 +285,8 @@ export class SnapshotWriter {
       completed: true,
       committedAtMs: Date.now(),
     };
+    await this.syncs;
+    if (this.syncError) throw this.syncError;
     const text = JSON.stringify(body);
     const file = JSON.stringify({ ...body, manifestCrc32: crc32(Buffer.from(text)) }, null, 1) + '\n';
     await this.atomicWrite(MANIFEST, Buffer.from(file));
@@ -294,10 +304,11 @@ export class SnapshotWriter {
     await fsp.rm(this.dir, { recursive: true, force: true });
   }
 
-  private async atomicWrite(name: string, data: Uint8Array): Promise<void> {
+  private async atomicWrite(name: string, data: Uint8Array, deferSync = false): Promise<void> {
     const final = path.join(this.dir, name);
     const tmp = `${final}.tmp`;
     const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, FILE_MODE);
+    let handedOver = false;
     try {
       await fh.chmod(FILE_MODE); // the umask may have taken bits off the open mode; a reused temp keeps its old mode
       let off = 0;
@@ -305,9 +316,25 @@ export class SnapshotWriter {
         const { bytesWritten } = await fh.write(data, off, data.length - off);
         off += bytesWritten;
       }
+      if (this.durable && deferSync) {
+        await fsp.rename(tmp, final);
+        handedOver = true;
+        this.syncs = this.syncs.then(() =>
+          fh.sync().then(
+            () => fh.close(),
+            (e: unknown) => {
+              this.syncError ??= e;
+              return fh.close();
+            },
+          ),
+        ).catch((e: unknown) => {
+          this.syncError ??= e;
+        });
+        return;
+      }
       if (this.durable) await fh.sync();
     } finally {
-      await fh.close();
+      if (!handedOver) await fh.close();
     }
     await fsp.rename(tmp, final);
   }
