@@ -80,3 +80,36 @@ export function authorize(header: string | undefined, tokens: readonly ApiToken[
   if (need === 'write' && found.scope !== 'write') return { ok: false, status: 403, message: `token '${found.name}' may only read (scope read); this request needs a write token` };
   return { ok: true, token: found };
 }
+
+/**
+ * The dashboard's session: the token itself in an HttpOnly, SameSite=Strict cookie set by
+ * POST /ui/login once the token is valid (page script never reads it). A request carrying
+ * that cookie and no Authorization header is authorized by it; a state-changing one must
+ * also carry `X-Ferry-CSRF: 1`, a header another site's form or link cannot add.
+ */
+export const SESSION_COOKIE = 'ferry_token';
+export const CSRF_HEADER = 'x-ferry-csrf';
+
+/** The session cookie's token, or null. */
+export function cookieToken(cookieHeader: string | undefined): string | null {
+  for (const part of (cookieHeader ?? '').split(';')) {
+    const eq = part.indexOf('=');
+    if (eq < 0 || part.slice(0, eq).trim() !== SESSION_COOKIE) continue;
+    try {
+      const v = decodeURIComponent(part.slice(eq + 1).trim());
+      return /^\S+$/.test(v) ? v : null;
+    } catch {
+      return null;
+    }
+  }
+  return null;
+}
+
+/** Authorize a request by its bearer token or, without one, by the dashboard's session cookie. */
+export function authorizeRequest(req: { method?: string; headers: { authorization?: string; cookie?: string; [h: string]: unknown } }, tokens: readonly ApiToken[], need: Scope): AuthResult {
+  const fromCookie = req.headers.authorization ? null : cookieToken(req.headers.cookie);
+  if (fromCookie === null) return authorize(req.headers.authorization, tokens, need);
+  const safe = req.method === 'GET' || req.method === 'HEAD';
+  if (!safe && req.headers[CSRF_HEADER] !== '1') return { ok: false, status: 403, message: `a dashboard session must send ${CSRF_HEADER}: 1 with a state-changing request` };
+  return authorize(`Bearer ${fromCookie}`, tokens, need);
+}

@@ -35,7 +35,8 @@ import { defaultPbData, type StrategyName } from '../policy/types';
 import { cancelQueuedUpdate, evacuationQuery } from '../workflows/evacuation-messages';
 import { cancelUpdate, progressQuery } from '../workflows/messages';
 import type { MigrationReport } from '../workflows/report';
-import { API_TOKEN_REQUIRED, authorize, type ApiToken, type Scope } from './auth';
+import { API_TOKEN_REQUIRED, authorizeRequest, type ApiToken, type Scope } from './auth';
+import { dashboardRoutes, serveDashboard } from './dashboard';
 import {
   auditQuerySchema,
   cancelEvacuationSchema,
@@ -424,6 +425,8 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
       },
     },
   ];
+  // The dashboard's read and control routes, under the same tokens.
+  routes.push(...dashboardRoutes({ client, tokens: opts.tokens }));
 
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://ferry.invalid');
@@ -438,6 +441,7 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
           if (!opts.metrics) throw new HttpError(404, 'metrics are not enabled on this listener');
           return await writeMetrics(opts.metrics, req, res, { token: opts.metricsToken, log }, requestId);
         }
+        if (await serveDashboard(req, res, path, opts.tokens)) return;
         const matching = routes.filter((r) => r.path.test(path));
         if (matching.length === 0) throw new HttpError(404, `no route ${path} (see /v1/openapi.json)`);
         const route = matching.find((r) => r.method === req.method);
@@ -445,7 +449,7 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
           res.setHeader('allow', matching.map((r) => r.method).join(', '));
           throw new HttpError(405, `${req.method} is not allowed on ${path}`);
         }
-        const auth = authorize(req.headers.authorization, opts.tokens, route.scope);
+        const auth = authorizeRequest(req, opts.tokens, route.scope);
         if (!auth.ok) {
           if (auth.status === 401) res.setHeader('www-authenticate', 'Bearer realm="ferry"');
           throw new HttpError(auth.status, auth.message);
