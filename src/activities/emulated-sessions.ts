@@ -17,6 +17,7 @@ import type { GuestDeviceState } from '../guest/guest';
 import type { GuestMemory } from '../guest/memory';
 import type { EmulatedDriver } from '../hypervisor/emulated';
 import type { StrategyName } from '../policy/types';
+import type { ChannelGrant } from '../security/channel-secret';
 import { userError } from './errors';
 import type { HostContext } from './host';
 import type { MigrationOptions, StepRef, VerifyResult } from './types';
@@ -112,8 +113,10 @@ export class TargetSession {
   readonly vm: string;
   readonly source: string;
   readonly memory: GuestMemory;
-  /** Per-migration channel-2 secret (returned again to a retried prepareTarget). */
+  /** Per-migration channel-2 secret. */
   readonly secret: string;
+  /** What prepareTarget returned for it (the same again to a retried prepareTarget). */
+  grant: ChannelGrant | null = null;
   /** Pages written by pre-copy rounds: StaticData must not overwrite them. */
   readonly hasDynamic: Bitmap;
   readonly registration: Registration;

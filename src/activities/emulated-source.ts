@@ -10,6 +10,7 @@ import { Bitmap } from '../dataplane/bitmap';
 import { sampleGrowth } from './dirty-growth';
 import { PageChannel } from '../dataplane/channel';
 import { tlsCreateConnection } from '../dataplane/tls';
+import { ChannelGrantError, sourceSecret } from '../security/channel-secret';
 import { userError } from './errors';
 import { digestOf, EmulatedSessions, heartbeatEvery, StepRecord, storageFailure, verifyPaused, type EmulatedContext, type SourceSession } from './emulated-sessions';
 import type {
@@ -37,6 +38,16 @@ const PUSH_STALL_MS = 10_000;
  * Temporal retries it, and the retry dials again (channelOf).
  */
 const CHANNEL_STALL_MS = 8_000;
+/** The channel-2 secret of a migration: derived from the target's grant, or as the target sent it. */
+function channelSecretOf(ctx: EmulatedContext, input: PrepareSourceInput): string {
+  try {
+    return sourceSecret(ctx.channelKeys ?? null, 'channel-2', input.migrationId, input);
+  } catch (e) {
+    if (e instanceof ChannelGrantError) throw userError('InvalidInput', e.message);
+    throw e;
+  }
+}
+
 /** Dial + handshake of channel-2; a reconnect over a dead link fails this fast. */
 const CONNECT_TIMEOUT_MS = 5_000;
 
@@ -128,7 +139,7 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
         options: input.options,
         target: input.target,
         address: input.dataAddress,
-        secret: input.secret,
+        secret: channelSecretOf(ctx, input),
         channel: null,
         closedChannelBytes: 0,
         unacked: new Bitmap(guest.memory.pageCount),

@@ -10,6 +10,7 @@ import { Context, activityInfo } from '@temporalio/activity';
 import { loadPbData, mergeStatic, type MergeProgress } from '../dataplane/merge';
 import { EmulatedGuest } from '../guest';
 import { prepareWorkload } from '../guest/workloads';
+import { grantSecret } from '../security/channel-secret';
 import { userError } from './errors';
 import { digestOf, EmulatedSessions, heartbeatEvery, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
 import type { DrainResult, PrepareTargetInput, PrepareTargetResult, ResumeResult, StaticMergeResult, StepRef, VerifyResult } from './types';
@@ -38,7 +39,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
   return {
     async prepareTarget(input: PrepareTargetInput): Promise<PrepareTargetResult> {
       const existing = sessions.findTarget(input.migrationId);
-      if (existing) return { dataAddress: ctx.dataAddress, secret: existing.secret, atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
+      if (existing) return { dataAddress: ctx.dataAddress, ...(existing.grant ? { grant: existing.grant } : { secret: existing.secret }), atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
       if (ctx.driver.describe(input.vm)) throw userError('Conflict', `host ${ctx.hostId} already has a vm named ${input.vm}`);
       const free = ctx.memoryCapacityBytes - ctx.driver.allocatedBytes();
       if (input.memoryBytes > free) {
@@ -52,13 +53,16 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         ctx.driver.dropIncoming(input.vm);
         throw userError('InvalidInput', `page count mismatch: source ${input.pageCount}, target ${memory.pageCount}`);
       }
-      const secret = randomBytes(32).toString('hex');
+      // With a cluster key the source derives the secret from the grant; only the grant goes to history.
+      const granted = ctx.channelKeys ? grantSecret(ctx.channelKeys, 'channel-2', input.migrationId) : null;
+      const secret = granted?.secret ?? randomBytes(32).toString('hex');
       // The session registers channel-2 for this migration as it is made.
       const s = new TargetSession({ migrationId: input.migrationId, vm: input.vm, source: input.source, memory, secret }, ctx.channels);
+      s.grant = granted?.grant ?? null;
       sessions.addTarget(s);
       // What can be prepared before the pause is: a trace workload's file is parsed now.
       prepareWorkload(input.workload);
-      return { dataAddress: ctx.dataAddress, secret, atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
+      return { dataAddress: ctx.dataAddress, ...(granted ? { grant: granted.grant } : { secret }), atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
     },
 
     async mergeStatic(ref: StepRef): Promise<StaticMergeResult> {

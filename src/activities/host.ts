@@ -4,6 +4,7 @@
  * emulated-target.ts, qemu-source.ts, qemu-target.ts.
  */
 import os from 'node:os';
+import type { ClusterKeys } from '../common/cluster-key';
 import type { HypervisorDriver, VmInfo } from '../hypervisor/driver';
 import { HOST_ID_RE, VM_NAME_RE } from '../common/names';
 import { userError } from './errors';
@@ -17,6 +18,8 @@ export interface HostContext {
   dataAddress: string;
   storageDir: string;
   startedAtMs: number;
+  /** The cluster keys the agent-to-agent secrets are derived from (null: none configured). */
+  channelKeys?: ClusterKeys | null;
 }
 
 export interface HostFacts {

@@ -39,7 +39,7 @@ export interface QemuSession {
   /** par-migrate: the stream runs through the agents' relays (qemu-relay.ts). */
   relayed?: boolean;
   /** Target: where its relay listens (a retried prepare answers the same). */
-  relayAddress?: { host: string; port: number; token: string };
+  relayAddress?: { host: string; port: number; grant?: { keyId: string; nonce: string }; token?: string };
 }
 
 /** The QEMU migrations of one agent, by migration id, as source or as target. */

@@ -22,15 +22,20 @@ import type { QemuVm } from '../hypervisor/qemu/driver';
 import { connectRelay, listenRelay, newRelayToken, type RelayListener } from '../hypervisor/qemu/relay/link';
 import { SourceRelay } from '../hypervisor/qemu/relay/source-relay';
 import { TargetRelay } from '../hypervisor/qemu/relay/target-relay';
+import { ChannelGrantError, grantSecret, sourceSecret, type ChannelGrant } from '../security/channel-secret';
 import { userError } from './errors';
 import { heartbeat, type QemuContext, type QemuSessions } from './qemu-common';
 import type { StaticMergeResult, StaticSaveResult, StepRef } from './types';
 
-/** Where the target's relay listens, and the token the source's relay must present. */
+/**
+ * Where the target's relay listens, and what the source's relay derives the token it must
+ * present from (the grant, with a cluster key), or the token itself (without one).
+ */
 export interface RelayAddress {
   host: string;
   port: number;
-  token: string;
+  grant?: ChannelGrant;
+  token?: string;
 }
 
 interface RelayEnds {
@@ -100,7 +105,8 @@ export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: Qemu
   relays.close(ref.migrationId);
   const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, ref.vm), 'relay-in.sock');
   await v.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
-  const token = newRelayToken();
+  const granted = ctx.channelKeys ? grantSecret(ctx.channelKeys, 'qemu-relay', ref.migrationId) : null;
+  const token = granted?.secret ?? newRelayToken();
   const listener = await listenRelay({ host: ctx.migrationAddress, migrationId: ref.migrationId, token, ...(ctx.tls ? { tls: ctx.tls } : {}) });
   const target = new TargetRelay({
     accepted: listener.accepted,
@@ -113,7 +119,7 @@ export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: Qemu
   const probe = sharedProbe(ctx, ref.migrationId);
   await fsp.mkdir(path.dirname(probe), { recursive: true, mode: 0o700 });
   await fsp.writeFile(probe, `${ctx.hostId}\n`, { mode: 0o600 });
-  return { ...listener.address, token };
+  return { ...listener.address, ...(granted ? { grant: granted.grant } : { token }) };
 }
 
 function sharedProbe(ctx: QemuContext, migrationId: string): string {
@@ -135,11 +141,18 @@ export async function startSourceRelay(
       `${ctx.hostId} cannot see what ${input.target} wrote to shared storage (${probe}): par-migrate needs one storage directory both agents mount (FERRY_STORAGE_DIR / --storage); use as-hybrid otherwise`,
     );
   }
+  let token: string;
+  try {
+    token = sourceSecret(ctx.channelKeys ?? null, 'qemu-relay', input.migrationId, { grant: input.relay.grant, secret: input.relay.token });
+  } catch (e) {
+    if (e instanceof ChannelGrantError) throw userError('InvalidInput', e.message);
+    throw e;
+  }
   const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, input.vm), 'relay-out.sock');
   const source = await SourceRelay.listen({
     listenPath: sock,
     connect: () =>
-      connectRelay({ host: input.relay.host, port: input.relay.port, token: input.relay.token, migrationId: input.migrationId, targetHostId: input.target, ...(ctx.tls ? { tls: ctx.tls } : {}) }),
+      connectRelay({ host: input.relay.host, port: input.relay.port, token, migrationId: input.migrationId, targetHostId: input.target, ...(ctx.tls ? { tls: ctx.tls } : {}) }),
     openStatic: (pageCount) => ctx.store.openWriter(input.migrationId, 'static', { pageSize: 4096, pageCount, rateBytesPerSec: input.storageBandwidthBytesPerSec }),
     bandwidthBytesPerSec: input.bandwidthBytesPerSec,
     log: (l) => ctx.log?.(`${input.vm} ${l}`),

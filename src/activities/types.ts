@@ -3,6 +3,7 @@
  * Every number is measured by the agent that did the work.
  */
 import type { IterationStat, StrategyName, SwitchRule } from '../policy/types';
+import type { ChannelGrant } from '../security/channel-secret';
 
 export type PbDataMode = 'sync' | 'async' | 'off';
 
@@ -56,15 +57,18 @@ export interface PrepareTargetResult {
   /** How long this target's last resumes took (restore + vCPUs running), median ms; null before its first. */
   resumeEstimateMs?: number | null;
   dataAddress: string;
-  /** Per-migration channel-2 secret. */
-  secret: string;
+  /** What the source derives channel-2's secret from (agents with a cluster key): no secret in history. */
+  grant?: ChannelGrant;
+  /** Per-migration channel-2 secret, only from a target without a cluster key. */
+  secret?: string;
   atMs: number;
 }
 
 export interface PrepareSourceInput extends StepRef {
   target: string;
   dataAddress: string;
-  secret: string;
+  grant?: ChannelGrant;
+  secret?: string;
   strategy: StrategyName;
   options: MigrationOptions;
 }

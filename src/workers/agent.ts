@@ -10,6 +10,7 @@ import os from 'node:os';
 import { createHostActivities } from '../activities/host';
 import { createEmulatedActivities, type EmulatedContext } from '../activities/emulated';
 import { PageChannelServer } from '../dataplane/channel';
+import { loadClusterKeys, type ClusterKeys } from '../common/cluster-key';
 import { checkOwnIdentity, commonNameOf, loadChannelTls, tlsServerOptions, type ChannelTlsFiles } from '../dataplane/tls';
 import { SharedStore } from '../dataplane/store';
 import { hostQueue } from '../common/names';
@@ -48,6 +49,8 @@ export interface AgentOptions {
    * certificate names the target's host id. This host's certificate must name opts.hostId.
    */
   tls?: ChannelTlsFiles;
+  /** The cluster keys channel-2 and relay secrets are derived from; default: loadClusterKeys(process.env). */
+  channelKeys?: ClusterKeys | null;
   log?: (line: string) => void;
 }
 
@@ -81,6 +84,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   // Before anything starts: a bad file or a certificate for another host fails here.
   const tls = opts.tls ? loadChannelTls(opts.tls) : undefined;
   if (tls) checkOwnIdentity(tls, opts.hostId);
+  // The agent-to-agent secrets are derived from the cluster key, never carried by the history.
+  const channelKeys = opts.channelKeys !== undefined ? opts.channelKeys : loadClusterKeys(process.env);
+  if (!channelKeys) log(`ferry agent ${opts.hostId}: no cluster key (FERRY_CLUSTER_KEY_FILE): channel-2 secrets of migrations to this host travel in workflow history`);
   let qemuDriver: QemuDriver | null = null;
   let ssh: SshHost | null = null;
   if (opts.driver === 'qemu') {
@@ -129,6 +135,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     dataAddress,
     storageDir: opts.storageDir,
     startedAtMs: Date.now(),
+    channelKeys,
   };
   const migrationActivities = emulated
     ? createEmulatedActivities({ ...ctx, driver: emulated, channels, store: new SharedStore(opts.storageDir), ...(tls ? { tls } : {}) } satisfies EmulatedContext)

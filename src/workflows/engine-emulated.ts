@@ -104,7 +104,9 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
     abortTarget: () => cleanup(target).abortTarget(ref),
     async prepareSource(bandwidthBytesPerSec: number) {
       const p = prep!;
-      const r = await src.prepareSource({ ...ref, target, dataAddress: p.dataAddress, secret: p.secret, strategy, options: { ...options, bandwidthBytesPerSec } });
+      // The grant (or, from a target without a cluster key, the secret) goes on as the target gave it.
+      const credential = p.grant ? { grant: p.grant } : { secret: p.secret };
+      const r = await src.prepareSource({ ...ref, target, dataAddress: p.dataAddress, ...credential, strategy, options: { ...options, bandwidthBytesPerSec } });
       return { startedAtMs: r.startedAtMs };
     },
     rollbackSource: () => cleanup(source).rollbackSource(ref),

@@ -56,7 +56,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
   const relayed = usesParMigrate(strategy);
 
   let desc: Described | null = null;
-  let prep: { uri: string; tls: boolean; relay?: { host: string; port: number; token: string } } | null = null;
+  let prep: { uri: string; tls: boolean; relay?: { host: string; port: number; grant?: { keyId: string; nonce: string }; token?: string } } | null = null;
   let save: (StaticSaveResult & { divertedWireBytes: number }) | null = null;
   let merge: StaticMergeResult | null = null;
   let outcome: QemuOutcome | null = null;

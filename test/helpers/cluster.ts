@@ -37,7 +37,7 @@ export function uniqueHost(name: string): string {
 
 export async function startAgentProcess(
   hostId: string,
-  opts: { storageDir?: string; memoryCapacity?: string; address?: string; extraArgs?: string[] } = {},
+  opts: { storageDir?: string; memoryCapacity?: string; address?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv } = {},
 ): Promise<FerryProcess> {
   const args = ['agent', '--host', hostId];
   if (opts.memoryCapacity) args.push('--memory-capacity', opts.memoryCapacity);
@@ -46,6 +46,7 @@ export async function startAgentProcess(
     env: {
       FERRY_TEMPORAL_ADDRESS: opts.address ?? temporalAddress(),
       FERRY_STORAGE_DIR: opts.storageDir ?? tempDir('storage'),
+      ...opts.env,
     },
   });
   await p.ready;
