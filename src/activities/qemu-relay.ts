@@ -167,6 +167,18 @@ export async function startSourceRelay(
   return `unix:${sock}`;
 }
 
+/**
+ * The file by which the target agent tells the source agent, over shared storage, that the
+ * StaticData merge is done (beside the migration's StaticData; removed with it).
+ */
+export function mergedMarker(ctx: Pick<QemuContext, 'store'>, migrationId: string): string {
+  return path.join(path.dirname(ctx.store.dir(migrationId, 'static')), 'merged');
+}
+
+async function markMerged(ctx: Pick<QemuContext, 'store'>, migrationId: string): Promise<void> {
+  await fsp.writeFile(mergedMarker(ctx, migrationId), `${Date.now()}\n`, { mode: 0o600 });
+}
+
 export function createQemuRelayActivities(ctx: QemuContext, relays: Relays, sessions: QemuSessions) {
   return {
     /** Source: wait until the bulk pass is committed to StaticData. */
@@ -192,6 +204,8 @@ export function createQemuRelayActivities(ctx: QemuContext, relays: Relays, sess
       const timer = setInterval(() => heartbeat(target.stats()), 1000);
       try {
         const r = await target.merge(ctx.store.openReader(ref.migrationId, 'static'), { signal: actx.cancellationSignal });
+        // The source agent may be armed to switch the moment this merge is done (qemuSwitchWhenMerged): tell it now.
+        await markMerged(ctx, ref.migrationId);
         return { pages: r.pages, skippedNewer: r.skippedNewer, bytesRead: r.bytesRead, mergeMs: r.mergeMs };
       } catch (e) {
         if (actx.cancellationSignal.aborted) target.abandon('the workflow gave StaticData up');

@@ -6,12 +6,13 @@
  * the event that says it happened. Per-pass statistics are the ones the driver captured at
  * MIGRATION_PASS (the dirty-bitmap sync), never polled.
  */
+import fsp from 'node:fs/promises';
 import { growthCurve, startDirtySampler } from '../hypervisor/qemu/dirty-sampler';
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { mayPostcopy, type StrategyName } from '../policy/types';
 import { userError } from './errors';
 import { cancelled, createQemuSharedActivities, heartbeat, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
-import { Relays, requireLocalQemu, startSourceRelay, type RelayAddress } from './qemu-relay';
+import { mergedMarker, Relays, requireLocalQemu, startSourceRelay, type RelayAddress } from './qemu-relay';
 import type { MigrationOptions, StepRef, VerifyResult, VmDescription } from './types';
 
 /** QEMU's upper bound for downtime-limit (ms): raising it to this forces the completion. */
@@ -241,6 +242,38 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       const out = await outcomeOf(v, s.startedAtMs - 1000);
       if (st !== 'completed') throw new Error(`stop-and-copy of ${input.vm} ended ${st ?? 'nowhere'}: ${out.error ?? 'no error from QEMU'}`);
       return out;
+    },
+
+    /**
+     * Armed switch (par-migrate on QEMU): the workflow has already decided to switch once the
+     * StaticData merge is done; wait here for the target agent's word on shared storage and
+     * switch at once, without a round trip through the workflow. Returns without switching
+     * when QEMU's migration ended meanwhile; cancelled when the workflow disarms.
+     */
+    async qemuSwitchWhenMerged(input: StepRef): Promise<{ switched: boolean; note: string }> {
+      const s = sessions.of(input);
+      const v = vmOf(ctx, input.vm);
+      const since = s.startedAtMs - 1000;
+      const marker = mergedMarker(ctx, input.migrationId);
+      const armedAt = Date.now();
+      let beat = armedAt;
+      const gone = cancelled();
+      gone.catch(() => undefined);
+      for (;;) {
+        const st = lastStatus(v, since)?.status;
+        if (st && st !== 'active' && st !== 'setup') return { switched: false, note: `QEMU's migration is ${st}: nothing to switch` };
+        if (await fsp.access(marker).then(() => true, () => false)) break;
+        if (Date.now() - beat >= 250) {
+          beat = Date.now();
+          heartbeat({ armedMs: beat - armedAt });
+        }
+        await Promise.race([new Promise((r) => setTimeout(r, 20)), gone]);
+      }
+      await v.qmp.execute('migrate-start-postcopy').catch((e: Error) => {
+        // Completed meanwhile (the workflow's switch step sees how it ended).
+        if (!/postcopy already started|not active/i.test(e.message)) throw e;
+      });
+      return { switched: true, note: `switched ${Date.now() - armedAt} ms after arming, as soon as the merge was done` };
     },
 
     async qemuSwitchToPostcopy(input: StepRef): Promise<QemuOutcome> {

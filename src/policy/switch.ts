@@ -5,7 +5,7 @@
  */
 import { estimateSendMs, fmt, lambdas } from './convergence';
 import { ferrySwitch, growthAt, predictNextRound } from './ferry-switch';
-import type { Decision, PolicyConfig, PolicyState } from './types';
+import { mayPostcopy, type Decision, type PolicyConfig, type PolicyState } from './types';
 
 const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
 
@@ -199,6 +199,19 @@ export function holdForMerge(state: PolicyState, cfg: PolicyConfig): string | nu
   if (!(later <= next.leaves * HOLD_SATURATION)) return null;
   const why = once.reason.replace(/^switch to post-copy at iteration \d+: /, '');
   return `hold the rounds at iteration ${state.iterations.length + 1} until the static merge is done: once merged the rule would switch (${why}); the dirty set is saturated (~${Math.round(later)} pages after ${Math.round(next.ms * 4)} ms); one fresh round after the merge, then the decision`;
+}
+
+/**
+ * par-migrate on an engine whose passes run on by themselves (QEMU): the decision the rule
+ * will take the moment the static merge completes, from the rounds measured so far — the
+ * same decision the workflow would take then. When it is a switch, the source can be armed
+ * to take it at the merge's completion without a round trip through the workflow. Null when
+ * the merge is done or the rule would not switch once merged.
+ */
+export function armOnMerge(state: PolicyState, cfg: PolicyConfig): Decision | null {
+  if (state.staticMerged || !mayPostcopy(cfg.strategy)) return null;
+  const once = decide({ ...state, staticMerged: true }, cfg);
+  return once.action === 'switch-to-postcopy' ? once : null;
 }
 
 /** A dirty set that grows less than this between one round's duration and four times it is saturated. */

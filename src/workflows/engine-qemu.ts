@@ -14,7 +14,7 @@
  *
  * Activities: src/activities/qemu-source.ts and qemu-target.ts.
  */
-import { ApplicationFailure, proxyActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, ApplicationFailure, proxyActivities } from '@temporalio/workflow';
 import type { QemuActivities, QemuOutcome } from '../activities/qemu';
 import type { StaticMergeResult, StaticSaveResult, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
@@ -39,6 +39,22 @@ function steps(host: string, startToCloseTimeout: string, attempts: number) {
   });
 }
 
+/**
+ * The armed switch: one attempt (the workflow's own switch step follows anyway), a short
+ * heartbeat so a disarm reaches the agent quickly, and a cancel that waits for the agent's
+ * answer — it may have switched just before.
+ */
+function armedStep(host: string) {
+  return proxyActivities<QemuActivities>({
+    taskQueue: hostQueue(host),
+    startToCloseTimeout: '2h',
+    scheduleToStartTimeout: '30s',
+    heartbeatTimeout: '3s',
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    retry: { maximumAttempts: 1 },
+  });
+}
+
 type Described = Awaited<ReturnType<QemuActivities['qemuDescribe']>>;
 type Verified = Awaited<ReturnType<QemuActivities['qemuVerifyTarget']>>;
 
@@ -50,6 +66,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
   const cleanupS = steps(source, '2m', 3);
   const cleanupT = steps(target, '2m', 3);
   const fwdS = steps(source, '2h', 20);
+  const armed = armedStep(source);
   const fwdT = steps(target, '2h', 20);
   const stallMs = options.faultTimeoutMs && options.faultTimeoutMs > 0 ? options.faultTimeoutMs : DEFAULT_STALL_MS;
   const pageSize = 4096;
@@ -136,6 +153,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
       outcome = await src.qemuStopAndCopy(ref);
       switched = 'stop-and-copy';
     },
+    switchWhenMerged: () => armed.qemuSwitchWhenMerged(ref),
     async switchToPostcopy() {
       outcome = await src.qemuSwitchToPostcopy(ref);
       switched = 'postcopy';

@@ -30,11 +30,13 @@ export interface EngineCaps {
   bandwidthAfterSwitch: boolean;
   /** Pre-copy passes run on by themselves and ferry watches them (else each round is one of ferry's activities). */
   passesRunOn: boolean;
+  /** The source can be armed to switch to post-copy the moment the StaticData merge is done (switchWhenMerged). */
+  armedSwitch: boolean;
 }
 
 export const ENGINE_CAPS: Record<EngineName, EngineCaps> = {
-  emulated: { staticSnapshot: true, pbdata: true, postcopyRecovery: false, guestSelfCheck: false, bandwidthAfterSwitch: false, passesRunOn: false },
-  qemu: { staticSnapshot: true, pbdata: false, postcopyRecovery: true, guestSelfCheck: true, bandwidthAfterSwitch: true, passesRunOn: true },
+  emulated: { staticSnapshot: true, pbdata: true, postcopyRecovery: false, guestSelfCheck: false, bandwidthAfterSwitch: false, passesRunOn: false, armedSwitch: false },
+  qemu: { staticSnapshot: true, pbdata: false, postcopyRecovery: true, guestSelfCheck: true, bandwidthAfterSwitch: true, passesRunOn: true, armedSwitch: true },
 };
 
 /** What the source says about the VM before anything moves. */
@@ -83,6 +85,12 @@ export interface Engine {
   mergeStatic(): Promise<unknown>;
   removeStaticData(): Promise<unknown>;
   round(index: number, bulk: boolean): Promise<RoundResult>;
+  /**
+   * caps.armedSwitch only: switch to post-copy on the source the moment the target reports
+   * the StaticData merge done (no round trip through the workflow). Resolves with whether it
+   * switched; cancelled to disarm. The runbook's switch step follows either way.
+   */
+  switchWhenMerged?(): Promise<{ switched: boolean; note: string }>;
   /** Pause, send the rest, resume on the target. */
   stopAndCopy(): Promise<void>;
   /** Pause, hand the missing set over, resume on the target (PbData sync first when asked). */

@@ -20,8 +20,9 @@ import { ApplicationFailure, CancellationScope, allHandlersFinished, condition, 
 import type { HostActivities } from '../activities/host';
 import type { StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
-import { decide, holdForMerge, lambdaOf, transferMs } from '../policy';
+import { armOnMerge, decide, holdForMerge, lambdaOf, transferMs } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision, type IterationStat, type PolicyConfig, type PolicyState, type SwitchRule } from '../policy/types';
+import { ArmedSwitch } from './armed-switch';
 import { audited } from './audit';
 import { Journal, progressOf, registerControls } from './controls';
 import { engineFor, type Engine, type EngineName, type RoundResult, type VmFacts } from './engine';
@@ -45,6 +46,8 @@ export const DOWNTIME_PATCH = 'ferry-downtime-promise';
 export const HOLD_FOR_MERGE_PATCH = 'ferry-hold-for-merge';
 /** Engines whose passes run on by themselves (QEMU): decide when the merge completes, not at the next pass's end. */
 export const DECIDE_ON_MERGE_PATCH = 'ferry-decide-on-merge';
+/** Engines that can be armed (QEMU): the source switches the moment the merge is done, as decided before. */
+export const ARMED_SWITCH_PATCH = 'ferry-armed-switch';
 
 const facts = (host: string) =>
   proxyActivities<HostActivities>({
@@ -110,6 +113,8 @@ class Runbook {
   /** The target's merge failed (not cancelled): the migration rolls back. */
   private mergeFailed = false;
   private staticAbandoned: string | null = null;
+  /** The switch armed on the source for the merge's completion (engines with caps.armedSwitch). */
+  private readonly arm = new ArmedSwitch();
 
   constructor(private readonly input: MigrationInput) {
     const info = this.info;
@@ -217,6 +222,17 @@ class Runbook {
    * par-migrate's merge runs, only the max-iterations valve applies (MECHANISM.md).
    */
   private async precopyRounds(): Promise<Ending> {
+    try {
+      return await this.precopyLoop();
+    } finally {
+      // Whatever ended pre-copy, the source must not switch on its own any more.
+      if (this.arm.armed && (await CancellationScope.nonCancellable(() => this.arm.disarm()))) {
+        this.journal.switched = true; // it switched as the runbook was stopped: post-copy runs, nothing is rolled back
+      }
+    }
+  }
+
+  private async precopyLoop(): Promise<Ending> {
     const { strategy, options } = this.input;
     const { journal } = this;
     // After waiting for the merge, the last round's dirty count is stale: run one more
@@ -243,6 +259,16 @@ class Runbook {
         }
       }
       if ((i > 1 && !statsStale) || strategy === 'postcopy') {
+        const d = this.decide(i);
+        const armWith = d.action === 'continue' ? this.armDecision() : null;
+        if (armWith) {
+          this.arm.arm(this.engine!, armWith);
+          journal.record({ action: 'continue', reason: `${d.reason}; armed: once merged, ${armWith.reason} — the source switches the moment the merge is done` });
+        } else if (this.arm.armed && (await this.arm.disarm())) {
+          return this.armedEnding();
+        }
+      }
+      if (((i > 1 && !statsStale) || strategy === 'postcopy') && !this.arm.armed) {
         const d = this.decide(i);
         const hold = d.action === 'continue' && this.mayHoldForMerge() ? holdForMerge(this.policyState(), this.policyConfig()) : null;
         journal.record(hold ? { action: 'continue', reason: hold } : d);
@@ -297,7 +323,15 @@ class Runbook {
       (r) => (settled = { ok: true, r }),
       (err: unknown) => (settled = { ok: false, err }),
     );
-    await condition(() => settled !== null || this.staticMerged === true);
+    await condition(() => settled !== null || this.staticMerged === true || this.arm.fired);
+    // Armed: when the merge is done or the round ended (QEMU may have switched under it), hear the source first.
+    if (this.arm.armed && (this.staticMerged || (settled !== null && !(settled as { ok: boolean }).ok))) await condition(() => this.arm.settled);
+    if (this.arm.fired) {
+      scope.cancel();
+      await round.catch(() => undefined);
+      await this.arm.disarm();
+      return { kind: 'decided', action: this.armedEnding() };
+    }
     if (settled === null) {
       const d = this.decide(i);
       const at = `the StaticData merge completed during round ${i}`;
@@ -313,6 +347,26 @@ class Runbook {
     const s = settled as unknown as { ok: true; r: RoundResult } | { ok: false; err: unknown };
     if (!s.ok) throw s.err;
     return s.r;
+  }
+
+  /**
+   * The decision to arm the source with at this boundary: the switch the rule will take once
+   * merged, where the engine can carry it out itself (null: do not arm, or disarm).
+   */
+  private armDecision(): Decision | null {
+    const engine = this.engine!;
+    if (!engine.caps.armedSwitch || !engine.caps.passesRunOn || this.journal.forcedBy) return null;
+    if (this.staticMerged !== false || this.mergePromise === null || this.saveError !== null || this.staticAbandoned !== null || this.mergeFailed) return null;
+    const d = armOnMerge(this.policyState(), this.policyConfig());
+    return d && patched(ARMED_SWITCH_PATCH) ? d : null;
+  }
+
+  /** The armed switch fired: record the decision it carried out. */
+  private armedEnding(): Ending {
+    const d = this.arm.decision!;
+    this.journal.record({ ...d, reason: `${d.reason} (armed before the merge completed; the source ${this.arm.note})` });
+    this.journal.setPhase('switching'); // the source has switched: a cancel is refused from here, as during the switch step
+    return 'switch-to-postcopy';
   }
 
   /** StaticData failed for good (storage full or not writable): go on without channel-1. */

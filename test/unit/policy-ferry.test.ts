@@ -1,6 +1,6 @@
 /** ferry's switch rule, the paper's rule beside it, the fixed switch point and the pause's overhead. */
 import { describe, expect, it } from 'vitest';
-import { budgetPages, decide, growthAt, holdForMerge, predictNextRound, stopAndCopyTest } from '../../src/policy';
+import { armOnMerge, budgetPages, decide, growthAt, holdForMerge, predictNextRound, stopAndCopyTest } from '../../src/policy';
 import type { IterationStat, PolicyConfig, PolicyState, StrategyName, SwitchRule } from '../../src/policy';
 
 const PAGE = 4096;
@@ -187,6 +187,38 @@ describe('holdForMerge: rounds during the static merge', () => {
     const why = holdForMerge({ iterations, remainingPages, staticMerged }, cfgOf(over));
     if (expected === null) expect(why).toBeNull();
     else expect(why).toMatch(expected);
+  });
+});
+
+describe('armOnMerge: the switch an armed source takes when the merge completes', () => {
+  const cfgOf = (over: Partial<PolicyConfig> = {}): PolicyConfig => ({ strategy: 'pa-hybrid', pageSize: 4096, pageCount: 65536, maxDowntimeMs: 300, maxIterations: 30, bandwidthBytesPerSec: 32 * 2 ** 20, switchRule: 'ferry', ...over });
+  const flat = [[50, 2000], [100, 2800], [150, 2990], [250, 3000], [366, 3000]];
+  const plateau: IterationStat[] = [
+    { index: 1, pages: 3000, durationMs: 366, bytes: 3000 * 4096, dirtyAfter: 3000, growth: flat },
+    { index: 2, pages: 3000, durationMs: 366, bytes: 3000 * 4096, dirtyAfter: 3000, growth: flat },
+  ];
+  const rising = plateau.map((it) => ({ ...it, growth: [[50, 410], [100, 820], [200, 1640], [366, 3000]] }));
+  const shrinking: IterationStat[] = [
+    { index: 1, pages: 20000, durationMs: 2441, bytes: 20000 * 4096, dirtyAfter: 8000 },
+    { index: 2, pages: 8000, durationMs: 976, bytes: 8000 * 4096, dirtyAfter: 3200 },
+  ];
+  it.each([
+    ['a plateau, merge running: the decision once merged, exactly', plateau, 3000, false, {}, true],
+    ['a set that still grows: armed too (no wait is involved, the passes run on)', rising, 3000, false, {}, true],
+    ["the paper's rule: its own decision once merged", plateau, 3000, false, { switchRule: 'paper' as const }, 'same'],
+    ['merged already: nothing to arm', plateau, 3000, true, {}, false],
+    ['par-migrate never switches', plateau, 3000, false, { strategy: 'par-migrate' as const }, false],
+    ['a load shrinking toward the budget: once merged the rule goes on, nothing armed', shrinking, 3200, false, {}, false],
+  ])('%s', (_name, iterations, remainingPages, staticMerged, over, expected) => {
+    const state = { iterations, remainingPages, staticMerged };
+    const armed = armOnMerge(state, cfgOf(over));
+    const once = decide({ ...state, staticMerged: true }, cfgOf(over));
+    if (expected === false) expect(armed).toBeNull();
+    else if (expected === 'same') expect(armed).toEqual(once.action === 'switch-to-postcopy' ? once : null);
+    else {
+      expect(armed).toEqual(once);
+      expect(armed?.action).toBe('switch-to-postcopy');
+    }
   });
 });
 

@@ -98,7 +98,7 @@ describe('qemu: par-migrate through the relays', () => {
     });
   });
 
-  it('pa-hybrid: the merge completes during a pass: the decision comes then, and ferry stops watching that pass', async () => {
+  it('pa-hybrid: armed before the merge, the source switches the moment the merge is done; ferry records the decision and stops watching that pass', async () => {
     await withCluster(h, { ...qemu, rounds: diverging }, async (c) => {
       const merge = c.gate();
       const pass3 = c.gate(); // QEMU's third pass does not end while the test runs
@@ -112,11 +112,44 @@ describe('qemu: par-migrate through the relays', () => {
       });
       const handle = await c.migrate('pa-hybrid');
       await pass3.entered;
+      // Two passes measured (λ = 2 from the second): once merged the rule switches, so the source is armed with it.
+      await c.until(() => c.called('qemuSwitchWhenMerged').length === 1, 'the source armed');
+      expect(c.called('qemuSwitchWhenMerged')[0]?.side).toBe('source');
       expect(c.called('qemuSwitchToPostcopy')).toEqual([]);
       merge.open();
       const r = await report(handle);
       expect(r.outcome).toBe('completed');
-      // Two passes measured (λ = 2 from the second): once merged, the rule switches at once.
+      expect(r.iterations).toHaveLength(2);
+      expect(r.decisions.some((d) => d.action === 'continue' && /armed: once merged, switch to post-copy at iteration 3: /.test(d.reason))).toBe(true);
+      const last = r.decisions.at(-1)!;
+      expect(last.action).toBe('switch-to-postcopy');
+      expect(last.reason).toMatch(/^switch to post-copy at iteration 3: .*\(armed before the merge completed; the source switched as soon as the merge was done \(stub\)\)$/);
+      expect(pass3.cancelled).toBe(true);
+      // The runbook's own switch step follows (it finds QEMU switched), after the merge.
+      expect(c.indexOf('qemuSwitchToPostcopy')).toBeGreaterThan(c.indexOf('qemuMergeStatic'));
+      pass3.open();
+    });
+  });
+
+  it('pa-hybrid: an arm that fails leaves the decision to the workflow, taken when the merge completes during a pass', async () => {
+    await withCluster(h, { ...qemu, rounds: diverging }, async (c) => {
+      const merge = c.gate();
+      const pass3 = c.gate();
+      c.on('qemuMergeStatic', async (_i, x) => {
+        await merge.wait();
+        return x.answer();
+      });
+      c.on('qemuAwaitPass', async (i, x) => {
+        if (i.index === 3) await pass3.wait();
+        return x.answer();
+      });
+      c.fail('qemuSwitchWhenMerged', 'nonRetryable', 'the agent cannot watch the merge (stub)');
+      const handle = await c.migrate('pa-hybrid');
+      await pass3.entered;
+      await c.until(() => c.called('qemuSwitchWhenMerged').length === 1, 'the arm tried');
+      merge.open();
+      const r = await report(handle);
+      expect(r.outcome).toBe('completed');
       expect(r.iterations).toHaveLength(2);
       const last = r.decisions.at(-1)!;
       expect(last.action).toBe('switch-to-postcopy');

@@ -110,6 +110,7 @@ export const QEMU_ACTIVITIES = [
   'qemuSaveStatic',
   'qemuMergeStatic',
   'qemuRemoveStatic',
+  'qemuSwitchWhenMerged',
 ] as const;
 
 /** The same step under each engine's activity name. */
@@ -307,6 +308,8 @@ export class StubCluster {
   private readonly handles: WorkflowHandle[] = [];
   private stopping!: () => void;
   private readonly stopped = new Promise<void>((r) => (this.stopping = r));
+  /** Opened when a qemuMergeStatic stub returns: the target's word an armed source waits for. */
+  private readonly merged = new Gate();
 
   constructor(
     private readonly h: Harness,
@@ -372,6 +375,7 @@ export class StubCluster {
     // A workflow a failed test left running: end it, so nothing waits for these hosts.
     await Promise.all(this.handles.map((h) => h.terminate('test over').catch(() => undefined)));
     this.stopping();
+    this.merged.open();
     for (const w of this.workers) if (w.getState() === 'RUNNING') w.shutdown();
     await Promise.all(this.runs);
   }
@@ -431,7 +435,14 @@ export class StubCluster {
         counts.set(name, nth + 1);
         const c: CallCtx = { side, host, attempt, nth, answer: async () => this.answer(name, side, host, input ?? {}) };
         const o = this.overrides.get(name);
-        return o ? o(input ?? {}, c) : c.answer();
+        if (!o && name === 'qemuSwitchWhenMerged') {
+          // Armed: wait (heartbeating, cancellable) for the merge stub to return, then switch.
+          await this.merged.wait();
+          return { switched: true, note: 'switched as soon as the merge was done (stub)' };
+        }
+        const r = await (o ? o(input ?? {}, c) : c.answer());
+        if (name === 'qemuMergeStatic') this.merged.open();
+        return r;
       };
     }
     return acts;
