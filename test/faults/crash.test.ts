@@ -29,12 +29,14 @@ afterAll(async () => {
 });
 
 // The paper's switch rule keeps pre-copy going on a plateau: these faults aim at its rounds.
-async function start(strategy: StrategyName, workload: string, options: Partial<MigrationOptions>): Promise<WorkflowHandle> {
+// A 32 MiB guest: its rounds take half as long as a 64 MiB one's, and each fault still lands
+// in the phase it names (the static save is kept long by a slow storage link).
+async function start(strategy: StrategyName, workload: string, options: Partial<MigrationOptions>, memoryMiB = 32): Promise<WorkflowHandle> {
   const vm = `crash-${++n}`;
   await iso.client.workflow.execute('vmCommandWorkflow', {
     taskQueue: CONTROL_QUEUE,
     workflowId: `vm-create-${vm}`,
-    args: [{ host: 'crash-a', op: 'create', spec: { name: vm, memoryBytes: 64 * MiB, workload, seed: n } }],
+    args: [{ host: 'crash-a', op: 'create', spec: { name: vm, memoryBytes: memoryMiB * MiB, workload, seed: n } }],
   });
   return iso.client.workflow.start('migrationWorkflow', {
     taskQueue: CONTROL_QUEUE,
@@ -73,14 +75,16 @@ function expectVerified(r: MigrationReport): void {
 }
 
 describe('controller SIGKILLed and restarted after a random delay', { timeout: 240_000 }, () => {
-  it.each<[string, StrategyName, string, Partial<MigrationOptions>, (p: Progress) => boolean]>([
-    ['during the static save', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 8 * MiB, pbdata: 'async' }, (p) => p.phase === 'precopy' && p.staticMerged === false && p.iteration >= 1],
-    ['mid-iterations', 'as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 12 }, (p) => p.iteration >= 3],
+  it.each<[string, StrategyName, string, Partial<MigrationOptions>, (p: Progress) => boolean, number]>([
+    // 64 MiB at 8 MiB/s: an 8 s static save, outlasting the first rounds. The paper's rule may
+    // never fire on memcached's plateau: the valve (as in the fault bench) bounds the rest.
+    ['during the static save', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 8 * MiB, pbdata: 'async', maxIterations: 10 }, (p) => p.phase === 'precopy' && p.staticMerged === false && p.iteration >= 1, 64],
+    ['mid-iterations', 'as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 12 }, (p) => p.iteration >= 3, 32],
     // The paper's rule may never fire on memcached's plateau: a low valve bounds the wait for the switch.
-    ['at the switch', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1, maxIterations: 8 }, (p) => p.phase === 'switching'],
-    ['during post-copy', 'postcopy', 'kernel-compile', { bandwidthBytesPerSec: 8 * MiB }, (p) => p.phase === 'postcopy'],
-  ])('%s: the migration completes, verified, no iteration twice', async (_when, strategy, workload, options, when) => {
-    const handle = await start(strategy, workload, options);
+    ['at the switch', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1, maxIterations: 8 }, (p) => p.phase === 'switching', 32],
+    ['during post-copy', 'postcopy', 'kernel-compile', { bandwidthBytesPerSec: 8 * MiB }, (p) => p.phase === 'postcopy', 32],
+  ])('%s: the migration completes, verified, no iteration twice', async (_when, strategy, workload, options, when, memoryMiB) => {
+    const handle = await start(strategy, workload, options, memoryMiB);
     await until(handle, when);
     iso.controller.kill('SIGKILL');
     await iso.controller.exited;
