@@ -139,4 +139,112 @@ describe('dashboard', () => {
     await page.screenshot({ path: path.join(IMG, 'dashboard-migration.png'), fullPage: true });
     await context.close();
   });
+
+  it('cancel from the page before the switch rolls back (verified on the source); a read token sees it and cannot act; no token sees nothing', async () => {
+    const vm = `ui-cancel-${run}`;
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 16 * MiB, workload: 'kernel-compile', seed: 22 });
+    // Pre-copy over a 1 MiB/s link: the first round alone takes longer than the test needs.
+    const m = await startThroughApi(vm, 'precopy', { bandwidth: '1MiB/s' });
+    const where = `#/migration/${m.id}/${m.runId}`;
+
+    const writer = await openDashboard(browser, api.url, WRITE);
+    await writer.page.goto(`/ui/${where}`);
+    await attrBecomes(writer.page, '#head', 'data-phase', (v) => v === 'precopy');
+
+    // A read token: the same migration, live, and its list row; no controls, and the API refuses its writes.
+    const reader = await openDashboard(browser, api.url, READ);
+    expect(await reader.page.locator('#who').textContent()).toBe('auditor (read only)');
+    await reader.page.locator(`#migrations tr[data-vm="${vm}"]`).waitFor();
+    await reader.page.goto(`/ui/${where}`);
+    await attrBecomes(reader.page, '#head', 'data-phase', (v) => v === 'precopy');
+    await reader.page.locator('#chart-phases svg').waitFor();
+    expect(await reader.page.locator('#title').textContent()).toBe(`${vm}: ${hostA} → ${hostB}`);
+    expect(await reader.page.locator('#controls button').count()).toBe(0);
+    const readerTry = await reader.page.evaluate(async (u) => {
+      const r = await fetch(u, { method: 'POST', headers: { 'x-ferry-csrf': '1', 'content-type': 'application/json' }, body: JSON.stringify({ requestedBy: 'auditor' }) });
+      return { status: r.status, body: (await r.json()) as { error: string } };
+    }, `/v1/migrations/${m.id}/cancel`);
+    expect(readerTry.status).toBe(403);
+    expect(readerTry.body.error).toMatch(/auditor' may only read/);
+
+    // The write session's cookie without the CSRF header: refused (another site could send the cookie, never the header).
+    const forged = await writer.page.evaluate(async (u) => (await fetch(u, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ requestedBy: 'x' }) })).status, `/v1/migrations/${m.id}/cancel`);
+    expect(forged).toBe(403);
+
+    // No token: the login form and nothing else; the API answers 401 to the browser.
+    const stranger = await openDashboard(browser, api.url, null);
+    expect(await stranger.page.locator('#nav').isHidden()).toBe(true);
+    expect(await stranger.page.locator('body').textContent()).not.toContain(vm);
+    const statuses = await stranger.page.evaluate(
+      async (paths) => Promise.all(paths.map(async (u) => (await fetch(u)).status)),
+      ['/v1/migrations', `/v1/migrations/${m.id}`, `/v1/migrations/${m.id}/timeline`, '/v1/evacuations', '/v1/audit?vm=x', '/v1/session'],
+    );
+    expect(statuses).toEqual([401, 401, 401, 401, 401, 401]);
+    await stranger.page.fill('#token', 'not-a-token');
+    await stranger.page.click('#login-form button[type=submit]');
+    await expect.poll(() => stranger.page.locator('#login-message').textContent()).toMatch(/invalid bearer token/);
+    expect(await stranger.page.locator('body').textContent()).not.toContain(vm);
+    // The session cookie is HttpOnly: page script cannot read it.
+    expect(await writer.page.evaluate(() => document.cookie)).toBe('');
+    expect((await writer.context.cookies()).find((c) => c.name === 'ferry_token')).toMatchObject({ httpOnly: true, sameSite: 'Strict' });
+
+    // Cancel from the page, before the switch: rolled back, the guest verified on the source.
+    await writer.page.click('#btn-cancel');
+    await expect.poll(() => writer.page.locator('#control-message').textContent()).toMatch(/^cancel: accepted \(rolls back/);
+    await attrBecomes(writer.page, '#head', 'data-phase', (v) => v === 'rolled-back');
+    const report = await reportOf(m);
+    expect(report.outcome).toBe('rolled-back');
+    expect(report.verification).toMatchObject({ ok: true, where: 'source' });
+    expect(await writer.page.locator('#outcome-reason').textContent()).toBe(report.reason);
+    expect(report.reason).toMatch(/cancelled by env \(dashboard\)/);
+    expect(await writer.page.locator('#verification').textContent()).toMatch(new RegExp(`verified on the source: ${report.verification!.pagesChecked} pages checked, 0 mismatches`));
+    // The read session follows it to the end too.
+    await attrBecomes(reader.page, '#head', 'data-phase', (v) => v === 'rolled-back');
+
+    // The audit trail, searched from the page by VM.
+    await writer.page.goto(`/ui/#/audit?vm=${vm}`);
+    const attempt = writer.page.locator(`#audit-attempts tr[data-vm="${vm}"]`);
+    await attempt.waitFor();
+    expect(await attempt.textContent()).toContain('rolled-back');
+    expect(await attempt.textContent()).toContain(`UI-${run}-${vm}`);
+    await Promise.all([writer.context.close(), reader.context.close(), stranger.context.close()]);
+  });
+
+  it('an evacuation board: VMs queued on a limit, a queued one cancelled from the page, then all done', async () => {
+    const ticket = `UI-EV-${run}`;
+    const names = [1, 2, 3, 4].map((i) => `ui-ev${i}-${run}`);
+    // Guests that dirty memory, over a 4 MiB/s link: each VM takes a few rounds, long enough to watch.
+    await Promise.all(names.map((name, i) => createVm(controller.client, hostE, { name, memoryBytes: 8 * MiB, workload: 'kernel-compile', seed: 30 + i })));
+    const { page, context } = await openDashboard(browser, api.url, WRITE);
+    // The board of the evacuation this ticket will start (its id follows from the ticket).
+    await page.goto(`/ui/#/evacuation/evacuate-${ticket}`);
+    const r = await post('/v1/evacuations', { hosts: [hostE], to: [hostB], maxParallel: 1, ticket, requestedBy: 'dashboard test', reason: 'drain the host', strategy: 'precopy', options: { bandwidth: '4MiB/s' } });
+    expect(r.status, JSON.stringify(r.json)).toBe(202);
+
+    // One at a time: the others wait, and say which limit they wait on.
+    const queued = page.locator('#evac-vms tr[data-status="queued"]');
+    await until(async () => (await queued.count()) >= 2, 'queued VMs');
+    expect(await queued.first().locator('.reason').textContent()).toMatch(/migrations running \(limit 1 at once\)/);
+    await expect.poll(() => page.locator('#limits tr[data-limit="parallel"] td.num').allTextContents()).toEqual(['1', '1']);
+
+    // Cancel the last queued VM from the board.
+    const last = queued.last();
+    const cancelled = (await last.getAttribute('data-vm'))!;
+    await last.locator('button[data-cancel]').click();
+    await expect.poll(() => page.locator('#evac-message').textContent()).toBe(`cancelled ${cancelled}`);
+    await page.locator(`#evac-vms tr[data-vm="${cancelled}"][data-status="cancelled"]`).waitFor();
+    // The README's picture: some done, one running, one waiting (or, on a slow page, the end).
+    await until(async () => ((await page.locator('#evac-vms tr[data-status="completed"]').count()) >= 1 && (await queued.count()) >= 1) || (await page.locator('#evac-head').getAttribute('data-status')) === 'completed', 'a VM done');
+    await page.screenshot({ path: path.join(IMG, 'dashboard-evacuation.png'), fullPage: true });
+
+    await attrBecomes(page, '#evac-head', 'data-status', (v) => v === 'completed');
+    const rows = page.locator('#evac-vms tbody tr');
+    const statuses = Object.fromEntries(await Promise.all((await rows.all()).map(async (row) => [await row.getAttribute('data-vm'), await row.getAttribute('data-status')])));
+    expect(statuses).toEqual(Object.fromEntries(names.map((n) => [n, n === cancelled ? 'cancelled' : 'completed'])));
+    expect(await page.locator('#evac-done').textContent()).toBe('4 of 4 done');
+    expect(await page.locator('#chart-evac g.mark-rect path').count()).toBe(3);
+    const summary = (await (await fetch(`${api.url}/v1/evacuations/evacuate-${ticket}`, { headers: { authorization: `Bearer ${READ}` } })).json()) as { summary: { counts: Record<string, number> } };
+    expect(summary.summary.counts).toMatchObject({ completed: 3, cancelled: 1 });
+    await context.close();
+  });
 });
