@@ -35,6 +35,7 @@ import { defaultPbData, type StrategyName } from '../policy/types';
 import { cancelQueuedUpdate, evacuationQuery } from '../workflows/evacuation-messages';
 import { cancelUpdate, progressQuery } from '../workflows/messages';
 import type { MigrationReport } from '../workflows/report';
+import { createApiListener, type ApiTlsFiles } from '../security/https';
 import { API_TOKEN_REQUIRED, authorizeRequest, type ApiToken, type Scope } from './auth';
 import { dashboardRoutes, serveDashboard } from './dashboard';
 import {
@@ -57,6 +58,8 @@ export interface ApiOptions {
   metrics?: Registry | null;
   /** When set, /metrics needs `Authorization: Bearer <it>` (FERRY_METRICS_TOKEN). */
   metricsToken?: string | null;
+  /** HTTPS (src/security/https.ts); null = plain HTTP. */
+  tls?: ApiTlsFiles | null;
   log?: (line: string) => void;
 }
 
@@ -485,7 +488,7 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
 export async function startApiServer(opts: ApiOptions): Promise<RunningApi> {
   if (opts.tokens.length === 0) throw new UsageError(API_TOKEN_REQUIRED);
   const { host, port } = splitListen(opts.listen, '--listen');
-  const server = http.createServer(createApiHandler(opts));
+  const server = createApiListener(createApiHandler(opts), opts.tls);
   server.keepAliveTimeout = 5000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -494,7 +497,7 @@ export async function startApiServer(opts: ApiOptions): Promise<RunningApi> {
   const address = listenAddress(server);
   return {
     address,
-    url: `http://${address}`,
+    url: `${opts.tls ? 'https' : 'http'}://${address}`,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

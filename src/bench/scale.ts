@@ -15,6 +15,7 @@
  *
  * Writes results.json and results.md to --out (default docs/bench/scale).
  */
+import { temporalTlsFiles, temporalTlsOption } from '../common/temporal-tls';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -415,7 +416,7 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleResult> {
     await Promise.all([controller.ready, ...agents.map((a) => a.ready)]);
     const apiUrl = /API on (http:\/\/\S+) /.exec(controller.output())?.[1];
     if (!apiUrl) throw new Error(`the controller did not say where its API listens:\n${controller.output().slice(-2000)}`);
-    connection = await Connection.connect({ address });
+    connection = await Connection.connect({ address, ...temporalTlsOption(temporalTlsFiles(process.env)) });
     const client = new Client({ connection });
     const services = (clusterStatus?.processes ?? []).filter((p) => p.name !== 'postgresql' && p.pid !== null).map((p) => p.pid!);
     const ctx: Ctx = {

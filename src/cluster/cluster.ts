@@ -13,11 +13,15 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { FERRY_SEARCH_ATTRIBUTES, VmId } from '../common/search-attributes';
 import { ensureGoTool, ensureTemporalBinary, TEMPORAL_SERVER, TEMPORAL_SQL_TOOL } from '../common/temporal-bin';
+import { temporalTlsEnv, temporalTlsOption, type TemporalTlsFiles } from '../common/temporal-tls';
+import { ensureClusterCerts } from './certs';
 import * as pg from './postgres';
 import { DEPLOY_DIR, logFileOf, logTail, portOpen, sleep, startService, stopProcess, type ServerEnv } from './services';
 import { isAlive, readState, refOf, writeState, SERVICES, type ClusterPorts, type ClusterState, type ProcessRef, type ServiceName } from './state';
 
 export const DEFAULT_CLUSTER_DIR = path.join('.ferry', 'cluster');
+/** The cluster's CA and certificates, under its directory (`ferry cluster certs` adds clients). */
+export const TLS_SUBDIR = 'tls';
 export const NAMESPACE = 'default';
 export const RETENTION = '72h';
 const PG_USER = 'temporal';
@@ -38,6 +42,8 @@ export interface ClusterStatus {
   dir: string;
   /** The frontend: what FERRY_TEMPORAL_ADDRESS points at. */
   address: string;
+  /** Mutual TLS on the frontend: the CA and the operator's client certificate (FERRY_TEMPORAL_TLS_*). */
+  tls: { dir: string; ca: string; cert: string; key: string } | null;
   namespace: string;
   /** Every process alive. */
   running: boolean;
@@ -66,10 +72,24 @@ export function clusterStatus(state: ClusterState): ClusterStatus {
   return {
     dir: state.dir,
     address: `127.0.0.1:${state.ports.services.frontend.grpc}`,
+    tls: clusterTls(state.dir),
     namespace: state.namespace,
     running: processes.every((p) => p.alive),
     processes,
   };
+}
+
+/** The cluster's certificates (`<dir>/tls`, made by `up`): the CA and the operator's client pair. */
+export function clusterTls(dir: string): ClusterStatus['tls'] {
+  const tlsDir = path.join(dir, TLS_SUBDIR);
+  const t = { dir: tlsDir, ca: path.join(tlsDir, 'ca.crt'), cert: path.join(tlsDir, 'operator.crt'), key: path.join(tlsDir, 'operator.key') };
+  return fs.existsSync(t.ca) && fs.existsSync(t.cert) ? t : null;
+}
+
+/** What a ferry process needs to reach this cluster's frontend. */
+export function clusterTlsFiles(dir: string): TemporalTlsFiles | null {
+  const t = clusterTls(dir);
+  return t && { ca: t.ca, cert: t.cert, key: t.key, serverName: null };
 }
 
 /** The cluster's status, or null when `dir` holds none. */
@@ -96,7 +116,10 @@ export async function up(dirArg: string, log: Log): Promise<UpResult> {
     const sqlTool = await ensureGoTool(TEMPORAL_SQL_TOOL, null, log);
     if (await ensurePostgres(state, log)) started.push('postgresql');
     writeState(state);
-    const env: ServerEnv = { ports: state.ports, pgUser: PG_USER, pgPassword: pgPassword(dir) };
+    // The frontend requires client certificates signed by the cluster's CA (made once).
+    const certs = ensureClusterCerts(path.join(dir, TLS_SUBDIR));
+    if (certs.created.length) log(`ferry cluster: certificates in ${certs.dir} (${certs.created.filter((f) => f.endsWith('.crt')).join(', ')})`);
+    const env: ServerEnv = { ports: state.ports, pgUser: PG_USER, pgPassword: pgPassword(dir), tlsDir: certs.dir };
     runSchemaSetup(sqlTool, state, env, log);
     for (const name of SERVICES) {
       if (isAlive(state.services[name])) continue;
@@ -110,8 +133,9 @@ export async function up(dirArg: string, log: Log): Promise<UpResult> {
     }
     await waitForServices(state, SERVICES);
     const address = `127.0.0.1:${state.ports.services.frontend.grpc}`;
-    runNamespaceSetup(cli, address, state, log);
-    await waitUntilServing(address, state.namespace, state);
+    const tls = clusterTlsFiles(dir);
+    runNamespaceSetup(cli, address, state, log, tls);
+    await waitUntilServing(address, state.namespace, state, tls);
     state.serving = true;
     writeState(state);
     log(`ferry cluster: up in ${((Date.now() - t0) / 1000).toFixed(1)} s${started.length ? ` (started ${started.join(', ')})` : ''}; frontend ${address}`);
@@ -272,7 +296,7 @@ function runSchemaSetup(sqlTool: string, state: ClusterState, env: ServerEnv, lo
 }
 
 /** deploy/temporal/setup-namespace.sh with the dev-server CLI (idempotent). */
-function runNamespaceSetup(cli: string, address: string, state: ClusterState, log: Log): void {
+function runNamespaceSetup(cli: string, address: string, state: ClusterState, log: Log, tls: TemporalTlsFiles | null): void {
   log(`ferry cluster: namespace ${state.namespace} and search attributes (deploy/temporal/setup-namespace.sh)`);
   runScript('setup-namespace.sh', {
     TEMPORAL_CLI: cli,
@@ -280,6 +304,7 @@ function runNamespaceSetup(cli: string, address: string, state: ClusterState, lo
     FERRY_NAMESPACE: state.namespace,
     FERRY_NAMESPACE_RETENTION: RETENTION,
     FERRY_SEARCH_ATTRIBUTES: FERRY_SEARCH_ATTRIBUTES.map((k) => k.name).join(' '),
+    ...temporalTlsEnv(tls),
   }, path.join(state.dir, 'logs', 'setup-namespace.log'));
 }
 
@@ -317,10 +342,10 @@ async function waitForServices(state: ClusterState, names: readonly ServiceName[
  * visibility query on ferry's search attributes is accepted (the frontend's namespace cache
  * has the attributes). A check workflow is started and terminated at once.
  */
-async function waitUntilServing(address: string, namespace: string, state: ClusterState, timeoutMs = 120_000): Promise<void> {
+async function waitUntilServing(address: string, namespace: string, state: ClusterState, tls: TemporalTlsFiles | null, timeoutMs = 120_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
-  const connection = await Connection.connect({ address, connectTimeout: 5000 });
+  const connection = await Connection.connect({ address, connectTimeout: 5000, ...temporalTlsOption(tls) });
   try {
     const client = new Client({ connection, namespace });
     for (;;) {

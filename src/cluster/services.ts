@@ -18,6 +18,8 @@ export interface ServerEnv {
   ports: ClusterPorts;
   pgUser: string;
   pgPassword: string;
+  /** The directory of ca.crt, frontend.crt and frontend.key: the frontend requires client certificates. */
+  tlsDir?: string | null;
 }
 
 /** The environment ferry.yaml reads, for one service's process. */
@@ -43,6 +45,7 @@ export function serviceEnv(name: ServiceName, env: ServerEnv): Record<string, st
     FERRY_TEMPORAL_WORKER_PORT: String(s.worker.grpc),
     FERRY_TEMPORAL_WORKER_MEMBERSHIP_PORT: String(s.worker.membership),
     FERRY_TEMPORAL_METRICS_PORT: String(s[name].metrics),
+    ...(env.tlsDir ? { FERRY_TEMPORAL_TLS_DIR: env.tlsDir } : {}),
   };
 }
 

@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { UsageError } from './errors';
+import { temporalTlsFiles, type TemporalTlsFiles, type TemporalTlsFlags } from './temporal-tls';
 
 export interface FerryConfig {
   /** host:port of a Temporal frontend; null = the embedded dev server. */
@@ -24,6 +25,8 @@ export interface FerryConfig {
   traceDir: string | null;
   /** When set, /metrics (API listener, controller and agent --metrics) needs `Authorization: Bearer <it>`. */
   metricsToken: string | null;
+  /** Mutual TLS to the Temporal frontend (FERRY_TEMPORAL_TLS_*); null = plain. */
+  temporalTls?: TemporalTlsFiles | null;
 }
 
 export interface ConfigFlags {
@@ -36,6 +39,7 @@ export interface ConfigFlags {
   auditDb?: string;
   auditUrl?: string;
   traceDir?: string;
+  temporalTls?: TemporalTlsFlags;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd = process.cwd()): FerryConfig {
@@ -64,5 +68,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd 
     stateDir,
     traceDir: ((d) => (d === null ? null : path.resolve(cwd, d)))(pick(flags.traceDir, 'FERRY_TRACE_DIR')),
     metricsToken: pick(undefined, 'FERRY_METRICS_TOKEN'),
+    temporalTls: ((t) => t && { ...t, ca: path.resolve(cwd, t.ca), cert: t.cert && path.resolve(cwd, t.cert), key: t.key && path.resolve(cwd, t.key) })(temporalTlsFiles(env, flags.temporalTls)),
   };
 }

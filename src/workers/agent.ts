@@ -23,12 +23,15 @@ import { SshHost, type SshTarget } from '../hypervisor/qemu/ssh';
 import { createQemuActivities } from '../activities/qemu';
 import type { HostContext } from '../activities/host';
 import { connectNative, installRuntime } from './runtime';
+import { temporalTlsOption, type TemporalTlsFiles } from '../common/temporal-tls';
 import { createAgentMetrics } from '../metrics/agent';
 import { serveMetrics, type MetricsServer } from '../metrics/http';
 
 export interface AgentOptions {
   hostId: string;
   temporalAddress: string;
+  /** Mutual TLS to the frontend (FERRY_TEMPORAL_TLS_*). */
+  temporalTls?: TemporalTlsFiles | null;
   namespace: string;
   driver: 'emulated' | 'qemu';
   /** host:port for the channel-2 listener (port 0 = any). */
@@ -156,7 +159,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     metricsServer = await serveMetrics(opts.metricsAddr, metrics.registry, { token: opts.metricsToken });
     log(`ferry agent ${opts.hostId}: metrics on ${metricsServer.url}`);
   }
-  const connection = await connectNative(opts.temporalAddress);
+  const connection = await connectNative(opts.temporalAddress, opts.temporalTls);
   const taskQueue = hostQueue(opts.hostId);
   const worker = await Worker.create({
     connection,
@@ -168,7 +171,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     ...(metrics ? { interceptors: { activity: [metrics.interceptor] } } : {}),
   });
   // Announce this host to the registry (created on first use).
-  const clientConnection = await Connection.connect({ address: opts.temporalAddress });
+  const clientConnection = await Connection.connect({ address: opts.temporalAddress, ...temporalTlsOption(opts.temporalTls) });
   const client = new Client({ connection: clientConnection, namespace: opts.namespace });
   await client.workflow.signalWithStart('hostRegistryWorkflow', {
     workflowId: REGISTRY_WORKFLOW_ID,
@@ -189,7 +192,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await ssh?.close();
     await connection.close();
   });
-  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress} (driver ${driver.kind}${ssh ? ` over ssh ${ssh.where}` : ''}, data ${dataAddress}${tls ? (qemuDriver ? ', channel-2 and QEMU migration mTLS' : ', channel-2 mTLS') : ''}, pid ${process.pid})`);
+  log(`ferry agent ${opts.hostId}: polling ${taskQueue} on ${opts.temporalAddress}${opts.temporalTls ? ' (mTLS)' : ''} (driver ${driver.kind}${ssh ? ` over ssh ${ssh.where}` : ''}, data ${dataAddress}${tls ? (qemuDriver ? ', channel-2 and QEMU migration mTLS' : ', channel-2 mTLS') : ''}, pid ${process.pid})`);
   return {
     hostId: opts.hostId,
     taskQueue,

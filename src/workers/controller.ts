@@ -10,9 +10,12 @@ import { CONTROL_QUEUE } from '../common/names';
 import { createAuditActivities } from '../activities/audit';
 import type { AuditStore } from '../audit/types';
 import { connectNative, installRuntime } from './runtime';
+import type { TemporalTlsFiles } from '../common/temporal-tls';
 
 export interface ControllerOptions {
   temporalAddress: string;
+  /** Mutual TLS to the frontend (FERRY_TEMPORAL_TLS_*). */
+  temporalTls?: TemporalTlsFiles | null;
   namespace: string;
   log?: (line: string) => void;
   /** A prebuilt bundle (tests build one and share it). */
@@ -41,7 +44,7 @@ const quietBundlerLogger = { trace: noop, debug: noop, info: noop, warn: noop, e
 export async function startController(opts: ControllerOptions): Promise<RunningController> {
   installRuntime();
   const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
-  const connection = await connectNative(opts.temporalAddress);
+  const connection = await connectNative(opts.temporalAddress, opts.temporalTls);
   const worker = await Worker.create({
     connection,
     namespace: opts.namespace,
@@ -50,7 +53,7 @@ export async function startController(opts: ControllerOptions): Promise<RunningC
     activities: createAuditActivities(opts.audit),
   });
   const done = worker.run().finally(() => connection.close());
-  log(`ferry controller: polling ${CONTROL_QUEUE} on ${opts.temporalAddress} (pid ${process.pid})`);
+  log(`ferry controller: polling ${CONTROL_QUEUE} on ${opts.temporalAddress}${opts.temporalTls ? ' (mTLS)' : ''} (pid ${process.pid})`);
   return {
     taskQueue: CONTROL_QUEUE,
     done,

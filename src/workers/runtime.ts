@@ -1,4 +1,5 @@
 import { DefaultLogger, NativeConnection, Runtime, type LogLevel } from '@temporalio/worker';
+import { temporalTlsOption, type TemporalTlsFiles } from '../common/temporal-tls';
 
 let installed = false;
 
@@ -9,11 +10,13 @@ export function installRuntime(level: LogLevel = (process.env.FERRY_LOG_LEVEL as
   Runtime.install({ logger: new DefaultLogger(level), telemetryOptions: { logging: { forward: {}, filter: { core: 'ERROR', other: 'ERROR' } } } });
 }
 
-export async function connectNative(address: string): Promise<NativeConnection> {
+/** A worker connection, with mutual TLS when `tls` is given (src/common/temporal-tls.ts). */
+export async function connectNative(address: string, tls?: TemporalTlsFiles | null): Promise<NativeConnection> {
   const deadline = Date.now() + 30_000;
+  const tlsOption = temporalTlsOption(tls);
   for (;;) {
     try {
-      return await NativeConnection.connect({ address });
+      return await NativeConnection.connect({ address, ...tlsOption });
     } catch (e) {
       if (Date.now() > deadline) throw new Error(`cannot reach Temporal at ${address}: ${(e as Error).message}`);
       await new Promise((r) => setTimeout(r, 500));

@@ -12,6 +12,7 @@ import { spawnFerry, type FerryProcess } from '../../src/support/processes';
 import { CONTROL_QUEUE } from '../../src/common/names';
 import { bundleWorkflows } from '../../src/workers/controller';
 import { installRuntime } from '../../src/workers/runtime';
+import { temporalTlsOption, type TemporalTlsFiles } from '../../src/common/temporal-tls';
 import { createAuditActivities } from '../../src/activities/audit';
 import { SqliteAuditStore } from '../../src/audit/sqlite';
 import type { AuditStore } from '../../src/audit/types';
@@ -69,9 +70,9 @@ export interface TestController {
   stop(): Promise<void>;
 }
 
-export async function startTestController(address = temporalAddress()): Promise<TestController> {
+export async function startTestController(address = temporalAddress(), tls: TemporalTlsFiles | null = null): Promise<TestController> {
   installRuntime();
-  const nativeConnection = await NativeConnection.connect({ address });
+  const nativeConnection = await NativeConnection.connect({ address, ...temporalTlsOption(tls) });
   const worker = await Worker.create({
     connection: nativeConnection,
     taskQueue: CONTROL_QUEUE,
@@ -79,7 +80,7 @@ export async function startTestController(address = temporalAddress()): Promise<
     activities: createAuditActivities(testAuditStore()),
   });
   const running = worker.run();
-  const connection = await Connection.connect({ address });
+  const connection = await Connection.connect({ address, ...temporalTlsOption(tls) });
   const client = new Client({ connection });
   return {
     client,

@@ -5,12 +5,17 @@
  * the migration completes; the frontend SIGKILLed mid-migration and brought back → the
  * controllers and agents reconnect and it completes; two controller processes, the one
  * running a migration SIGKILLed → the other carries it on; `up` again starts nothing; `down`
- * leaves no process and no port.
+ * leaves no process and no port. The frontend requires client certificates from the cluster's
+ * CA: everything here connects with one (controllers, agents with their host's certificate
+ * from `ferry cluster certs`, this test's client), and a client without one is refused.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { Connection, type WorkflowHandle } from '@temporalio/client';
+import { makeCa, makeHostCert } from '../helpers/certs';
+import { temporalTlsEnv, temporalTlsOption, type TemporalTlsFiles } from '../../src/common/temporal-tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterStatus } from '../../src/cluster/cluster';
 import { processStartTicks } from '../../src/cluster/state';
@@ -58,18 +63,31 @@ const controllers: FerryProcess[] = [];
 const hostA = uniqueHost('cl-a');
 const hostB = uniqueHost('cl-b');
 const storage = tempDir('cl-storage');
+/** Client certificates from the cluster's CA: this test's client (operator), the controllers, each agent. */
+let tls: TemporalTlsFiles;
+const certOf = (name: string): TemporalTlsFiles => ({ ...tls, cert: path.join(first.tls!.dir, `${name}.crt`), key: path.join(first.tls!.dir, `${name}.key`) });
+let certsMs = 0;
 
 beforeAll(async () => {
   first = await upJson(dir);
+  expect(first.tls, 'up made the cluster CA and the operator certificate').not.toBeNull();
+  tls = { ca: first.tls!.ca, cert: first.tls!.cert, key: first.tls!.key, serverName: null };
+  // The agents' certificates, as an operator makes them.
+  const t0 = Date.now();
+  const certs = await cluster('certs', '--dir', dir, '--names', `${hostA},${hostB}`);
+  certsMs = Date.now() - t0;
+  expect(certs.code, certs.stderr).toBe(0);
   const [c, a, b] = await Promise.all([
-    startTestController(first.address),
-    startAgentProcess(hostA, { storageDir: storage, address: first.address }),
-    startAgentProcess(hostB, { storageDir: storage, address: first.address }),
+    startTestController(first.address, tls),
+    startAgentProcess(hostA, { storageDir: storage, address: first.address, env: temporalTlsEnv(certOf(hostA)) }),
+    startAgentProcess(hostB, { storageDir: storage, address: first.address, env: temporalTlsEnv(certOf(hostB)) }),
   ]);
   controller = c;
   agents.push(a, b);
   // They bundle their workflow code while the first tests run; the failover test awaits them.
-  for (const n of [1, 2]) controllers.push(spawnFerry(`controller ${n}`, ['controller'], { env: { FERRY_TEMPORAL_ADDRESS: first.address } }));
+  for (const n of [1, 2]) {
+    controllers.push(spawnFerry(`controller ${n}`, ['controller'], { env: { FERRY_TEMPORAL_ADDRESS: first.address, ...temporalTlsEnv(certOf('controller')) } }));
+  }
 }, 600_000);
 
 afterAll(async () => {
@@ -111,7 +129,7 @@ describe('ferry cluster', () => {
     expect(first.processes.map((p) => p.name)).toEqual(['postgresql', 'frontend', 'history', 'matching', 'worker']);
     expect(new Set(first.processes.map((p) => p.pid)).size).toBe(5);
     expect(first.address).toMatch(/^127\.0\.0\.1:\d+$/);
-    const connection = await Connection.connect({ address: first.address });
+    const connection = await Connection.connect({ address: first.address, ...temporalTlsOption(tls) });
     try {
       const ns = await connection.workflowService.describeNamespace({ namespace: 'default' });
       expect(Number(ns.config?.workflowExecutionRetentionTtl?.seconds)).toBe(72 * 3600);
@@ -121,6 +139,42 @@ describe('ferry cluster', () => {
       await connection.close();
     }
   });
+
+  it('the frontend refuses a client without a certificate from the cluster CA and accepts one with it', async () => {
+    const t0 = Date.now();
+    const address = first.address;
+    const ca = fs.readFileSync(tls.ca);
+    const attempt = async (opts: Parameters<typeof Connection.connect>[0]): Promise<string> => {
+      try {
+        const c = await Connection.connect({ address, connectTimeout: 3000, ...opts });
+        try {
+          await c.workflowService.describeNamespace({ namespace: 'default' });
+          return 'accepted';
+        } finally {
+          await c.close();
+        }
+      } catch (e) {
+        return `refused: ${(e as Error).message.split('\n')[0]}`;
+      }
+    };
+    // Plain gRPC, TLS without a client certificate, a certificate of another CA: refused.
+    expect(await attempt({})).toMatch(/^refused/);
+    expect(await attempt({ tls: { serverRootCACertificate: ca } })).toMatch(/^refused/);
+    const other = tempDir('cl-other-ca');
+    const stranger = makeHostCert(other, makeCa(other, 'other'), 'operator');
+    expect(await attempt({ tls: { serverRootCACertificate: ca, clientCertPair: { crt: fs.readFileSync(stranger.cert), key: fs.readFileSync(stranger.key) } } })).toMatch(/^refused/);
+    // The operator's certificate from `up`, and an agent's from `ferry cluster certs`: accepted.
+    expect(await attempt(temporalTlsOption(tls))).toBe('accepted');
+    expect(await attempt(temporalTlsOption(certOf(hostA)))).toBe('accepted');
+    // The CLI: refused without the certificate, answers with it (FERRY_TEMPORAL_TLS_*).
+    const cliEnv = { ...process.env, FERRY_TEMPORAL_ADDRESS: address };
+    const plain = spawnSync(process.execPath, [FERRY_BIN, 'status', '--json'], { env: cliEnv, encoding: 'utf8', timeout: 60_000 });
+    expect(plain.status, plain.stdout).not.toBe(0);
+    const withCert = spawnSync(process.execPath, [FERRY_BIN, 'status', '--json'], { env: { ...cliEnv, ...temporalTlsEnv(tls) }, encoding: 'utf8', timeout: 60_000 });
+    expect(withCert.status, withCert.stderr).toBe(0);
+    fs.rmSync(other, { recursive: true, force: true });
+    console.log(`mutual TLS checks: ${((Date.now() - t0) / 1000).toFixed(1)} s (ferry cluster certs for two agents: ${(certsMs / 1000).toFixed(1)} s)`);
+  }, 60_000);
 
   it('a migration completes and verifies on it', async () => {
     const vm = `vm-cl-${Date.now()}`;
@@ -255,6 +309,6 @@ describe('ferry cluster', () => {
     expect(s.code).toBe(1);
     expect((JSON.parse(s.stdout) as ClusterStatus).processes.every((p) => !p.alive)).toBe(true);
     // A client gets a clear refusal, not a hang.
-    await expect(Connection.connect({ address: first.address, connectTimeout: 2000 })).rejects.toThrow();
+    await expect(Connection.connect({ address: first.address, connectTimeout: 2000, ...temporalTlsOption(tls) })).rejects.toThrow();
   }, 120_000);
 });

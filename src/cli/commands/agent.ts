@@ -125,6 +125,7 @@ export async function run(argv: string[]): Promise<number> {
   const agent = await startAgent({
     hostId,
     temporalAddress: temporalAddressOf(cfg),
+    temporalTls: cfg.temporalTls ?? null,
     namespace: cfg.namespace,
     driver,
     dataAddr,

@@ -18,6 +18,7 @@ import { parseDuration, parseRate, parseSize } from '../../common/units';
 import { startLocalCluster } from '../../support/local-cluster';
 import { choice, int, str } from '../args';
 import { configFrom, say } from '../context';
+import { temporalTlsOption } from '../../common/temporal-tls';
 
 export async function runRegretSuite(values: Record<string, unknown>, argv: string[]): Promise<number> {
   const driver = choice(values.driver, 'driver', ['emulated', 'qemu'] as const) ?? 'emulated';
@@ -61,7 +62,7 @@ export async function runRegretSuite(values: Record<string, unknown>, argv: stri
   const cfg = { ...configFrom(values), storageDir };
   const cluster = await startLocalCluster({ cfg, hosts: [source, target], traceDir: traces.traceDir, memoryCapacity: String(2 * 2 ** 30), log: say, verbose: values.verbose === true });
   try {
-    const connection = await Connection.connect({ address: cluster.address });
+    const connection = await Connection.connect({ address: cluster.address, ...(cfg.temporalAddress ? temporalTlsOption(cfg.temporalTls) : {}) });
     try {
       const client = new Client({ connection, namespace: cfg.namespace });
       const { summary, results } = await runRegret(plan, { client, source, target, vmPrefix: `r${runId}`, outDir, command, warmupMs, progressOut: process.stderr });

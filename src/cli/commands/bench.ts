@@ -18,6 +18,7 @@ import { withQemuBenchCluster } from '../../bench/qemu-cluster';
 import { QEMU_BENCH_STRATEGIES, parseQemuVariant, qemuTable, runQemuBench, writeQemuOutputs } from '../../bench/qemu';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
+import { temporalTlsOption } from '../../common/temporal-tls';
 import { startLocalCluster } from '../../support/local-cluster';
 import { runRegretSuite } from './bench-regret';
 
@@ -115,7 +116,7 @@ export async function run(argv: string[]): Promise<number> {
   say(`ferry bench: ${cells.length} migrations on ${source} → ${target}; comparisons ${only.map((c) => `${COMPARISON_INFO[c].number}=${c}`).join(', ')}`);
   const cluster = await startLocalCluster({ cfg, hosts: [source, target], memoryCapacity: capacity, log: say, verbose: values.verbose === true });
   try {
-    const connection = await Connection.connect({ address: cluster.address });
+    const connection = await Connection.connect({ address: cluster.address, ...(cfg.temporalAddress ? temporalTlsOption(cfg.temporalTls) : {}) });
     try {
       const client = new Client({ connection, namespace: cfg.namespace });
       const res = await runBench({

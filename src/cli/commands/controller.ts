@@ -5,17 +5,18 @@ import { API_TOKEN_REQUIRED, loadTokens } from '../../api/auth';
 import { createControllerMetrics } from '../../metrics/controller';
 import { serveMetrics, type MetricsServer } from '../../metrics/http';
 import { startController } from '../../workers/controller';
+import { apiTlsFiles } from '../../security/https';
 import { onShutdownSignal } from '../../workers/runtime';
 import { parse, str } from '../args';
 import { commonOptions, configFrom, connectClient, say, temporalAddressOf } from '../context';
 
 export const help =
-  'ferry controller [--listen HOST:PORT] [--metrics HOST:PORT] [--tokens-file FILE] [--audit-db FILE | --audit-url postgres://…]   run the workflow worker on ferry-control (and the HTTP API)';
+  'ferry controller [--listen HOST:PORT [--tls-cert F --tls-key F [--tls-client-ca F]]] [--metrics HOST:PORT] [--tokens-file FILE] [--audit-db FILE | --audit-url postgres://…]   run the workflow worker on ferry-control (and the HTTP API)';
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
-    { ...commonOptions, listen: { type: 'string' }, metrics: { type: 'string' }, 'tokens-file': { type: 'string' }, 'audit-db': { type: 'string' }, 'audit-url': { type: 'string' } },
+    { ...commonOptions, listen: { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, 'tls-client-ca': { type: 'string' }, metrics: { type: 'string' }, 'tokens-file': { type: 'string' }, 'audit-db': { type: 'string' }, 'audit-url': { type: 'string' } },
     false,
   );
   const cfg = configFrom(values);
@@ -23,6 +24,8 @@ export async function run(argv: string[]): Promise<number> {
   const auditUrl = str(values['audit-url']) ?? cfg.auditUrl;
   const listen = str(values.listen);
   const metricsAddr = str(values.metrics);
+  const apiTls = apiTlsFiles(process.env, { cert: str(values['tls-cert']), key: str(values['tls-key']), clientCa: str(values['tls-client-ca']) });
+  if (!listen && (str(values['tls-cert']) || str(values['tls-key']))) throw new UsageError('--tls-cert / --tls-key serve the HTTP API: give --listen HOST:PORT too');
   // Check the API's tokens before anything starts.
   const tokens = listen ? loadTokens({ token: cfg.apiToken, tokensFile: str(values['tokens-file']) ?? cfg.apiTokensFile }) : [];
   if (listen && tokens.length === 0) {
@@ -47,8 +50,8 @@ export async function run(argv: string[]): Promise<number> {
       const client = c.client;
       const metrics = createControllerMetrics({ store, client });
       if (listen) {
-        api = await startApiServer({ client, store, tokens, listen, metrics: metricsAddr ? null : metrics.registry, metricsToken: cfg.metricsToken });
-        say(`ferry controller: API on ${api.url} (OpenAPI ${api.url}/v1/openapi.json${metricsAddr ? '' : `, metrics ${api.url}/metrics`}); audit trail in ${store.kind === 'sqlite' ? auditDb : 'PostgreSQL'}`);
+        api = await startApiServer({ client, store, tokens, listen, metrics: metricsAddr ? null : metrics.registry, metricsToken: cfg.metricsToken, tls: apiTls });
+        say(`ferry controller: API on ${api.url} (OpenAPI ${api.url}/v1/openapi.json${metricsAddr ? '' : `, metrics ${api.url}/metrics`}, dashboard ${api.url}/ui/); audit trail in ${store.kind === 'sqlite' ? auditDb : 'PostgreSQL'}`);
       }
       if (metricsAddr) {
         metricsServer = await serveMetrics(metricsAddr, metrics.registry, { token: cfg.metricsToken });
@@ -59,7 +62,7 @@ export async function run(argv: string[]): Promise<number> {
     await cleanup();
     throw e;
   }
-  const controller = await startController({ temporalAddress: address, namespace: cfg.namespace, audit: store }).catch(async (e: unknown) => {
+  const controller = await startController({ temporalAddress: address, temporalTls: cfg.temporalTls ?? null, namespace: cfg.namespace, audit: store }).catch(async (e: unknown) => {
     await cleanup();
     throw e;
   });

@@ -4,7 +4,7 @@
  * emulated VM running a write-intensive workload boots on host-a and migrates to host-b
  * with live progress; the report is printed; everything is shut down.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
 import { UsageError } from '../../common/errors';
 import { CONTROL_QUEUE } from '../../common/names';
@@ -13,15 +13,21 @@ import { reportOf, resolveHandle, startMigration } from '../../client/migrations
 import { localTraceSetup, workloadNames } from '../../guest/workloads';
 import { choice, int, parse, str } from '../args';
 import { commonOptions, configFrom, say } from '../context';
+import { temporalTlsOption } from '../../common/temporal-tls';
 import { reportText, watchProgress } from '../display';
 import { startLocalCluster } from '../../support/local-cluster';
 import path from 'node:path';
 import { killQemusUnder, QEMU_WORKLOADS } from '../../hypervisor/qemu/driver';
 import { ensureTestGuest } from '../../hypervisor/qemu/guest-image';
 import { migrationOptionSpec, migrationOptionsFrom } from '../migration-options';
+import { loadTokens } from '../../api/auth';
+import { startApiServer, type RunningApi } from '../../api/server';
+import { openAuditStore } from '../../audit';
+import type { AuditStore } from '../../audit/types';
+import { onShutdownSignal } from '../../workers/runtime';
 
 export const help =
-  'ferry demo [--strategy S] [--workload W] [--memory 256MiB] [--bandwidth 32MiB/s] [--seed N] [--driver emulated|qemu] [--json] [--verbose]   the main job';
+  'ferry demo [--strategy S] [--workload W] [--memory 256MiB] [--bandwidth 32MiB/s] [--seed N] [--driver emulated|qemu] [--ui [--listen HOST:PORT]] [--json] [--verbose]   the main job (--ui: the dashboard, kept up after the migration until Ctrl-C)';
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(
@@ -35,6 +41,8 @@ export async function run(argv: string[]): Promise<number> {
       driver: { type: 'string' },
       json: { type: 'boolean' },
       verbose: { type: 'boolean' },
+      ui: { type: 'boolean' },
+      listen: { type: 'string' },
     },
     false,
   );
@@ -69,9 +77,21 @@ export async function run(argv: string[]): Promise<number> {
       : {}),
   });
   try {
-    const connection = await Connection.connect({ address: cluster.address });
+    const connection = await Connection.connect({ address: cluster.address, ...(cfg.temporalAddress ? temporalTlsOption(cfg.temporalTls) : {}) });
+    let dashboard: { api: RunningApi; store: AuditStore } | null = null;
     try {
       const client = new Client({ connection, namespace: cfg.namespace });
+      if (values.ui === true) {
+        // The dashboard on the demo's own API listener, reading the audit trail its controller writes.
+        const token = cfg.apiToken ?? randomBytes(16).toString('hex');
+        const store = await openAuditStore({ url: cfg.auditUrl, file: cfg.auditDb });
+        const api = await startApiServer({ client, store, tokens: loadTokens({ token }), listen: str(values.listen) ?? '127.0.0.1:0' }).catch(async (e: unknown) => {
+          await store.close();
+          throw e;
+        });
+        dashboard = { api, store };
+        say(`ferry demo: dashboard on ${api.url}/ui/ (log in with the token ${cfg.apiToken ? 'in FERRY_API_TOKEN' : token})`);
+      }
       const vm = `demo-${randomUUID().slice(0, 8)}`;
       await client.workflow.execute('vmCommandWorkflow', {
         taskQueue: CONTROL_QUEUE,
@@ -86,8 +106,14 @@ export async function run(argv: string[]): Promise<number> {
       await watchProgress(handle);
       const report = await reportOf(handle);
       process.stdout.write(json ? `${JSON.stringify(report, null, 2)}\n` : `${reportText(report)}\n`);
+      if (dashboard) {
+        say(`ferry demo: the cluster and the dashboard stay up: ${dashboard.api.url}/ui/#/migration/${started.workflowId}/${started.runId} (Ctrl-C to stop)`);
+        await new Promise<void>((resolve) => onShutdownSignal(() => resolve()));
+      }
       return report.outcome === 'completed' ? 0 : 1;
     } finally {
+      await dashboard?.api.close();
+      await dashboard?.store.close();
       await connection.close();
     }
   } finally {
