@@ -28,8 +28,10 @@ describe('ferry cluster and deploy/temporal/config/ferry.yaml', () => {
   const read = new Set([...body.matchAll(/env "(\w+)"/g)].map((m) => m[1]!));
 
   it.each(SERVICES)('%s: sets exactly the variables the config reads', (name) => {
-    const env = serviceEnv(name, { ports, pgUser: 'temporal', pgPassword: 'pw' });
+    // `ferry cluster up` always gives the services its TLS directory (the frontend requires client certificates).
+    const env = serviceEnv(name, { ports, pgUser: 'temporal', pgPassword: 'pw', tlsDir: '/srv/cluster/tls' });
     expect(Object.keys(env).sort()).toEqual([...read].filter((v) => !DEFAULTED.includes(v)).sort());
+    expect(env.FERRY_TEMPORAL_TLS_DIR).toBe('/srv/cluster/tls');
     expect(env.FERRY_TEMPORAL_METRICS_PORT).toBe(String(ports.services[name].metrics));
     expect(env.FERRY_TEMPORAL_FRONTEND_PORT).toBe('5001');
     expect(env.FERRY_PG_PORT).toBe('5000');
