@@ -303,8 +303,10 @@ function serveFile(res: http.ServerResponse, file: string, head: boolean): void 
   res.end(head ? undefined : data);
 }
 
-function sessionCookie(value: string, maxAge: number | null): string {
-  return `${SESSION_COOKIE}=${encodeURIComponent(value)}; Path=/; HttpOnly; SameSite=Strict${maxAge === null ? '' : `; Max-Age=${maxAge}`}`;
+/** The session cookie; `Secure` when the listener speaks HTTPS. */
+function sessionCookie(req: http.IncomingMessage, value: string, maxAge: number | null): string {
+  const secure = (req.socket as { encrypted?: boolean }).encrypted === true;
+  return `${SESSION_COOKIE}=${encodeURIComponent(value)}; Path=/; HttpOnly; SameSite=Strict${secure ? '; Secure' : ''}${maxAge === null ? '' : `; Max-Age=${maxAge}`}`;
 }
 
 /**
@@ -325,7 +327,7 @@ export async function serveDashboard(req: http.IncomingMessage, res: http.Server
       return true;
     }
     if (pathname === '/ui/logout') {
-      sendJson(res, 200, { ok: true }, { 'set-cookie': sessionCookie('', 0) });
+      sendJson(res, 200, { ok: true }, { 'set-cookie': sessionCookie(req, '', 0) });
       return true;
     }
     let body: Record<string, unknown>;
@@ -346,7 +348,7 @@ export async function serveDashboard(req: http.IncomingMessage, res: http.Server
       return true;
     }
     // A session cookie: gone when the browser closes.
-    sendJson(res, 200, { name: auth.token.name, scope: auth.token.scope }, { 'set-cookie': sessionCookie(token, null) });
+    sendJson(res, 200, { name: auth.token.name, scope: auth.token.scope }, { 'set-cookie': sessionCookie(req, token, null) });
     return true;
   }
   if (method !== 'GET' && method !== 'HEAD') {

@@ -155,6 +155,17 @@ describe('dashboard', () => {
     const reader = await openDashboard(browser, api.url, READ);
     expect(await reader.page.locator('#who').textContent()).toBe('auditor (read only)');
     await reader.page.locator(`#migrations tr[data-vm="${vm}"]`).waitFor();
+    // The list's filters: VM + host + ticket + strategy + outcome running find it alone; outcome completed does not.
+    await reader.page.fill('#filters input[name=vm]', vm);
+    await reader.page.fill('#filters input[name=host]', hostB);
+    await reader.page.fill('#filters input[name=ticket]', `UI-${run}-${vm}`);
+    await reader.page.selectOption('#filters select[name=strategy]', 'precopy');
+    await reader.page.selectOption('#filters select[name=outcome]', 'running');
+    await reader.page.click('#filters button[type=submit]');
+    await expect.poll(() => reader.page.locator('#migrations tbody tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-vm')))).toEqual([vm]);
+    await reader.page.selectOption('#filters select[name=outcome]', 'completed');
+    await reader.page.click('#filters button[type=submit]');
+    await expect.poll(() => reader.page.locator('#migrations tbody').textContent()).toBe('no migrations match');
     await reader.page.goto(`/ui/${where}`);
     await attrBecomes(reader.page, '#head', 'data-phase', (v) => v === 'precopy');
     await reader.page.locator('#chart-phases svg').waitFor();
@@ -185,8 +196,19 @@ describe('dashboard', () => {
     await expect.poll(() => stranger.page.locator('#login-message').textContent()).toMatch(/invalid bearer token/);
     expect(await stranger.page.locator('body').textContent()).not.toContain(vm);
     // The session cookie is HttpOnly: page script cannot read it.
-    expect(await writer.page.evaluate(() => document.cookie)).toBe('');
+    expect(await writer.page.evaluate('document.cookie')).toBe('');
     expect((await writer.context.cookies()).find((c) => c.name === 'ferry_token')).toMatchObject({ httpOnly: true, sameSite: 'Strict' });
+
+    // Set bandwidth from the page: the running migration takes the new cap.
+    await writer.page.fill('#bw', '2MiB/s');
+    await writer.page.click('#btn-bw');
+    await expect.poll(() => writer.page.locator('#control-message').textContent()).toBe('set bandwidth: accepted');
+    await expect.poll(() => writer.page.locator('#head').textContent()).toContain('bandwidth2.0 MiB/s');
+    // Force post-copy on a pre-copy migration: refused, with the workflow's reason.
+    await writer.page.click('#btn-force');
+    await expect.poll(() => writer.page.locator('#control-message.error').textContent()).toBe(
+      'force post-copy refused: strategy precopy never switches to post-copy; migrate with a hybrid strategy to force one',
+    );
 
     // Cancel from the page, before the switch: rolled back, the guest verified on the source.
     await writer.page.click('#btn-cancel');
