@@ -40,7 +40,7 @@ afterAll(async () => {
 describe('QEMU guests', () => {
   it('precopy converges on a converging load; the guest verifies its pages on the target', async () => {
     const vm = 'qemu-pre-1';
-    await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'converging', seed: 7 });
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'converging', seed: 7 });
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB, maxIterations: 30, maxDowntimeMs: 300 } });
     expectVerifiedOnTarget(r);
     expect(r.iterations.length).toBeGreaterThanOrEqual(1);
@@ -58,7 +58,7 @@ describe('QEMU guests', () => {
 
   it('as-hybrid switches to post-copy on a write-intensive load, with the λ reason', async () => {
     const vm = 'qemu-as-1';
-    await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'write-intensive', seed: 9 });
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 9 });
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'as-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, maxIterations: 30, maxDowntimeMs: 300 } });
     await maybeRecordHistory(controller.client, `migrate-${vm}`, 'qemu-as-hybrid');
     expectVerifiedOnTarget(r);
@@ -77,8 +77,10 @@ describe('QEMU guests', () => {
 
   it('a cancel during pre-copy rolls back: the guest runs on the source and verifies there', async () => {
     const vm = 'qemu-cancel-1';
-    await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'hot-set', seed: 12 });
-    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 16 * MiB } });
+    // A hot set of half the guest rewritten as fast as the vCPU goes: pre-copy never converges,
+    // so the cancel lands during its passes.
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'hot-set', seed: 12 });
+    const handle = await startMigration(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 32 * MiB } });
     for (let i = 0; i < 600; i++) {
       const p = await handle.query(progressQuery).catch(() => null);
       if (p && p.iteration >= 2) break;
