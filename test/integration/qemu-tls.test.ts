@@ -70,7 +70,7 @@ describe('QEMU migration over mutual TLS', () => {
 
   it('as-hybrid between two hosts of the cluster CA: switches to post-copy, the guest verifies on the target', async () => {
     const vm = 'qtls-as-1';
-    await createVm(controller.client, hostA, { name: vm, memoryBytes: 256 * MiB, workload: 'write-intensive', seed: 31 });
+    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 31 });
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'as-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, maxIterations: 30 } });
     expect(r.outcome, r.reason).toBe('completed');
     expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
