@@ -19,9 +19,28 @@
  * JSON body, so a reader detects a damaged manifest, a chunk that disagrees with it, a
  * chunk it lists that is missing, and a truncated or flipped chunk: each a
  * `StorageCorruptError` naming the file.
+ *
+ * Encryption at rest (optional, FERRY_STORAGE_ENCRYPTION=1 with a cluster key): the chunk
+ * above, whole (its CRC included), is sealed with AES-256-GCM under the cluster key and
+ * stored as
+ *
+ *   0  magic "FRYE"        4  version u16 = 1     6  algorithm u16 = 1 (aes-256-gcm)
+ *   8  key id: 4 bytes (the 8 hex digits of the cluster key's id)
+ *  12  nonce: 12 random bytes, one per chunk
+ *  24  plain length u32   28  seq u32
+ *  32  ciphertext (plain length bytes)   then the 16-byte GCM tag
+ *      crc32 u32 over every preceding byte
+ *
+ * The additional data is the 32-byte header and `<migrationId>/<kind>`: a chunk moved to
+ * another place, another snapshot or another migration fails its tag. The key id picks the
+ * key, so chunks written before a rotation still open with the previous key. A chunk whose
+ * tag fails, or whose key this agent does not hold, is a StorageCorruptError like a CRC
+ * failure: never merged. The manifest names the key (`encryption`), for operators.
  */
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import { crc32 as zlibCrc32 } from 'node:zlib';
+import type { ClusterKey, ClusterKeys } from '../common/cluster-key';
 import { UsageError } from '../common/errors';
 
 export type SnapshotKind = 'static' | 'pbdata';
@@ -67,6 +86,8 @@ export interface Manifest {
   bytes: number;
   completed: true;
   committedAtMs: number;
+  /** Present when chunks were written encrypted: the algorithm and the cluster key's id. */
+  encryption?: { algorithm: 'aes-256-gcm'; keyId: string };
 }
 
 /** A validated chunk. `page(i)` is a view into the chunk buffer (or a shared zero page). */
@@ -94,10 +115,88 @@ const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 export const crc32: (data: Uint8Array, value?: number) => number =
   typeof zlibCrc32 === 'function' ? zlibCrc32 : tableCrc32;
 
-export function decodeChunk(raw: Buffer, file: string, name: string, seq: number): Chunk {
+/** What a sealed chunk is bound to (its additional data) and the keys that may open it. */
+export interface ChunkSeal {
+  migrationId: string;
+  kind: SnapshotKind;
+  keys: ClusterKeys | null;
+}
+
+export const SEALED_MAGIC = 0x45595246; // "FRYE" little-endian
+const SEALED_HEADER = 32;
+const TAG = 16;
+
+function sealAad(header: Uint8Array, migrationId: string, kind: SnapshotKind): Buffer {
+  return Buffer.concat([header, Buffer.from(`${migrationId}/${kind}`)]);
+}
+
+/** Seal a plain chunk (the whole file as decodeChunk reads it) with the cluster key. */
+export function sealChunk(plain: Uint8Array, seq: number, key: ClusterKey, migrationId: string, kind: SnapshotKind): Buffer {
+  const out = Buffer.allocUnsafe(SEALED_HEADER + plain.length + TAG + 4);
+  out.writeUInt32LE(SEALED_MAGIC, 0);
+  out.writeUInt16LE(1, 4);
+  out.writeUInt16LE(1, 6);
+  out.write(key.id, 8, 4, 'hex');
+  randomBytes(12).copy(out, 12);
+  out.writeUInt32LE(plain.length, 24);
+  out.writeUInt32LE(seq, 28);
+  const header = out.subarray(0, SEALED_HEADER);
+  const c = createCipheriv('aes-256-gcm', key.key, out.subarray(12, 24));
+  c.setAAD(sealAad(header, migrationId, kind));
+  let off = SEALED_HEADER;
+  off += c.update(plain).copy(out, off);
+  off += c.final().copy(out, off);
+  c.getAuthTag().copy(out, off);
+  off += TAG;
+  out.writeUInt32LE(crc32(out.subarray(0, off)), off);
+  return out;
+}
+
+/** Whether this file content is a sealed (encrypted) chunk. */
+export function isSealed(raw: Uint8Array): boolean {
+  return raw.length >= 4 && new DataView(raw.buffer, raw.byteOffset, raw.byteLength).getUint32(0, true) === SEALED_MAGIC;
+}
+
+function openSealed(raw: Buffer, file: string, seq: number, seal: ChunkSeal | undefined): Buffer {
   const bad = (problem: string): never => {
     throw new StorageCorruptError(file, problem);
   };
+  if (raw.length < SEALED_HEADER + TAG + 4) bad(`truncated: ${raw.length} bytes, shorter than a sealed chunk`);
+  const version = raw.readUInt16LE(4);
+  const alg = raw.readUInt16LE(6);
+  if (version !== 1 || alg !== 1) bad(`unsupported sealed chunk (version ${version}, algorithm ${alg})`);
+  const plainLen = raw.readUInt32LE(24);
+  if (raw.length !== SEALED_HEADER + plainLen + TAG + 4) bad(`truncated or overlong: ${raw.length} bytes, header implies ${SEALED_HEADER + plainLen + TAG + 4}`);
+  const want = raw.readUInt32LE(raw.length - 4);
+  const got = crc32(raw.subarray(0, raw.length - 4));
+  if (want !== got) bad(`checksum mismatch (crc32 stored ${want}, computed ${got})`);
+  if (raw.readUInt32LE(28) !== seq) bad(`header sequence ${raw.readUInt32LE(28)} does not match the file name`);
+  const keyId = raw.toString('hex', 8, 12);
+  if (!seal) bad(`encrypted with cluster key ${keyId}; the reader was given no key`);
+  const key = seal!.keys?.byId(keyId) ?? null;
+  if (!key) bad(`encrypted with cluster key ${keyId}, which this host does not hold (set FERRY_CLUSTER_KEY or FERRY_CLUSTER_KEY_PREVIOUS)`);
+  const d = createDecipheriv('aes-256-gcm', key!.key, raw.subarray(12, 24));
+  d.setAAD(sealAad(raw.subarray(0, SEALED_HEADER), seal!.migrationId, seal!.kind));
+  d.setAuthTag(raw.subarray(SEALED_HEADER + plainLen, SEALED_HEADER + plainLen + TAG));
+  const plain = d.update(raw.subarray(SEALED_HEADER, SEALED_HEADER + plainLen));
+  try {
+    d.final();
+  } catch {
+    bad(`authentication tag mismatch (not written by ferry with cluster key ${keyId} for ${seal!.migrationId}/${seal!.kind}, or damaged)`);
+  }
+  return plain;
+}
+
+/**
+ * Validate a chunk file's content. A sealed chunk is opened first (`seal` gives the keys and
+ * what it is bound to); `bytes` and `crc32` of the result are those of the file as stored.
+ */
+export function decodeChunk(asStored: Buffer, file: string, name: string, seq: number, seal?: ChunkSeal): Chunk {
+  const bad = (problem: string): never => {
+    throw new StorageCorruptError(file, problem);
+  };
+  const sealed = isSealed(asStored);
+  const raw = sealed ? openSealed(asStored, file, seq, seal) : asStored;
   if (raw.length < HEADER + 4) bad(`truncated: ${raw.length} bytes, shorter than a chunk header`);
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   if (dv.getUint32(0, true) !== MAGIC) bad('bad magic (not a ferry chunk)');
@@ -137,8 +236,8 @@ export function decodeChunk(raw: Buffer, file: string, name: string, seq: number
     pageSize,
     memoryPages: memPages,
     pfns,
-    bytes: raw.length,
-    crc32: want,
+    bytes: asStored.length,
+    crc32: sealed ? asStored.readUInt32LE(asStored.length - 4) : want,
     isZero: (i) => (offsets[i] ?? -1) < 0,
     page: (i) => {
       if (!(i >= 0 && i < n)) throw new RangeError(`page index ${i} outside 0..${n - 1}`);

@@ -1,9 +1,13 @@
-/** Channel-1 snapshot reader: lists, validates and reads committed chunks and the manifest. */
-import * as fsp from 'node:fs/promises';
+/**
+ * Channel-1 snapshot reader: lists, validates and reads committed chunks and the manifest
+ * (through the store's StoreIo: a read of storage that hangs fails with StorageStalledError),
+ * opening sealed chunks with the cluster keys.
+ */
 import * as path from 'node:path';
 import { sleep } from './rate';
 import { CHUNK_RE, decodeChunk, isErrno, MANIFEST, parseManifest, parseSeq, StorageCorruptError, StorageTimeoutError } from './store-format';
 import type { Chunk, Manifest, SnapshotKind } from './store-format';
+import { defaultStoreContext, type StoreContext } from './store-io';
 
 export interface ReaderStats {
   bytesRead: number;
@@ -18,6 +22,7 @@ export class SnapshotReader {
     readonly dir: string,
     readonly migrationId: string,
     readonly kind: SnapshotKind,
+    private readonly ctx: StoreContext = defaultStoreContext(),
   ) {}
 
   stats(): ReaderStats {
@@ -28,7 +33,7 @@ export class SnapshotReader {
   async committedChunks(): Promise<string[]> {
     let names: string[];
     try {
-      names = await fsp.readdir(this.dir);
+      names = await this.ctx.io.readdir(this.dir);
     } catch (e) {
       if (isErrno(e, 'ENOENT')) return [];
       throw e;
@@ -46,7 +51,7 @@ export class SnapshotReader {
     const file = path.join(this.dir, MANIFEST);
     let text: string;
     try {
-      text = await fsp.readFile(file, 'utf8');
+      text = (await this.ctx.io.readFile(file)).toString('utf8');
     } catch (e) {
       if (isErrno(e, 'ENOENT')) return null;
       throw e;
@@ -57,7 +62,7 @@ export class SnapshotReader {
       const cf = path.join(this.dir, c.name);
       let size: number;
       try {
-        size = (await fsp.stat(cf)).size;
+        size = await this.ctx.io.size(cf);
       } catch (e) {
         if (isErrno(e, 'ENOENT')) throw new StorageCorruptError(cf, `listed in ${MANIFEST} but missing`);
         throw e;
@@ -86,14 +91,14 @@ export class SnapshotReader {
     const file = path.join(this.dir, name);
     let raw: Buffer;
     try {
-      raw = await fsp.readFile(file);
+      raw = await this.ctx.io.readFile(file);
     } catch (e) {
       if (isErrno(e, 'ENOENT')) throw new StorageCorruptError(file, 'chunk is missing');
       throw e;
     }
     this.s.bytesRead += raw.length;
     this.s.chunksRead++;
-    const chunk = decodeChunk(raw, file, name, seq);
+    const chunk = decodeChunk(raw, file, name, seq, { migrationId: this.migrationId, kind: this.kind, keys: this.ctx.keys });
     const m = this.cached;
     if (m) {
       const entry = m.chunks.find((c) => c.name === name);

@@ -1,14 +1,18 @@
-/** Channel-1 snapshot writer: lays out chunks, commits them and, last, the manifest. */
-import { constants as fsc } from 'node:fs';
-import * as fsp from 'node:fs/promises';
+/**
+ * Channel-1 snapshot writer: lays out chunks, commits them and, last, the manifest. Every
+ * file operation goes through the store's StoreIo (store-io.ts: worker threads under a
+ * no-progress watchdog), so storage that hangs fails a write with StorageStalledError
+ * instead of blocking it for ever.
+ */
 import * as path from 'node:path';
 import { UsageError } from '../common/errors';
 import { Bitmap } from './bitmap';
 import { realClock, type Clock } from './clock';
 import { isZeroPage, type PageSource } from './pages';
 import { TokenBucket } from './rate';
-import { align8, chunkName, chunkSize, crc32, fsyncDir, HEADER, MAGIC, MANIFEST, parseSeq, StorageCorruptError, VERSION } from './store-format';
+import { align8, chunkName, chunkSize, crc32, HEADER, MAGIC, MANIFEST, parseSeq, sealChunk, StorageCorruptError, VERSION } from './store-format';
 import type { Chunk, Manifest, ManifestChunk, SnapshotKind } from './store-format';
+import { defaultStoreContext, type StoreContext } from './store-io';
 import { SnapshotReader } from './store-reader';
 
 export interface WriterOptions {
@@ -47,24 +51,6 @@ export interface WriterStats {
 export const FILE_MODE = 0o600;
 export const DIR_MODE = 0o700;
 
-/**
- * Create `dir` (and missing ancestors) and make it, and every ancestor created here, exactly
- * 0700. mkdir's mode goes through the umask, so the mode is set again explicitly; an
- * existing `dir` is tightened too (existing ancestors are left as they are).
- */
-export async function mkdirPrivate(dir: string): Promise<void> {
-  const target = path.resolve(dir);
-  const first = await fsp.mkdir(target, { recursive: true, mode: DIR_MODE });
-  const made = [target];
-  if (first !== undefined) {
-    for (let d = target; d !== path.resolve(first) && path.dirname(d) !== d; ) {
-      d = path.dirname(d);
-      made.push(d);
-    }
-  }
-  for (const d of made.reverse()) await fsp.chmod(d, DIR_MODE);
-}
-
 export class SnapshotWriter {
   readonly pageSize: number;
   readonly pageCount: number;
@@ -98,6 +84,7 @@ export class SnapshotWriter {
     readonly migrationId: string,
     readonly kind: SnapshotKind,
     opts: WriterOptions,
+    private readonly ctx: StoreContext = defaultStoreContext(),
   ) {
     const { pageSize, pageCount } = opts;
     if (!Number.isInteger(pageSize) || pageSize < 8 || pageSize % 8 !== 0) throw new UsageError(`pageSize ${pageSize} must be a positive multiple of 8`);
@@ -117,18 +104,21 @@ export class SnapshotWriter {
 
   /** @internal called by SharedStore.openWriter */
   async init(): Promise<void> {
-    if (!this.resume) await fsp.rm(this.dir, { recursive: true, force: true });
+    const { io } = this.ctx;
+    if (!this.resume) await io.rm(this.dir);
     // Guest memory: only the agents' user may list or read it (0700 directories, 0600
-    // files), whatever the umask and whoever else can reach the shared mount.
-    await mkdirPrivate(path.dirname(this.dir));
-    await mkdirPrivate(this.dir);
+    // files), whatever the umask and whoever else can reach the shared mount. mkdir's mode
+    // goes through the umask, so the mode is set again explicitly, on `dir` and on every
+    // ancestor made here (existing ancestors are left as they are).
+    await io.mkdirPrivate(path.dirname(this.dir), DIR_MODE);
+    await io.mkdirPrivate(this.dir, DIR_MODE);
     if (!this.resume) return;
-    const reader = new SnapshotReader(this.dir, this.migrationId, this.kind);
+    const reader = new SnapshotReader(this.dir, this.migrationId, this.kind, this.ctx);
     const m = await reader.manifest();
     const names = m ? m.chunks.map((c) => c.name) : await reader.committedChunks();
-    for (const f of await fsp.readdir(this.dir)) {
-      if (f.endsWith('.tmp')) await fsp.rm(path.join(this.dir, f), { force: true });
-      else await fsp.chmod(path.join(this.dir, f), FILE_MODE); // an attempt by an older agent may have left 0644
+    for (const f of await io.readdir(this.dir)) {
+      if (f.endsWith('.tmp')) await io.rm(path.join(this.dir, f));
+      else await io.chmod(path.join(this.dir, f), FILE_MODE); // an attempt by an older agent may have left 0644
     }
     for (const name of names) {
       let chunk: Chunk;
@@ -136,7 +126,7 @@ export class SnapshotWriter {
         chunk = await reader.readChunk(name);
       } catch (e) {
         if (m || !(e instanceof StorageCorruptError)) throw e;
-        await fsp.rm(path.join(this.dir, name), { force: true }); // rewritten by the caller
+        await io.rm(path.join(this.dir, name)); // rewritten by the caller
         continue;
       }
       if (chunk.pageSize !== this.pageSize || chunk.memoryPages !== this.pageCount) {
@@ -204,13 +194,14 @@ export class SnapshotWriter {
         if (n === 0) break;
         const buf = bufs[k & 1] ?? bufs[0] ?? new Uint8Array(0);
         const seq = this.nextSeq++;
-        const entry = this.buildChunk(buf, batch.subarray(0, n), seq, source);
+        const built = this.buildChunk(buf, batch.subarray(0, n), seq, source);
+        const { entry, data } = this.seal(built, buf.subarray(0, built.bytes), seq);
         const chunkPfns = batch.slice(0, n);
         const waitMs = this.bucket.reserve(entry.bytes); // TokenBucket.take on this writer's clock
         if (waitMs > 0) await this.clock.sleep(waitMs, signal);
         await pending;
         if (failed) throw failed.error;
-        pending = this.atomicWrite(entry.name, buf.subarray(0, entry.bytes), true).then(
+        pending = this.atomicWrite(entry.name, data, true).then(
           () => {
             if (this.state !== 'open') throw new Error(`snapshot ${this.dir} was ${this.state} while writing`);
             for (const p of chunkPfns) this.covered.set(p);
@@ -230,6 +221,14 @@ export class SnapshotWriter {
       await pending;
       this.busy = false;
     }
+  }
+
+  /** With storage encryption on, the chunk as stored is the sealed one (store-format.ts). */
+  private seal(entry: ManifestChunk, plain: Uint8Array, seq: number): { entry: ManifestChunk; data: Uint8Array } {
+    const key = this.ctx.encryptWith;
+    if (!key) return { entry, data: plain };
+    const data = sealChunk(plain, seq, key, this.migrationId, this.kind);
+    return { entry: { ...entry, bytes: data.length, crc32: data.readUInt32LE(data.length - 4) }, data };
   }
 
   /** Lay out one chunk in `buf` (pages read from the source now); returns its manifest entry. */
@@ -284,13 +283,14 @@ export class SnapshotWriter {
       bytes: chunks.reduce((a, c) => a + c.bytes, 0),
       completed: true,
       committedAtMs: Date.now(),
+      ...(this.ctx.encryptWith ? { encryption: { algorithm: 'aes-256-gcm' as const, keyId: this.ctx.encryptWith.id } } : {}),
     };
     await this.syncs;
     if (this.syncError) throw this.syncError;
     const text = JSON.stringify(body);
     const file = JSON.stringify({ ...body, manifestCrc32: crc32(Buffer.from(text)) }, null, 1) + '\n';
     await this.atomicWrite(MANIFEST, Buffer.from(file));
-    if (this.durable) await fsyncDir(this.dir);
+    if (this.durable) await this.ctx.io.fsync(this.dir);
     this.state = 'committed';
     this.committedManifest = body;
     this.ended = this.clock.now();
@@ -301,41 +301,21 @@ export class SnapshotWriter {
   async abort(): Promise<void> {
     this.state = 'aborted';
     this.ended ??= this.clock.now();
-    await fsp.rm(this.dir, { recursive: true, force: true });
+    await this.ctx.io.rm(this.dir);
   }
 
+  /**
+   * Temp file, written (and fsynced unless deferred), renamed into place. A deferred fsync
+   * runs behind, chunk after chunk (see `syncs`); commit waits for them.
+   */
   private async atomicWrite(name: string, data: Uint8Array, deferSync = false): Promise<void> {
     const final = path.join(this.dir, name);
-    const tmp = `${final}.tmp`;
-    const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, FILE_MODE);
-    let handedOver = false;
-    try {
-      await fh.chmod(FILE_MODE); // the umask may have taken bits off the open mode; a reused temp keeps its old mode
-      let off = 0;
-      while (off < data.length) {
-        const { bytesWritten } = await fh.write(data, off, data.length - off);
-        off += bytesWritten;
-      }
-      if (this.durable && deferSync) {
-        await fsp.rename(tmp, final);
-        handedOver = true;
-        this.syncs = this.syncs.then(() =>
-          fh.sync().then(
-            () => fh.close(),
-            (e: unknown) => {
-              this.syncError ??= e;
-              return fh.close();
-            },
-          ),
-        ).catch((e: unknown) => {
-          this.syncError ??= e;
-        });
-        return;
-      }
-      if (this.durable) await fh.sync();
-    } finally {
-      if (!handedOver) await fh.close();
+    const { io } = this.ctx;
+    await io.writeAtomic(final, data, FILE_MODE, this.durable && !deferSync);
+    if (this.durable && deferSync) {
+      this.syncs = this.syncs.then(() => io.fsync(final)).catch((e: unknown) => {
+        this.syncError ??= e;
+      });
     }
-    await fsp.rename(tmp, final);
   }
 }
