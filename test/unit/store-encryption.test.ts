@@ -113,7 +113,7 @@ describe('storage encryption', () => {
     await save(store, 'm4', memory());
     const [first] = await chunkFiles(store, 'm4');
     const raw = await fs.readFile(first!);
-    raw[100] ^= 0x01;
+    raw[100] = (raw[100] ?? 0) ^ 0x01;
     raw.writeUInt32LE(crc32(raw.subarray(0, raw.length - 4)), raw.length - 4);
     await fs.writeFile(first!, raw);
     const reader = new SharedStore(root, settings(true, keyA)).openReader('m4', 'static');
