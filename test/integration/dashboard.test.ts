@@ -94,7 +94,7 @@ describe('dashboard', () => {
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 16 * MiB, workload: 'memcached', seed: 21 });
     const { page, context } = await openDashboard(browser, api.url, WRITE);
     // hybrid-2: two pre-copy rounds, then the switch; a slow link keeps each round visible.
-    const m = await startThroughApi(vm, 'hybrid-2', { bandwidth: '4MiB/s' });
+    const m = await startThroughApi(vm, 'hybrid-2', { bandwidth: '3MiB/s' });
 
     // The list shows it, live, without a reload.
     const row = page.locator(`#migrations tr[data-vm="${vm}"]`);
@@ -112,12 +112,13 @@ describe('dashboard', () => {
       return Number((await lambda.getAttribute('data-switches')) ?? 0) >= 1;
     });
     // After the switch: cancel is refused with the workflow's reason, shown on the page.
-    const phaseAtClick = await attrBecomes(page, '#head', 'data-phase', (v) => v === 'postcopy' || v === 'completed');
+    // (Post-copy moves the ~2/3 of memory memcached keeps dirty over the same slow link: seconds.)
+    await attrBecomes(page, '#head', 'data-phase', (v) => v === 'postcopy' || v === 'completed');
+    expect(await page.locator('#head').getAttribute('data-phase'), 'the page showed the post-copy phase').toBe('postcopy');
     await page.click('#btn-cancel');
     const msg = page.locator('#control-message.error');
     await msg.waitFor();
-    if (phaseAtClick === 'postcopy') expect(await msg.textContent()).toMatch(new RegExp(`cancel refused: refused: ${vm} already runs on ${hostB}.*only moves forward`));
-    else expect(await msg.textContent()).toMatch(/cancel refused: .* is completed: nothing to cancel/);
+    expect(await msg.textContent()).toMatch(new RegExp(`^cancel refused: refused: ${vm} already runs on ${hostB} \\(phase postcopy\\); after the switch a migration only moves forward$`));
 
     const report = await reportOf(m);
     expect(report.outcome).toBe('completed');
@@ -200,10 +201,10 @@ describe('dashboard', () => {
     expect((await writer.context.cookies()).find((c) => c.name === 'ferry_token')).toMatchObject({ httpOnly: true, sameSite: 'Strict' });
 
     // Set bandwidth from the page: the running migration takes the new cap.
-    await writer.page.fill('#bw', '2MiB/s');
+    await writer.page.fill('#bw', '1536KiB/s');
     await writer.page.click('#btn-bw');
     await expect.poll(() => writer.page.locator('#control-message').textContent()).toBe('set bandwidth: accepted');
-    await expect.poll(() => writer.page.locator('#head').textContent()).toContain('bandwidth2.0 MiB/s');
+    await expect.poll(() => writer.page.locator('#head').textContent()).toContain('bandwidth1.5 MiB/s');
     // Force post-copy on a pre-copy migration: refused, with the workflow's reason.
     await writer.page.click('#btn-force');
     await expect.poll(() => writer.page.locator('#control-message.error').textContent()).toBe(
