@@ -176,7 +176,16 @@ export function mergedMarker(ctx: Pick<QemuContext, 'store'>, migrationId: strin
 }
 
 async function markMerged(ctx: Pick<QemuContext, 'store'>, migrationId: string): Promise<void> {
-  await fsp.writeFile(mergedMarker(ctx, migrationId), `${Date.now()}\n`, { mode: 0o600 });
+  // Through the store's I/O, under its no-progress watchdog, like every shared-storage operation.
+  await ctx.store.ctx.io.writeAtomic(mergedMarker(ctx, migrationId), Buffer.from(`${Date.now()}\n`), 0o600, false);
+}
+
+/** Whether the target agent has said the merge is done (a storage that fails or hangs says no). */
+export async function isMerged(ctx: Pick<QemuContext, 'store'>, migrationId: string): Promise<boolean> {
+  return ctx.store.ctx.io.size(mergedMarker(ctx, migrationId)).then(
+    () => true,
+    () => false,
+  );
 }
 
 export function createQemuRelayActivities(ctx: QemuContext, relays: Relays, sessions: QemuSessions) {

@@ -6,13 +6,12 @@
  * the event that says it happened. Per-pass statistics are the ones the driver captured at
  * MIGRATION_PASS (the dirty-bitmap sync), never polled.
  */
-import fsp from 'node:fs/promises';
 import { growthCurve, startDirtySampler } from '../hypervisor/qemu/dirty-sampler';
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { mayPostcopy, type StrategyName } from '../policy/types';
 import { userError } from './errors';
 import { cancelled, createQemuSharedActivities, heartbeat, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
-import { mergedMarker, Relays, requireLocalQemu, startSourceRelay, type RelayAddress } from './qemu-relay';
+import { isMerged, Relays, requireLocalQemu, startSourceRelay, type RelayAddress } from './qemu-relay';
 import type { MigrationOptions, StepRef, VerifyResult, VmDescription } from './types';
 
 /** QEMU's upper bound for downtime-limit (ms): raising it to this forces the completion. */
@@ -254,7 +253,6 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       const s = sessions.of(input);
       const v = vmOf(ctx, input.vm);
       const since = s.startedAtMs - 1000;
-      const marker = mergedMarker(ctx, input.migrationId);
       const armedAt = Date.now();
       let beat = armedAt;
       const gone = cancelled();
@@ -262,7 +260,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       for (;;) {
         const st = lastStatus(v, since)?.status;
         if (st && st !== 'active' && st !== 'setup') return { switched: false, note: `QEMU's migration is ${st}: nothing to switch` };
-        if (await fsp.access(marker).then(() => true, () => false)) break;
+        if (await isMerged(ctx, input.migrationId)) break;
         if (Date.now() - beat >= 250) {
           beat = Date.now();
           heartbeat({ armedMs: beat - armedAt });
