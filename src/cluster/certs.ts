@@ -20,6 +20,8 @@ import path from 'node:path';
 export const DEFAULT_CERT_DAYS = 825;
 export const DEFAULT_CLIENT_NAMES = ['controller', 'operator'] as const;
 export const FRONTEND_NAMES = ['localhost', 'temporal', 'temporal-frontend'] as const;
+/** The name clients check the frontend's certificate for when they reach it by IP (FERRY_TEMPORAL_TLS_SERVER_NAME). */
+export const FRONTEND_SERVER_NAME = 'temporal-frontend';
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 export interface CertPair {

@@ -14,7 +14,7 @@ import { Client, Connection } from '@temporalio/client';
 import { FERRY_SEARCH_ATTRIBUTES, VmId } from '../common/search-attributes';
 import { ensureGoTool, ensureTemporalBinary, TEMPORAL_SERVER, TEMPORAL_SQL_TOOL } from '../common/temporal-bin';
 import { temporalTlsEnv, temporalTlsOption, type TemporalTlsFiles } from '../common/temporal-tls';
-import { ensureClusterCerts } from './certs';
+import { ensureClusterCerts, FRONTEND_SERVER_NAME } from './certs';
 import * as pg from './postgres';
 import { DEPLOY_DIR, logFileOf, logTail, portOpen, sleep, startService, stopProcess, type ServerEnv } from './services';
 import { isAlive, readState, refOf, writeState, SERVICES, type ClusterPorts, type ClusterState, type ProcessRef, type ServiceName } from './state';
@@ -43,7 +43,7 @@ export interface ClusterStatus {
   /** The frontend: what FERRY_TEMPORAL_ADDRESS points at. */
   address: string;
   /** Mutual TLS on the frontend: the CA and the operator's client certificate (FERRY_TEMPORAL_TLS_*). */
-  tls: { dir: string; ca: string; cert: string; key: string } | null;
+  tls: { dir: string; ca: string; cert: string; key: string; serverName: string } | null;
   namespace: string;
   /** Every process alive. */
   running: boolean;
@@ -82,14 +82,14 @@ export function clusterStatus(state: ClusterState): ClusterStatus {
 /** The cluster's certificates (`<dir>/tls`, made by `up`): the CA and the operator's client pair. */
 export function clusterTls(dir: string): ClusterStatus['tls'] {
   const tlsDir = path.join(dir, TLS_SUBDIR);
-  const t = { dir: tlsDir, ca: path.join(tlsDir, 'ca.crt'), cert: path.join(tlsDir, 'operator.crt'), key: path.join(tlsDir, 'operator.key') };
+  const t = { dir: tlsDir, ca: path.join(tlsDir, 'ca.crt'), cert: path.join(tlsDir, 'operator.crt'), key: path.join(tlsDir, 'operator.key'), serverName: FRONTEND_SERVER_NAME };
   return fs.existsSync(t.ca) && fs.existsSync(t.cert) ? t : null;
 }
 
 /** What a ferry process needs to reach this cluster's frontend. */
 export function clusterTlsFiles(dir: string): TemporalTlsFiles | null {
   const t = clusterTls(dir);
-  return t && { ca: t.ca, cert: t.cert, key: t.key, serverName: null };
+  return t && { ca: t.ca, cert: t.cert, key: t.key, serverName: t.serverName };
 }
 
 /** The cluster's status, or null when `dir` holds none. */

@@ -71,7 +71,7 @@ let certsMs = 0;
 beforeAll(async () => {
   first = await upJson(dir);
   expect(first.tls, 'up made the cluster CA and the operator certificate').not.toBeNull();
-  tls = { ca: first.tls!.ca, cert: first.tls!.cert, key: first.tls!.key, serverName: null };
+  tls = { ca: first.tls!.ca, cert: first.tls!.cert, key: first.tls!.key, serverName: first.tls!.serverName };
   // The agents' certificates, as an operator makes them.
   const t0 = Date.now();
   const certs = await cluster('certs', '--dir', dir, '--names', `${hostA},${hostB}`);

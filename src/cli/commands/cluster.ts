@@ -38,7 +38,7 @@ async function runUp(dir: string, json: boolean): Promise<number> {
   const r = await up(dir, say);
   if (r.alreadyRunning) say(`ferry cluster: already running in ${r.status.dir}`);
   say(`ferry cluster: export FERRY_TEMPORAL_ADDRESS=${r.status.address}`);
-  if (r.status.tls) say(`ferry cluster: export FERRY_TEMPORAL_TLS_CA=${r.status.tls.ca} FERRY_TEMPORAL_TLS_CERT=${r.status.tls.cert} FERRY_TEMPORAL_TLS_KEY=${r.status.tls.key}`);
+  if (r.status.tls) say(`ferry cluster: export FERRY_TEMPORAL_TLS_CA=${r.status.tls.ca} FERRY_TEMPORAL_TLS_CERT=${r.status.tls.cert} FERRY_TEMPORAL_TLS_KEY=${r.status.tls.key} FERRY_TEMPORAL_TLS_SERVER_NAME=${r.status.tls.serverName}`);
   process.stdout.write(json ? `${JSON.stringify({ ...r.status, started: r.started, alreadyRunning: r.alreadyRunning, elapsedMs: r.elapsedMs }, null, 2)}\n` : `${r.status.address}\n`);
   return 0;
 }
