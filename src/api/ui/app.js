@@ -256,11 +256,15 @@ function migrationPage(id, runId) {
     <h2>Attempts (audit trail)</h2>
     <table id="attempts"><thead><tr><th>attempt</th><th>ticket</th><th>requested by</th><th>via</th><th>outcome</th><th>reason</th></tr></thead><tbody></tbody></table>`;
   let controlsFor = null;
+  // An ended migration changes no more: two renders (the audit trail's end record may trail the report) and the polling stops.
+  let endedRenders = 0;
   return async (current) => {
+    if (endedRenders >= 2) return;
     const path = migrationPath(id, runId);
     const [v, tl] = await Promise.all([api('GET', path), api('GET', `${path}/timeline`)]);
     if (!current()) return;
     const key = `${v.id}/${v.runId}`;
+    if (v.status !== 'running') endedRenders++;
     const r = v.report;
     const p = v.progress;
     const phase = r ? r.outcome : p ? p.phase : v.phase;
@@ -358,7 +362,7 @@ function migrationPage(id, runId) {
           data: { values: iters },
           mark: { type: 'line', point: { size: 50 }, tooltip: true },
           encoding: {
-            x: { field: 'round', type: 'quantitative', title: 'round', axis: { tickMinStep: 1 }, scale: { domainMin: 1 } },
+            x: { field: 'round', type: 'quantitative', title: 'round', axis: { tickMinStep: 1, format: 'd' }, scale: { domainMin: 1 } },
             y: { field: 'lambda', type: 'quantitative', title: 'λ (dirtied ÷ sent)' },
           },
         },
