@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Client, WorkflowHandle } from '@temporalio/client';
+import { onTestFinished } from 'vitest';
 import type { MigrationOptions } from '../../src/activities/types';
 import { CONTROL_QUEUE, migrationWorkflowId } from '../../src/common/names';
 import type { StrategyName } from '../../src/policy/types';
@@ -58,4 +59,19 @@ export async function untilProgress(handle: WorkflowHandle, pred: (p: Progress) 
     if (Date.now() > deadline) throw new Error(`condition not reached; last progress ${JSON.stringify(p)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/**
+ * Destroy a test's VM once the test is done with it, on whichever of `hosts` it runs (a
+ * migrated guest keeps running its workload on the target otherwise, taking CPU from every
+ * test after it). Called inside a test: runs when the test finishes, passed or not.
+ */
+export function destroyWhenDone(client: Client, vm: string, hosts: string[]): void {
+  onTestFinished(async () => {
+    for (const host of hosts) {
+      await client.workflow
+        .execute('vmCommandWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: `vm-destroy-${vm}-${randomUUID()}`, args: [{ host, op: 'destroy', name: vm }] })
+        .catch(() => undefined); // not on this host
+    }
+  });
 }

@@ -7,7 +7,7 @@ import type { FerryProcess } from '../../src/support/processes';
 import { STRATEGIES, mayPostcopy, type StrategyName } from '../../src/policy/types';
 import type { MigrationReport } from '../../src/workflows/report';
 import { maybeRecordHistory } from '../helpers/history';
-import { createVm, migrate, MiB } from '../helpers/migrate';
+import { createVm, destroyWhenDone, migrate, MiB } from '../helpers/migrate';
 import { startAgentProcess, startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 
 let controller: TestController;
@@ -39,6 +39,7 @@ async function run(
 ): Promise<MigrationReport> {
   const vm = `vm-${strategy}-${workload}-${++seq}`;
   await createVm(controller.client, hostA, { name: vm, memoryBytes: (opts.memory ?? 64) * MiB, workload, seed: 11 + seq, rate: opts.rate });
+  destroyWhenDone(controller.client, vm, [hostB, hostA]);
   const report = await migrate(controller.client, {
     vm,
     source: hostA,
