@@ -20,8 +20,10 @@ console.log(`fault timing seed: FERRY_FAULT_SEED=${seed}`);
 let iso: Isolated;
 let n = 0;
 
+// crash-a → crash-b for every test but the source agent's restart, which runs on crash-c →
+// crash-d beside the target agent's loss: both wait on Temporal's timeouts, not on the CPU.
 beforeAll(async () => {
-  iso = await startIsolated(['crash-a', 'crash-b'], { persistent: true });
+  iso = await startIsolated(['crash-a', 'crash-b', 'crash-c', 'crash-d'], { persistent: true });
 }, 120_000);
 
 afterAll(async () => {
@@ -31,17 +33,22 @@ afterAll(async () => {
 // The paper's switch rule keeps pre-copy going on a plateau: these faults aim at its rounds.
 // A 32 MiB guest: its rounds take half as long as a 64 MiB one's, and each fault still lands
 // in the phase it names (the static save is kept long by a slow storage link).
-async function start(strategy: StrategyName, workload: string, options: Partial<MigrationOptions>, memoryMiB = 32): Promise<WorkflowHandle> {
+async function start(
+  strategy: StrategyName,
+  workload: string,
+  options: Partial<MigrationOptions>,
+  { memoryMiB = 32, source = 'crash-a', target = 'crash-b' }: { memoryMiB?: number; source?: string; target?: string } = {},
+): Promise<WorkflowHandle> {
   const vm = `crash-${++n}`;
   await iso.client.workflow.execute('vmCommandWorkflow', {
     taskQueue: CONTROL_QUEUE,
     workflowId: `vm-create-${vm}`,
-    args: [{ host: 'crash-a', op: 'create', spec: { name: vm, memoryBytes: memoryMiB * MiB, workload, seed: n } }],
+    args: [{ host: source, op: 'create', spec: { name: vm, memoryBytes: memoryMiB * MiB, workload, seed: n } }],
   });
   return iso.client.workflow.start('migrationWorkflow', {
     taskQueue: CONTROL_QUEUE,
     workflowId: migrationWorkflowId(vm),
-    args: [{ vm, source: 'crash-a', target: 'crash-b', strategy, options: defaultOptions({ digest: true, switchRule: 'paper', ...options }) }],
+    args: [{ vm, source, target, strategy, options: defaultOptions({ digest: true, switchRule: 'paper', ...options }) }],
   });
 }
 
@@ -84,7 +91,7 @@ describe('controller SIGKILLed and restarted after a random delay', { timeout: 2
     ['at the switch', 'pa-hybrid', 'memcached', { storageBandwidthBytesPerSec: 12 * MiB, pbdata: 'sync', maxDowntimeMs: 1, maxIterations: 8 }, (p) => p.phase === 'switching', 32],
     ['during post-copy', 'postcopy', 'kernel-compile', { bandwidthBytesPerSec: 8 * MiB }, (p) => p.phase === 'postcopy', 32],
   ])('%s: the migration completes, verified, no iteration twice', async (_when, strategy, workload, options, when, memoryMiB) => {
-    const handle = await start(strategy, workload, options, memoryMiB);
+    const handle = await start(strategy, workload, options, { memoryMiB });
     await until(handle, when);
     iso.controller.kill('SIGKILL');
     await iso.controller.exited;
@@ -107,8 +114,8 @@ describe('Temporal server', { timeout: 240_000 }, () => {
   });
 });
 
-describe('agent loss before the switch', { timeout: 240_000 }, () => {
-  it('target agent killed: rolled back, the guest verified on the source', async () => {
+describe.concurrent('agent loss before the switch', { timeout: 240_000 }, () => {
+  it('target agent killed: rolled back, the guest verified on the source', async ({ expect }) => {
     const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 });
     await until(handle, (p) => p.iteration >= 2);
     iso.agents.get('crash-b')!.kill('SIGKILL');
@@ -119,13 +126,13 @@ describe('agent loss before the switch', { timeout: 240_000 }, () => {
     await iso.startAgent('crash-b');
   });
 
-  it('source agent restarted: the migration fails cleanly and says what became of the guest', async () => {
-    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 });
+  it('source agent restarted: the migration fails cleanly and says what became of the guest', async ({ expect }) => {
+    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 }, { source: 'crash-c', target: 'crash-d' });
     await until(handle, (p) => p.iteration >= 2);
-    const a = iso.agents.get('crash-a')!;
+    const a = iso.agents.get('crash-c')!;
     a.kill('SIGKILL');
     await a.exited;
-    await iso.startAgent('crash-a');
+    await iso.startAgent('crash-c');
     const r = (await handle.result()) as MigrationReport;
     expect(r.outcome).toBe('failed');
     expect(r.reason).toMatch(/its agent restarted during the migration .* an emulated guest lives in its agent's process/);

@@ -50,9 +50,10 @@ describe('QEMU post-copy across two networks', () => {
     const net = c.net!;
     const random = prng(seed);
     const vm = 'qrec-1';
-    await createVm(c.client, c.source, { name: vm, memoryBytes: 256 * MiB, workload: 'hot-set', seed: 5 });
-    // post-copy from the start, 8 MiB/s: the 128 MiB hot set takes ~16 s to push.
-    const handle = await startMigration(c.client, { vm, source: c.source, target: c.target, driver: 'qemu', strategy: 'postcopy', options: { bandwidthBytesPerSec: 8 * MiB, faultTimeoutMs: 2000 } });
+    await createVm(c.client, c.source, { name: vm, memoryBytes: 128 * MiB, workload: 'hot-set', seed: 5 });
+    // post-copy from the start, 16 MiB/s: the guest's 128 MiB take ~8 s to push, and the link
+    // is cut at most 2.5 s into it.
+    const handle = await startMigration(c.client, { vm, source: c.source, target: c.target, driver: 'qemu', strategy: 'postcopy', options: { bandwidthBytesPerSec: 16 * MiB, faultTimeoutMs: 2000 } });
     for (;;) {
       const p = await handle.query(progressQuery).catch(() => null); // not registered before the first task
       if (!p) {
