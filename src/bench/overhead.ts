@@ -14,6 +14,7 @@ import { Client, Connection } from '@temporalio/client';
 import { startLocalCluster } from '../support/local-cluster';
 import { reportOf, resolveHandle, startMigration } from '../client/migrations';
 import { loadConfig } from '../common/config';
+import { temporalTlsOption } from '../common/temporal-tls';
 import { CONTROL_QUEUE } from '../common/names';
 import { FERRY_DYNAMIC_CONFIG } from '../common/server-tuning';
 
@@ -75,7 +76,7 @@ async function measure(opts: { stockServer: boolean; migrations: number; iterati
   const breakdown: Record<string, number[]> = {};
   const floor: number[] = [];
   try {
-    const connection = await Connection.connect({ address: cluster.address });
+    const connection = await Connection.connect({ address: cluster.address, ...(cfg.temporalAddress ? temporalTlsOption(cfg.temporalTls) : {}) });
     const client = new Client({ connection, namespace: cfg.namespace });
     for (let m = 0; m < opts.migrations; m++) {
       const vm = `overhead-${m}`;

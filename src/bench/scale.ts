@@ -15,7 +15,7 @@
  *
  * Writes results.json and results.md to --out (default docs/bench/scale).
  */
-import { temporalTlsFiles, temporalTlsOption } from '../common/temporal-tls';
+import { temporalTlsEnv, temporalTlsFiles, temporalTlsOption, type TemporalTlsFiles } from '../common/temporal-tls';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -333,8 +333,8 @@ async function longMigration(ctx: Ctx, source: string, target: string, iteration
 }
 
 /** src/bench/overhead.ts as `npm run bench:overhead` runs it, pointed at the cluster or at a dev server of its own. */
-async function overhead(where: OverheadRun['where'], address: string | null, migrations: number, iterations: number, log: (l: string) => void): Promise<OverheadRun> {
-  const env = { ...process.env };
+async function overhead(where: OverheadRun['where'], address: string | null, migrations: number, iterations: number, log: (l: string) => void, tls: TemporalTlsFiles | null = null): Promise<OverheadRun> {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...temporalTlsEnv(tls) };
   if (address) env.FERRY_TEMPORAL_ADDRESS = address;
   else delete env.FERRY_TEMPORAL_ADDRESS;
   log(`ferry bench scale: orchestration overhead on ${where} (src/bench/overhead.ts, ${migrations} × ${iterations} iterations)`);
@@ -384,7 +384,9 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleResult> {
   fs.mkdirSync(storage);
   const auditDb = path.join(work, 'audit.db');
   const token = randomBytes(16).toString('hex');
-  const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storage, FERRY_AUDIT_DB: auditDb, FERRY_API_TOKEN: token };
+  // Mutual TLS to the cluster: the certificates in the environment, else the operator's of the `ferry cluster` directory.
+  const tls = temporalTlsFiles(process.env) ?? (clusterStatus?.tls ? { ca: clusterStatus.tls.ca, cert: clusterStatus.tls.cert, key: clusterStatus.tls.key, serverName: clusterStatus.tls.serverName } : null);
+  const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storage, FERRY_AUDIT_DB: auditDb, FERRY_API_TOKEN: token, ...temporalTlsEnv(tls) };
   const agents: FerryProcess[] = [];
   let controller: FerryProcess | null = null;
   const result: ScaleResult = {
@@ -416,7 +418,7 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleResult> {
     await Promise.all([controller.ready, ...agents.map((a) => a.ready)]);
     const apiUrl = /API on (http:\/\/\S+) /.exec(controller.output())?.[1];
     if (!apiUrl) throw new Error(`the controller did not say where its API listens:\n${controller.output().slice(-2000)}`);
-    connection = await Connection.connect({ address, ...temporalTlsOption(temporalTlsFiles(process.env)) });
+    connection = await Connection.connect({ address, ...temporalTlsOption(tls) });
     const client = new Client({ connection });
     const services = (clusterStatus?.processes ?? []).filter((p) => p.name !== 'postgresql' && p.pid !== null).map((p) => p.pid!);
     const ctx: Ctx = {
@@ -493,7 +495,7 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleResult> {
 
   if (!o.skip.has('overhead')) {
     // Our controller and agents are gone: the overhead bench brings its own, on the cluster and then on a dev server.
-    result.overhead.push(await overhead('this cluster', address, o.overheadMigrations, o.overheadIterations, log));
+    result.overhead.push(await overhead('this cluster', address, o.overheadMigrations, o.overheadIterations, log, tls));
     result.overhead.push(await overhead('dev server', null, o.overheadMigrations, o.overheadIterations, log));
     for (const r of result.overhead) if (r.error) failures.push(`overhead on ${r.where}: ${r.error}`);
   }

@@ -54,7 +54,13 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     } else {
       log(`ferry: using Temporal at ${address}`);
     }
-    const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_NAMESPACE: cfg.namespace, FERRY_STORAGE_DIR: cfg.storageDir };
+    const env = {
+      FERRY_TEMPORAL_ADDRESS: address,
+      FERRY_NAMESPACE: cfg.namespace,
+      FERRY_STORAGE_DIR: cfg.storageDir,
+      // Our own dev server speaks plain gRPC: certificates meant for a cluster do not apply (empty = unset).
+      ...(server ? { FERRY_TEMPORAL_TLS_CA: '', FERRY_TEMPORAL_TLS_CERT: '', FERRY_TEMPORAL_TLS_KEY: '', FERRY_TEMPORAL_TLS_SERVER_NAME: '' } : {}),
+    };
     const echo = opts.verbose ? (l: string) => log(`  ${l}`) : undefined;
     const controller = spawnFerry('controller', ['controller'], { env, echo });
     started.push(controller);
