@@ -64,10 +64,11 @@ export async function untilProgress(handle: WorkflowHandle, pred: (p: Progress) 
 /**
  * Destroy a test's VM once the test is done with it, on whichever of `hosts` it runs (a
  * migrated guest keeps running its workload on the target otherwise, taking CPU from every
- * test after it). Called inside a test: runs when the test finishes, passed or not.
+ * test after it). Called inside a test: runs when the test finishes, passed or not (a
+ * concurrent test passes its own context's onTestFinished).
  */
-export function destroyWhenDone(client: Client, vm: string, hosts: string[]): void {
-  onTestFinished(async () => {
+export function destroyWhenDone(client: Client, vm: string, hosts: string[], onFinished: (fn: () => Promise<void>) => void = onTestFinished): void {
+  onFinished(async () => {
     for (const host of hosts) {
       await client.workflow
         .execute('vmCommandWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: `vm-destroy-${vm}-${randomUUID()}`, args: [{ host, op: 'destroy', name: vm }] })

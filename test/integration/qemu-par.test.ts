@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationReport } from '../../src/workflows/report';
 import { progressQuery } from '../../src/workflows/messages';
 import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
-import { createVm, migrate, MiB, startMigration } from '../helpers/migrate';
+import { createVm, destroyWhenDone, migrate, MiB, startMigration } from '../helpers/migrate';
 import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent, expectVerifiedOnTarget } from '../helpers/qemu';
 
 let controller: TestController;
@@ -55,6 +55,7 @@ describe('par-migrate on QEMU through the agents’ relays', () => {
     const vm = 'qpar-conv';
     const mem = 128 * MiB;
     await createVm(controller.client, hostA, { name: vm, memoryBytes: mem, workload: 'converging', seed: 5 });
+    destroyWhenDone(controller.client, vm, [hostB, hostA]);
     const r = await migrate(controller.client, {
       vm,
       source: hostA,
@@ -71,6 +72,7 @@ describe('par-migrate on QEMU through the agents’ relays', () => {
     const vm = 'qpar-wi';
     const mem = 128 * MiB;
     await createVm(controller.client, hostA, { name: vm, memoryBytes: mem, workload: 'write-intensive', seed: 9 });
+    destroyWhenDone(controller.client, vm, [hostB, hostA]);
     const r = await migrate(controller.client, {
       vm,
       source: hostA,
