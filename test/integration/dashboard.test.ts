@@ -268,6 +268,11 @@ describe('dashboard', () => {
     expect(await page.locator('#chart-evac g.mark-rect path').count()).toBe(3);
     const summary = (await (await fetch(`${api.url}/v1/evacuations/evacuate-${ticket}`, { headers: { authorization: `Bearer ${READ}` } })).json()) as { summary: { counts: Record<string, number> } };
     expect(summary.summary.counts).toMatchObject({ completed: 3, cancelled: 1 });
+    // And in the list of evacuations, with its counts.
+    await page.click('nav a[data-nav="evacuations"]');
+    const listed = page.locator('#evacuations tbody tr', { hasText: `evacuate-${ticket}` });
+    await listed.waitFor();
+    expect(await listed.textContent()).toContain(hostE);
     await context.close();
   });
 });
