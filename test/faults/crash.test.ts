@@ -10,7 +10,7 @@ import { CONTROL_QUEUE, migrationWorkflowId } from '../../src/common/names';
 import type { StrategyName } from '../../src/policy/types';
 import { progressQuery, type Progress } from '../../src/workflows/messages';
 import type { MigrationReport } from '../../src/workflows/report';
-import { defaultOptions, MiB } from '../helpers/migrate';
+import { defaultOptions, destroyWhenDone, MiB } from '../helpers/migrate';
 import { prng, startIsolated, type Isolated } from '../helpers/isolated';
 
 const seed = Number(process.env.FERRY_FAULT_SEED ?? Date.now() % 100_000);
@@ -37,14 +37,16 @@ async function start(
   strategy: StrategyName,
   workload: string,
   options: Partial<MigrationOptions>,
-  { memoryMiB = 32, source = 'crash-a', target = 'crash-b' }: { memoryMiB?: number; source?: string; target?: string } = {},
+  opts: { memoryMiB?: number; source?: string; target?: string; onFinished?: (fn: () => Promise<void>) => void } = {},
 ): Promise<WorkflowHandle> {
+  const { memoryMiB = 32, source = 'crash-a', target = 'crash-b' } = opts;
   const vm = `crash-${++n}`;
   await iso.client.workflow.execute('vmCommandWorkflow', {
     taskQueue: CONTROL_QUEUE,
     workflowId: `vm-create-${vm}`,
     args: [{ host: source, op: 'create', spec: { name: vm, memoryBytes: memoryMiB * MiB, workload, seed: n } }],
   });
+  destroyWhenDone(iso.client, vm, [source, target], opts.onFinished);
   return iso.client.workflow.start('migrationWorkflow', {
     taskQueue: CONTROL_QUEUE,
     workflowId: migrationWorkflowId(vm),
@@ -115,8 +117,8 @@ describe('Temporal server', { timeout: 240_000 }, () => {
 });
 
 describe.concurrent('agent loss before the switch', { timeout: 240_000 }, () => {
-  it('target agent killed: rolled back, the guest verified on the source', async ({ expect }) => {
-    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 });
+  it('target agent killed: rolled back, the guest verified on the source', async ({ expect, onTestFinished }) => {
+    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 }, { onFinished: onTestFinished });
     await until(handle, (p) => p.iteration >= 2);
     iso.agents.get('crash-b')!.kill('SIGKILL');
     const r = (await handle.result()) as MigrationReport;
@@ -126,8 +128,8 @@ describe.concurrent('agent loss before the switch', { timeout: 240_000 }, () => 
     await iso.startAgent('crash-b');
   });
 
-  it('source agent restarted: the migration fails cleanly and says what became of the guest', async ({ expect }) => {
-    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 }, { source: 'crash-c', target: 'crash-d' });
+  it('source agent restarted: the migration fails cleanly and says what became of the guest', async ({ expect, onTestFinished }) => {
+    const handle = await start('as-hybrid', 'memcached', { maxDowntimeMs: 1, maxIterations: 50 }, { source: 'crash-c', target: 'crash-d', onFinished: onTestFinished });
     await until(handle, (p) => p.iteration >= 2);
     const a = iso.agents.get('crash-c')!;
     a.kill('SIGKILL');

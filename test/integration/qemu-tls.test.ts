@@ -18,7 +18,7 @@ import { LocalHost } from '../../src/hypervisor/qemu/host';
 import type { MigrationReport } from '../../src/workflows/report';
 import { makeCa, makeHostCert, tlsArgs } from '../helpers/certs';
 import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
-import { createVm, migrate, MiB } from '../helpers/migrate';
+import { createVm, destroyWhenDone, migrate, MiB } from '../helpers/migrate';
 import { killQemusUnder, serialOf, startQemuAgent, stopQemuAgent, testGuest, type QemuAgent } from '../helpers/qemu';
 
 describe('QEMU migration over mutual TLS', () => {
@@ -56,6 +56,15 @@ describe('QEMU migration over mutual TLS', () => {
     fs.rmSync(certs, { recursive: true, force: true });
   });
 
+  // The three refused migrations move one guest in turn: each is refused, the guest keeps
+  // running on host A and verifies there, and the next one starts from that state.
+  let refusedGuest: Promise<string> | undefined;
+  function guestOnA(): Promise<string> {
+    const vm = 'qtls-refused';
+    refusedGuest ??= createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'hot-set', seed: 35 }).then(() => vm);
+    return refusedGuest;
+  }
+
   function expectRolledBackOnSource(r: MigrationReport, vm: string): void {
     expect(r.outcome, r.reason).toBe('rolled-back');
     expect(r.reason).toContain(`${vm} runs on ${hostA}`);
@@ -71,6 +80,7 @@ describe('QEMU migration over mutual TLS', () => {
   it('as-hybrid between two hosts of the cluster CA: switches to post-copy, the guest verifies on the target', async () => {
     const vm = 'qtls-as-1';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 31 });
+    destroyWhenDone(controller.client, vm, [hostB, hostA]);
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'as-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, maxIterations: 30 } });
     expect(r.outcome, r.reason).toBe('completed');
     expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
@@ -86,6 +96,7 @@ describe('QEMU migration over mutual TLS', () => {
   it("pa-hybrid between two hosts of the cluster CA: the agents' relay link runs over mutual TLS; StaticData merged, the guest verifies on the target", async () => {
     const vm = 'qtls-pa-1';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 34 });
+    destroyWhenDone(controller.client, vm, [hostB, hostA]);
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, strategy: 'pa-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 400 * MiB, maxIterations: 30 } });
     expect(r.outcome, r.reason).toBe('completed');
     expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
@@ -94,16 +105,14 @@ describe('QEMU migration over mutual TLS', () => {
   }, 300_000);
 
   it("pa-hybrid to a host whose certificate a foreign CA signed: the relay link's TLS handshake fails, rolled back, the guest verifies on the source", async () => {
-    const vm = 'qtls-pa-foreign';
-    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'hot-set', seed: 35 });
+    const vm = await guestOnA();
     const r = await migrate(controller.client, { vm, source: hostA, target: hostC, strategy: 'pa-hybrid', options: { bandwidthBytesPerSec: 32 * MiB } });
     expectRolledBackOnSource(r, vm);
     expect(r.reason).toMatch(/relay link to .*TLS|certificate/i);
   }, 240_000);
 
   it('a target whose certificate a foreign CA signed is refused by the source QEMU: rolled back, the guest verifies on the source', async () => {
-    const vm = 'qtls-foreign-1';
-    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'hot-set', seed: 32 });
+    const vm = await guestOnA();
     const r = await migrate(controller.client, { vm, source: hostA, target: hostC, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB } });
     expectRolledBackOnSource(r, vm);
     expect(r.reason).toMatch(/^precopy failed: QEMU ended the migration \(failed\): .*certificate/i);
@@ -111,8 +120,7 @@ describe('QEMU migration over mutual TLS', () => {
   }, 240_000);
 
   it('a host without TLS is refused before the migration starts, naming both hosts', async () => {
-    const vm = 'qtls-plain-1';
-    await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'hot-set', seed: 33 });
+    const vm = await guestOnA();
     const r = await migrate(controller.client, { vm, source: hostA, target: hostD, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB } });
     expectRolledBackOnSource(r, vm);
     expect(r.reason).toContain(`migration TLS mismatch: ${hostA} runs its migration streams over mutual TLS, ${hostD} does not`);
