@@ -233,6 +233,9 @@ export function storageFailure(err: unknown): ApplicationFailure | null {
   const code = (err as { code?: unknown } | null)?.code;
   const msg = err instanceof Error ? err.message : String(err);
   if (code === 'ENOSPC' || code === 'EDQUOT') return ApplicationFailure.create({ type: 'StorageFull', message: `storage full: ${msg}`, nonRetryable: true });
+  // Storage that stopped answering (the watchdog of dataplane/store-io.ts): not retried, a
+  // retry would only wait out the same window again.
+  if (code === 'ESTALLED') return ApplicationFailure.create({ type: 'StorageHung', message: msg, nonRetryable: true });
   if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') return ApplicationFailure.create({ type: 'StorageUnavailable', message: `storage not writable: ${msg}`, nonRetryable: true });
   // Other I/O errors (EIO of a soft NFS mount, ENOENT of a vanished mount…): retried.
   if (typeof code === 'string' && code.startsWith('E')) return ApplicationFailure.create({ type: 'StorageError', message: `storage unavailable: ${msg}`, nonRetryable: false });

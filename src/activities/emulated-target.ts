@@ -12,7 +12,7 @@ import { EmulatedGuest } from '../guest';
 import { prepareWorkload } from '../guest/workloads';
 import { grantSecret } from '../security/channel-secret';
 import { userError } from './errors';
-import { digestOf, EmulatedSessions, heartbeatEvery, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
+import { digestOf, EmulatedSessions, heartbeatEvery, storageFailure, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
 import type { DrainResult, PrepareTargetInput, PrepareTargetResult, ResumeResult, StaticMergeResult, StepRef, VerifyResult } from './types';
 
 const DEFAULT_FAULT_TIMEOUT_MS = 2000;
@@ -89,7 +89,9 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
             },
             resumeFrom,
           }),
-        );
+        ).catch((e: unknown) => {
+          throw storageFailure(e) ?? e;
+        });
         return { pages: r.pages, skippedNewer: r.skippedNewer, bytesRead: r.bytesRead, mergeMs: Date.now() - t0 };
       });
     },

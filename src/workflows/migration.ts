@@ -16,7 +16,7 @@
  * "rolled back" only when the source confirmed the guest runs there. After the switch the
  * migration only moves forward.
  */
-import { ApplicationFailure, CancellationScope, allHandlersFinished, condition, isCancellation, patched, proxyActivities, sleep, workflowInfo } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, CancellationScope, allHandlersFinished, condition, isCancellation, patched, proxyActivities, sleep, workflowInfo } from '@temporalio/workflow';
 import type { HostActivities } from '../activities/host';
 import type { StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
@@ -48,6 +48,16 @@ export const HOLD_FOR_MERGE_PATCH = 'ferry-hold-for-merge';
 export const DECIDE_ON_MERGE_PATCH = 'ferry-decide-on-merge';
 /** Engines that can be armed (QEMU): the source switches the moment the merge is done, as decided before. */
 export const ARMED_SWITCH_PATCH = 'ferry-armed-switch';
+/** Marks runs where the target's merge failing on storage (hung, full, unreadable) drops channel-1 as a failed save does, instead of rolling back. */
+export const MERGE_STORAGE_PATCH = 'ferry-merge-storage-failure';
+/** Failure types of the storage steps (activities/emulated-sessions.ts storageFailure). */
+const STORAGE_FAILURES = ['StorageFull', 'StorageUnavailable', 'StorageHung', 'StorageError'];
+
+/** The message of a storage step's failure, or null for any other failure. */
+function storageFailureOf(err: unknown): string | null {
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  return cause instanceof ApplicationFailure && STORAGE_FAILURES.includes(cause.type ?? '') ? failureMessage(err) : null;
+}
 
 const facts = (host: string) =>
   proxyActivities<HostActivities>({
@@ -208,12 +218,21 @@ class Runbook {
     this.mergePromise.then(
       () => (this.staticMerged = true),
       (err) => {
-        if (!isCancellation(err)) this.mergeFailed = true;
+        if (isCancellation(err)) return;
+        const storage = storageFailureOf(err);
+        if (storage !== null && patched(MERGE_STORAGE_PATCH)) {
+          // The target cannot read StaticData (storage hung, gone): channel-1 is dropped as
+          // when the save fails; the save stops, every page goes over channel-2.
+          this.saveError ??= `the merge on ${this.input.target}: ${storage}`;
+          this.saveScope?.cancel();
+          return;
+        }
+        this.mergeFailed = true;
       },
     );
     this.savePromise.then(
       () => undefined,
-      (err) => (this.saveError = failureMessage(err)),
+      (err) => (this.saveError ??= failureMessage(err)),
     );
   }
 

@@ -4,9 +4,12 @@
  * which verdicts count as surviving its fault.
  */
 import type { End } from '../../support/link';
+import type { TwoHostNet } from '../../support/netns';
+import { run } from '../../support/shell';
 import type { Progress } from '../../workflows/messages';
 import type { MigrationReport } from '../../workflows/report';
-import { ms, scenario, type Scenario, type TrialContext } from './trial';
+import { mountHangFs, type HangFs } from './hangfs';
+import { ms, scenario, type Plan, type Scenario, type TrialContext } from './trial';
 
 const MiB = 1024 ** 2;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -210,7 +213,148 @@ export const NET_SCENARIOS: Scenario[] = [
   })),
 ];
 
-export const FAULT_SCENARIOS: Scenario[] = [...CRASH_SCENARIOS, ...NET_SCENARIOS];
+/*
+ * Storage that hangs: shared storage served by hangfs (test/fixtures/hangfs.py, FUSE) whose
+ * operations on command block without an answer or an error. The agents' storage watchdog
+ * (FERRY_STORAGE_STALL_MS) abandons the blocked call; the migration goes on over channel-2.
+ */
+
+/** Writes of StaticData (or PbData): create, write, fsync, rename of its files, mkdir of its directory. */
+const WRITES = (kind: 'static' | 'pbdata'): string => `^(mkdir|create|open|write|flush|fsync|release|rename) .*/${kind}(/|$)`;
+const abandoned = (r: MigrationReport, by: RegExp): boolean => r.decisions.some((d) => /StaticData abandoned/.test(d.reason) && by.test(d.reason));
+
+function onHangingStorage(ctx: TrialContext, plan: Omit<Plan, 'before' | 'after' | 'inject'> & { inject: (h: HangFs) => string; hangFromStart?: string }): Plan {
+  let h: HangFs | null = null;
+  return {
+    ...plan,
+    before: async () => {
+      h = await mountHangFs(ctx.cluster.storage!.dir);
+      if (plan.hangFromStart) h.hang(plan.hangFromStart);
+      return 'shared storage served by hangfs (FUSE)';
+    },
+    inject: () => plan.inject(h!),
+    after: async () => {
+      await h?.unmount();
+      h = null;
+    },
+  };
+}
+
+export const HANG_SCENARIOS: Scenario[] = [
+  scenario('storage-hang-save', 'storage hangs during the static save (pa-hybrid)', 'net', ['completed'], (ctx) =>
+    onHangingStorage(ctx, {
+      strategy: 'pa-hybrid',
+      workload: 'memcached',
+      options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
+      when: (p) => p.phase === 'precopy' && p.staticMerged === false,
+      jitterMs: 800,
+      inject: (h) => {
+        h.hang(WRITES('static'));
+        return 'StaticData writes hang (no answer, no error) during the static save';
+      },
+      landed: (r) => abandoned(r, /storage hung/),
+    }),
+  ),
+  scenario('storage-hang-merge', "storage hangs for the target's reads during the static merge (pa-hybrid)", 'net', ['completed'], (ctx) =>
+    onHangingStorage(ctx, {
+      strategy: 'pa-hybrid',
+      workload: 'memcached',
+      options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
+      when: (p) => p.phase === 'precopy' && p.staticMerged === false,
+      jitterMs: 800,
+      inject: (h) => {
+        h.hang('^(open|read) .*/static/chunk-');
+        return 'reads of StaticData chunks hang during the merge';
+      },
+      landed: (r) => abandoned(r, /the merge on .*storage hung/),
+    }),
+  ),
+  scenario('storage-hang-pbdata', 'storage hangs for PbData in post-copy (postcopy, PbData async)', 'net', ['completed'], (ctx) =>
+    onHangingStorage(ctx, {
+      strategy: 'postcopy',
+      workload: 'memcached',
+      options: { bandwidthBytesPerSec: 8 * MiB, pbdata: 'async' },
+      hangFromStart: WRITES('pbdata'),
+      when: (p) => p.phase === 'postcopy',
+      inject: () => 'PbData writes hang from the switch on',
+      landed: (r) => /PbData not written \(storage hung/.test(r.reason),
+    }),
+  ),
+];
+
+/*
+ * An agent cut off from Temporal: its control link (the veth to the root namespace, where
+ * the dev server's relay listens) goes down. Its activities run on meanwhile; their
+ * heartbeats and results wait for the link.
+ */
+function controlLink(net: TwoHostNet, end: End, state: 'up' | 'down'): void {
+  const ns = net.ns[end];
+  run('ip', ['-n', ns, 'link', 'set', 'dev', 'ctl0', state]);
+  // A link going down takes its routes with it: the host route to the server comes back here.
+  if (state === 'up') {
+    const gw = net.control[end].replace(/\d+$/, (n) => String(Number(n) - 1));
+    run('ip', ['-n', ns, 'route', 'replace', `${net.serverIp}/32`, 'via', gw, 'dev', 'ctl0']);
+  }
+}
+
+function cutControl(ctx: TrialContext, end: End): () => void {
+  const net = ctx.cluster.net!;
+  controlLink(net, end, 'down');
+  return () => controlLink(net, end, 'up');
+}
+
+export const CONTROL_SCENARIOS: Scenario[] = [
+  scenario('control-blip', "an agent's link to Temporal down 5 s mid-iteration", 'net', ['completed'], (ctx) => {
+    let restore: (() => void) | null = null;
+    return {
+      strategy: 'as-hybrid',
+      workload: 'memcached',
+      options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 8 },
+      when: preSwitch,
+      jitterMs: 500,
+      inject: async () => {
+        const end: End = ctx.random() < 0.5 ? 'source' : 'target';
+        restore = cutControl(ctx, end);
+        await sleep(5000);
+        restore();
+        restore = null;
+        return `control link of the ${end} agent down for 5.0 s`;
+      },
+      after: () => restore?.(),
+    };
+  }),
+  scenario('control-dead-before', "the target agent's link to Temporal down for good before the switch", 'net', ['rolled-back'], (ctx) => {
+    let restore: (() => void) | null = null;
+    return {
+      strategy: 'as-hybrid',
+      workload: 'memcached',
+      options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 8 },
+      when: preSwitch,
+      jitterMs: 500,
+      inject: () => {
+        restore = cutControl(ctx, 'target');
+        return 'control link of the target agent down for good, before the switch';
+      },
+      after: () => restore?.(),
+    };
+  }),
+  scenario('control-dead-after', "the source agent's link to Temporal down for good after the switch (post-copy)", 'net', ['completed'], (ctx) => {
+    let restore: (() => void) | null = null;
+    return {
+      strategy: 'postcopy',
+      workload: 'memcached',
+      options: { bandwidthBytesPerSec: 8 * MiB, pbdata: 'async' },
+      when: (p) => p.phase === 'postcopy',
+      inject: () => {
+        restore = cutControl(ctx, 'source');
+        return 'control link of the source agent down for good, during post-copy';
+      },
+      after: () => restore?.(),
+    };
+  }),
+];
+
+export const FAULT_SCENARIOS: Scenario[] = [...CRASH_SCENARIOS, ...NET_SCENARIOS, ...HANG_SCENARIOS, ...CONTROL_SCENARIOS];
 
 export function scenarioById(id: string): Scenario {
   const s = FAULT_SCENARIOS.find((x) => x.id === id);

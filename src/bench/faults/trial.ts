@@ -59,8 +59,10 @@ export interface Plan {
   strategy: StrategyName;
   workload: string;
   options: Partial<MigrationOptions>;
-  /** Before the migration starts (e.g. shrink the storage). */
-  before?: () => string | void;
+  /** Before the migration starts (e.g. shrink the storage, mount hanging storage over it). */
+  before?: () => Promise<string | void> | string | void;
+  /** After the trial, before the cluster is healed (e.g. release and unmount hanging storage). */
+  after?: () => Promise<void> | void;
   /** When to inject: a predicate on the progress query. */
   when: (p: Progress) => boolean;
   /** Extra random wait once `when` holds, ms. */
@@ -147,7 +149,13 @@ async function runPlan(ctx: TrialContext, scenario: Scenario, trial: number, see
   const vm = `f${process.pid.toString(36)}-${++vmSeq}`;
   const t0 = performance.now();
   const base = { scenario: scenario.id, trial, seed, expected: scenario.expected };
-  const before = plan.before?.() ?? '';
+  let before = '';
+  try {
+    before = (await plan.before?.()) ?? '';
+  } catch (e) {
+    await plan.after?.();
+    throw e;
+  }
   await c.client.workflow.execute('vmCommandWorkflow', {
     taskQueue: CONTROL_QUEUE,
     workflowId: `vm-create-${vm}`,
@@ -188,6 +196,7 @@ async function runPlan(ctx: TrialContext, scenario: Scenario, trial: number, see
     return { ...base, verdict, recoverMs: recoverFrom === null ? null : Math.round(doneAt - recoverFrom), totalMs: Math.round(doneAt - t0), fault, placement, report, detail };
   } finally {
     await injecting.catch(() => undefined);
+    await plan.after?.();
     await c.heal();
     await destroyEverywhere(c, vm);
   }
