@@ -12,7 +12,7 @@ import { CONTROL_QUEUE } from '../../src/common/names';
 import { parseSerial, qemuGuestArgs } from '../../src/hypervisor/qemu/guest-image';
 import type { MigrationReport } from '../../src/workflows/report';
 import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
-import { createVm, migrate, MiB, startMigration } from '../helpers/migrate';
+import { createVm, destroyWhenDone, migrate, MiB, startMigration } from '../helpers/migrate';
 import { cancelUpdate, progressQuery } from '../../src/workflows/messages';
 import { killQemusUnder, serialOf, startQemuAgent, stopQemuAgent, testGuest, type QemuAgent, expectVerifiedOnTarget } from '../helpers/qemu';
 import { maybeRecordHistory } from '../helpers/history';
@@ -41,6 +41,7 @@ describe('QEMU guests', () => {
   it('precopy converges on a converging load; the guest verifies its pages on the target', async () => {
     const vm = 'qemu-pre-1';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'converging', seed: 7 });
+    destroyWhenDone(controller.client, vm, [hostB, hostA]);
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB, maxIterations: 30, maxDowntimeMs: 300 } });
     expectVerifiedOnTarget(r);
     expect(r.iterations.length).toBeGreaterThanOrEqual(1);
@@ -59,6 +60,7 @@ describe('QEMU guests', () => {
   it('as-hybrid switches to post-copy on a write-intensive load, with the λ reason', async () => {
     const vm = 'qemu-as-1';
     await createVm(controller.client, hostA, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 9 });
+    destroyWhenDone(controller.client, vm, [hostB, hostA]);
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'as-hybrid', options: { bandwidthBytesPerSec: 32 * MiB, maxIterations: 30, maxDowntimeMs: 300 } });
     await maybeRecordHistory(controller.client, `migrate-${vm}`, 'qemu-as-hybrid');
     expectVerifiedOnTarget(r);
@@ -115,6 +117,7 @@ describe('QEMU guests', () => {
       args: [{ host: hostA, op: 'attach', name: vm, qmpPath: qmp, serialPath: serial }],
     })) as { vm: { memoryBytes: number; workload: string } };
     expect(res.vm).toMatchObject({ memoryBytes: 128 * MiB, workload: 'external' });
+    destroyWhenDone(controller.client, vm, [hostB, hostA]);
     const r = await migrate(controller.client, { vm, source: hostA, target: hostB, driver: 'qemu', strategy: 'precopy', options: { bandwidthBytesPerSec: 64 * MiB } });
     expectVerifiedOnTarget(r);
     expect(r.verification!.method).toMatch(/guest self-check/);
