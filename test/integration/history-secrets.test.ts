@@ -16,6 +16,7 @@ import { defaultPayloadConverter } from '@temporalio/common';
 import { historyFromJSON } from '@temporalio/common/lib/proto-utils';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeClusterKey, makeClusterKeys } from '../../src/common/cluster-key';
+import { CONTROL_QUEUE } from '../../src/common/names';
 import { EmulatedGuest } from '../../src/guest';
 import { fillPage, PAGE_MAGIC } from '../../src/guest/core.js';
 import { secretOfGrant, type ChannelGrant } from '../../src/security/channel-secret';
@@ -172,18 +173,24 @@ describe('a real migration between agents holding a cluster key', () => {
   const agents: FerryProcess[] = [];
   const hostA = uniqueHost('hs-a');
   const hostB = uniqueHost('hs-b');
+  /** An agent holding another cluster key (a rotation half done). */
+  const hostC = uniqueHost('hs-c');
+  const otherKey = makeClusterKey(Buffer.alloc(32, 0x5c));
+  const otherKeyFile = path.join(dir, 'other.key');
   const storage = tempDir('hs-storage');
 
   beforeAll(async () => {
     fs.writeFileSync(keyFile, `${keyBytes.toString('hex')}\n`, { mode: 0o600 });
+    fs.writeFileSync(otherKeyFile, otherKey.key.toString('hex'), { mode: 0o600 });
     const env = { FERRY_CLUSTER_KEY_FILE: keyFile };
-    const [c, a, b] = await Promise.all([
+    const [c, a, b, o] = await Promise.all([
       startTestController(),
       startAgentProcess(hostA, { storageDir: storage, memoryCapacity: '1GiB', env }),
       startAgentProcess(hostB, { storageDir: storage, memoryCapacity: '1GiB', env }),
+      startAgentProcess(hostC, { storageDir: storage, memoryCapacity: '1GiB', env: { FERRY_CLUSTER_KEY_FILE: otherKeyFile } }),
     ]);
     controller = c;
-    agents.push(a, b);
+    agents.push(a, b, o);
   });
 
   afterAll(async () => {
@@ -248,4 +255,29 @@ describe('a real migration between agents holding a cluster key', () => {
     console.log(`history: ${history.events?.length} events, ${payloads} payloads, ${blobs.length} byte strings scanned for ${needles.length} needles`);
     expect(findings(blobs, needles)).toEqual([]);
   }, 180_000);
+
+  it('a source holding another cluster key cannot derive the secret: rolled back with the reason, the guest running on the source, nothing secret in history', async () => {
+    const vm = `vm-hs-other-${Date.now()}`;
+    await createVm(controller.client, hostC, { name: vm, memoryBytes: 16 * MiB, workload: 'idle', seed: 29 });
+    const handle = await startMigration(controller.client, { vm, source: hostC, target: hostB, strategy: 'precopy' });
+    const report = (await handle.result()) as MigrationReport;
+    expect(report.outcome).toBe('rolled-back');
+    expect(report.reason).toContain(keys.current.id);
+    expect(report.reason).toContain(otherKey.id);
+    // Refused at once, not retried: prepareSource ran one attempt.
+    const history = await handle.fetchHistory();
+    const attempts = (history.events ?? []).filter((e) => {
+      const id = e.activityTaskStartedEventAttributes?.scheduledEventId;
+      const scheduled = id && history.events?.find((x) => String(x.eventId) === String(id));
+      return scheduled && scheduled.activityTaskScheduledEventAttributes?.activityType?.name === 'prepareSource';
+    });
+    expect(attempts.map((e) => e.activityTaskStartedEventAttributes?.attempt)).toEqual([1]);
+    const inv = (await controller.client.workflow.execute('inventoryWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: `inv-${vm}`, args: [{ hosts: [hostC], timeoutMs: 10_000 }] })) as {
+      hosts: { facts: { vms: { name: string; state: string }[] } }[];
+    };
+    expect(inv.hosts[0]!.facts.vms).toEqual(expect.arrayContaining([expect.objectContaining({ name: vm, state: 'running' })]));
+    const { blobs, problems } = blobsOf(history);
+    expect(problems).toEqual([]);
+    expect(findings(blobs, [...secretNeedles('cluster key', keyBytes), ...secretNeedles('other key', otherKey.key)])).toEqual([]);
+  }, 120_000);
 });
