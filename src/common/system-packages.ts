@@ -45,6 +45,13 @@ export const TEST_TOOLS: SystemTool[] = [
     unusable: () => (fs.existsSync('/usr/lib/x86_64-linux-gnu/libc.a') ? null : 'no static libc (libc.a)'),
   },
   { command: 'dpkg-deb', pkg: 'dpkg', why: 'extracts the test guest\'s kernel and busybox' },
+  { command: 'fusermount3', pkg: 'fuse3', why: 'mounts hangfs, the FUSE filesystem of the hung-storage tests' },
+  {
+    command: 'fusermount3',
+    pkg: 'python3-fusepy',
+    why: 'hangfs (test/fixtures/hangfs.py) is written with fusepy',
+    unusable: () => (spawnSync('/usr/bin/python3', ['-c', 'import fusepy'], { stdio: 'ignore' }).status === 0 ? null : '/usr/bin/python3 cannot import fusepy'),
+  },
   {
     command: 'pg_ctlcluster',
     pkg: 'postgresql',
