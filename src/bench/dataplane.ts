@@ -4,12 +4,14 @@
  *   - channel-2 loopback throughput, uncapped, in page-payload bytes/s   goal >= 1 GiB/s
  *   - channel-2 capped accuracy: wire bytes/s vs a 32 MiB/s cap          goal within 3 %
  *   - StaticData save and merge throughput (guest memory covered per second)
+ *   - the cost of storage encryption (FERRY_STORAGE_ENCRYPTION=1): save and merge sealed
+ *     with AES-256-GCM vs plain, medians of 3 interleaved runs of each, side by side
  *   - per-vCPU page-write rate of the emulated guest, unthrottled         goal >= 200k pages/s
  *   - host-agent RSS with 1 GiB and 1+2 GiB of guests in it: overhead beyond guest RAM
  *                                                  goal <= 10 % of guest size + 150 MiB
  *
  *   npm run bench:dataplane -- [--json] [--seconds 3] [--rss-sizes 1GiB,2GiB]
- *                              [--only channel,store,guest,rss]
+ *                              [--only channel,store,encryption,guest,rss]
  *
  * The channel, store and guest figures come from the existing benches (channel.ts, store.ts,
  * guest-rate.ts), each run through its own CLI with --json in a fresh process: one
@@ -30,7 +32,7 @@
  * --json prints exactly one JSON document on stdout; progress goes to stderr.
  */
 import { spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -59,15 +61,15 @@ interface Figure {
   note?: string;
 }
 
-const SECTIONS = ['channel', 'store', 'guest', 'rss'] as const;
+const SECTIONS = ['channel', 'store', 'encryption', 'guest', 'rss'] as const;
 type Section = (typeof SECTIONS)[number];
 
 // ---- running the existing benches -------------------------------------------------------
 
 /** Run a sibling bench through its own CLI with --json; its one JSON document is the result. */
-function runBench(file: string, args: string[], log: (l: string) => void): Promise<Json> {
+function runBench(file: string, args: string[], log: (l: string) => void, env: NodeJS.ProcessEnv = {}): Promise<Json> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...process.execArgv, path.join(HERE, file), ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...process.execArgv, path.join(HERE, file), ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -159,6 +161,46 @@ async function storeFigures(log: (l: string) => void): Promise<{ figures: Figure
         note: `${mergeMiBps} MiB/s memory, ${String(merge.diskMiBps)} MiB/s from disk (page cache warm), ${String(merge.ms)} ms; byte-for-byte checked: ${String(raw.verified)}`,
       },
     ],
+  };
+}
+
+const median = (xs: number[]): number => {
+  const a = [...xs].sort((x, y) => x - y);
+  const m = a.length >> 1;
+  return a.length % 2 ? a[m]! : (a[m - 1]! + a[m]!) / 2;
+};
+
+/**
+ * Storage encryption's cost: store.ts run plain and sealed (FERRY_STORAGE_ENCRYPTION=1 with a
+ * fresh cluster key), interleaved, `repeats` times each; medians side by side.
+ */
+async function encryptionFigures(repeats: number, log: (l: string) => void): Promise<{ figures: Figure[]; raw: Json }> {
+  const key = randomBytes(32).toString('hex');
+  const runs: { plain: Json[]; sealed: Json[] } = { plain: [], sealed: [] };
+  for (let i = 1; i <= repeats; i++) {
+    for (const mode of ['plain', 'sealed'] as const) {
+      log(`StaticData ${mode}: save and merge of 256 MiB (run ${i}/${repeats})…`);
+      const env = mode === 'sealed' ? { FERRY_STORAGE_ENCRYPTION: '1', FERRY_CLUSTER_KEY: key } : { FERRY_STORAGE_ENCRYPTION: '0' };
+      runs[mode].push(await runBench('store.ts', ['--size', '256MiB'], log, env));
+    }
+  }
+  const rates = (mode: 'plain' | 'sealed', step: 'save' | 'merge'): number[] => runs[mode].map((r) => num(obj(r[step]).memoryMiBps));
+  const figure = (step: 'save' | 'merge', what: string): Figure => {
+    const plain = median(rates('plain', step));
+    const sealed = median(rates('sealed', step));
+    const cost = Math.round((1 - sealed / plain) * 1000) / 10;
+    return {
+      name: `StaticData ${what}, sealed vs plain (median of ${repeats})`,
+      value: Math.round(sealed * MiB),
+      unit: 'bytes/s',
+      goal: 'none (the cost of encryption at rest, shown)',
+      pass: null,
+      note: `sealed ${sealed.toFixed(1)} MiB/s vs plain ${plain.toFixed(1)} MiB/s (${cost >= 0 ? `${cost} % slower` : `${-cost} % faster`}); runs sealed [${rates('sealed', step).join(', ')}], plain [${rates('plain', step).join(', ')}] MiB/s`,
+    };
+  };
+  return {
+    raw: { repeats, plain: runs.plain, sealed: runs.sealed },
+    figures: [figure('save', 'save (fsync on)'), figure('merge', 'merge into target RAM')],
   };
 }
 
@@ -382,6 +424,7 @@ async function main(): Promise<number> {
   };
   await section('channel', () => channelFigures(seconds, log));
   await section('store', () => storeFigures(log));
+  await section('encryption', () => encryptionFigures(3, log));
   await section('guest', () => guestFigures(seconds, log));
   await section('rss', () => rssFigures(sizes, log));
 
