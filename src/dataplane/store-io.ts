@@ -17,7 +17,8 @@
  * While an abandoned worker is still blocked, the storage counts as hung: every new
  * operation fails at once with StorageStalledError instead of parking another thread in the
  * same syscall: no more threads are parked than operations were in flight when it hung.
- * When the blocked call returns, the storage is used again.
+ * When the blocked call returns, the storage is used again. A process that exits while a
+ * call is still blocked ends with SIGKILL rather than wait for it (see guardExit).
  */
 import { Worker } from 'node:worker_threads';
 import { loadClusterKeys, requireClusterKeys, type ClusterKey, type ClusterKeys } from '../common/cluster-key';
@@ -147,6 +148,26 @@ interface Slot {
   flag: Int32Array;
 }
 
+/** Threads of every WorkerStoreIo left blocked in the kernel. */
+let blockedThreads = 0;
+let exitGuard = false;
+
+/**
+ * Node joins every worker thread before the process exits, and a thread blocked in the
+ * kernel never returns: with one, process.exit() would wait as long as the storage hangs.
+ * The process is then ended by SIGKILL instead, which the kernel delivers to blocked threads
+ * too (FUSE and hard NFS mounts wait killably), after a line saying why.
+ */
+function guardExit(): void {
+  if (exitGuard) return;
+  exitGuard = true;
+  process.once('exit', () => {
+    if (blockedThreads === 0) return;
+    process.stderr.write(`ferry: ${blockedThreads} storage call(s) still blocked in the kernel (storage hung); exiting without waiting for them\n`);
+    process.kill(process.pid, 'SIGKILL');
+  });
+}
+
 /** Storage I/O in worker threads under a no-progress watchdog (see the module comment). */
 export class WorkerStoreIo implements StoreIo {
   private readonly idle: Slot[] = [];
@@ -253,12 +274,14 @@ export class WorkerStoreIo implements StoreIo {
         finish();
         Atomics.store(s.flag, 0, 1);
         this.stuck.add(s);
+        blockedThreads++;
+        guardExit();
         this.stalledSince ??= { op: `${op.op} of ${where}`, ms: Date.now() - this.stallMs };
         // Forgotten once its call returns (the storage answers again).
         const back = (): void => {
           s.worker.off('message', onLate);
           s.worker.off('exit', back);
-          this.stuck.delete(s);
+          if (this.stuck.delete(s)) blockedThreads--;
           if (this.stuck.size === 0) this.stalledSince = null;
           void s.worker.terminate();
         };
