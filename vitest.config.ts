@@ -10,15 +10,15 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node';
  */
 export const LONG_FILES_FIRST = [
   'test/faults/crash.test.ts',
-  'test/faults/links.test.ts',
   'test/integration/cluster.test.ts',
+  'test/faults/links.test.ts',
   'test/integration/qemu-migration.test.ts',
-  'test/integration/strategies.test.ts',
-  'test/integration/qemu-tls.test.ts',
   'test/integration/qemu-par.test.ts',
   'test/workflow/runbook.test.ts',
   'test/faults/storage.test.ts',
   'test/integration/bench.test.ts',
+  'test/integration/strategies.test.ts',
+  'test/integration/qemu-tls.test.ts',
   'test/workflow/controls.test.ts',
   'test/integration/operator-controls.test.ts',
   'test/faults/qemu-recovery.test.ts',
