@@ -13,7 +13,7 @@ import { prepareWorkload } from '../guest/workloads';
 import { grantSecret } from '../security/channel-secret';
 import { userError } from './errors';
 import { digestOf, EmulatedSessions, heartbeatEvery, storageFailure, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
-import type { DrainResult, PrepareTargetInput, PrepareTargetResult, ResumeResult, StaticMergeResult, StepRef, VerifyResult } from './types';
+import { latencyHistogram, type DrainResult, type PrepareTargetInput, type PrepareTargetResult, type ResumeResult, type StaticMergeResult, type StepRef, type VerifyResult } from './types';
 
 const DEFAULT_FAULT_TIMEOUT_MS = 2000;
 const STALL_MS = 10_000;
@@ -195,7 +195,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         return {
           completedAtMs,
           faults: fs?.faults ?? 0,
-          faultLatencyMs: { p50: round3(fs?.p50 ?? 0), p99: round3(fs?.p99 ?? 0), max: round3(fs?.max ?? 0) },
+          faultLatencyMs: { p50: round3(fs?.p50 ?? 0), p99: round3(fs?.p99 ?? 0), max: round3(fs?.max ?? 0), histogram: latencyHistogram(fs?.latenciesMs ?? []) },
           pushedPages: s.pushedPages,
           pbdataPages,
           fellBackToPbData: fellBack,

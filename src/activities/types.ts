@@ -140,7 +140,7 @@ export interface PushResult {
 export interface DrainResult {
   completedAtMs: number;
   faults: number;
-  faultLatencyMs: { p50: number; p99: number; max: number };
+  faultLatencyMs: { p50: number; p99: number; max: number; histogram?: LatencyHistogram };
   pushedPages: number;
   pbdataPages: number;
   fellBackToPbData: boolean;
@@ -170,3 +170,27 @@ export interface RollbackResult {
   verification: VerifyResult | null;
   note: string;
 }
+
+/**
+ * Post-copy fault latencies in buckets: `counts[i]` faults took at most `leMs[i]` ms (and
+ * more than `leMs[i-1]`); the last count is the faults above the last bound.
+ */
+export interface LatencyHistogram {
+  leMs: number[];
+  counts: number[];
+}
+
+/** Bucket bounds of the fault-latency histogram (ms): powers of two from 1/4 ms to 1 s. */
+export const FAULT_LATENCY_BOUNDS_MS = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+/** The histogram of these latencies over `bounds` (one more count than bounds: the overflow). */
+export function latencyHistogram(latenciesMs: readonly number[], bounds: readonly number[] = FAULT_LATENCY_BOUNDS_MS): LatencyHistogram {
+  const counts = new Array<number>(bounds.length + 1).fill(0);
+  for (const ms of latenciesMs) {
+    let i = 0;
+    while (i < bounds.length && ms > bounds[i]!) i++;
+    counts[i]!++;
+  }
+  return { leMs: [...bounds], counts };
+}
+

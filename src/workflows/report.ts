@@ -1,5 +1,6 @@
 /** The migration report of CONTRACT.md. Every figure comes from an agent's measurement. */
 import type { Action, StrategyName } from '../policy/types';
+import type { LatencyHistogram } from '../activities/types';
 
 export type Outcome = 'completed' | 'rolled-back' | 'failed';
 
@@ -51,7 +52,7 @@ export interface MigrationReport {
   postcopy: {
     faults: number;
     /** Emulated driver: measured per fault. QEMU does not report fault latency: null. */
-    faultLatencyMs: { p50: number; p99: number; max: number } | null;
+    faultLatencyMs: { p50: number; p99: number; max: number; histogram?: LatencyHistogram } | null;
     pushedPages: number;
     pbdataPages: number;
     fellBackToPbData: boolean;

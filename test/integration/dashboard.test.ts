@@ -138,6 +138,14 @@ describe('dashboard', () => {
     expect(await page.locator(`#decisions tr[data-action="switch-to-postcopy"]`).textContent()).toContain(sw.reason);
     expect(await page.locator('#verification').getAttribute('data-ok')).toBe('true');
     expect(await page.locator('#temporal-link').getAttribute('href')).toContain(`/workflows/${m.id}/${m.runId}`);
+    // Post-copy's fault latencies as the target measured them: a histogram of every resolved fault.
+    const hist = report.postcopy?.faultLatencyMs?.histogram;
+    expect(hist, 'the report carries the fault-latency histogram').toBeDefined();
+    const resolved = hist!.counts.reduce((a, b) => a + b, 0);
+    expect(resolved).toBeGreaterThan(0);
+    expect(resolved).toBeLessThanOrEqual(report.postcopy!.faults);
+    await expect.poll(() => page.locator('#chart-postcopy').getAttribute('data-histogram')).toBe(String(resolved));
+    expect(await page.locator('#chart-postcopy svg').textContent()).toContain('fault → page installed');
     await page.screenshot({ path: path.join(IMG, 'dashboard-migration.png'), fullPage: true });
     await context.close();
   });

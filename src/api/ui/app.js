@@ -408,14 +408,32 @@ function migrationPage(id, runId) {
     const pcEl = document.getElementById('chart-postcopy');
     const pcFacts = document.getElementById('postcopy-facts');
     if (pc && pc.faultLatencyMs) {
-      document.getElementById('postcopy-title').textContent = 'Post-copy fault latency';
-      await chart(pcEl, {
-        width: 420,
-        height: { step: 24 },
-        data: { values: ['p50', 'p99', 'max'].map((q) => ({ quantile: q, ms: pc.faultLatencyMs[q] })) },
-        mark: { type: 'bar', tooltip: true },
-        encoding: { y: { field: 'quantile', type: 'ordinal', sort: null, title: null }, x: { field: 'ms', type: 'quantitative', title: 'fault → page installed (ms)' } },
-      });
+      const fl = pc.faultLatencyMs;
+      document.getElementById('postcopy-title').textContent = `Post-copy fault latency (p50 ${fl.p50} ms, p99 ${fl.p99} ms, max ${fl.max} ms)`;
+      const h = fl.histogram;
+      await chart(
+        pcEl,
+        h
+          ? {
+              // The histogram the target measured: faults per latency bucket.
+              width: 420,
+              height: 160,
+              data: { values: h.counts.map((n, i) => ({ bucket: i < h.leMs.length ? `≤ ${h.leMs[i]} ms` : `> ${h.leMs[h.leMs.length - 1]} ms`, order: i, faults: n })) },
+              mark: { type: 'bar', tooltip: true },
+              encoding: {
+                x: { field: 'bucket', type: 'ordinal', sort: { field: 'order' }, title: 'fault → page installed' },
+                y: { field: 'faults', type: 'quantitative', title: 'faults' },
+              },
+            }
+          : {
+              width: 420,
+              height: { step: 24 },
+              data: { values: ['p50', 'p99', 'max'].map((q) => ({ quantile: q, ms: fl[q] })) },
+              mark: { type: 'bar', tooltip: true },
+              encoding: { y: { field: 'quantile', type: 'ordinal', sort: null, title: null }, x: { field: 'ms', type: 'quantitative', title: 'fault → page installed (ms)' } },
+            },
+      );
+      pcEl.dataset.histogram = h ? String(h.counts.reduce((a, b) => a + b, 0)) : '';
     } else if (pc && pc.blocktimeMs) {
       document.getElementById('postcopy-title').textContent = "Post-copy: the guest's stall";
       await chart(pcEl, {
