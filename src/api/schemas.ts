@@ -151,6 +151,11 @@ export function openApiDocument(serverUrl?: string): unknown {
     },
     paths: {
       '/v1/migrations': {
+        get: {
+          summary: 'Running and recent migrations with live progress (filters: vm, host, ticket, strategy, outcome, limit)',
+          parameters: ['vm', 'host', 'ticket', 'strategy', 'outcome', 'limit'].map((name) => ({ name, in: 'query', required: false, schema: { type: 'string' } })),
+          responses: { '200': json({ type: 'object' }, '{migrations}'), ...errorResponses(400, 401) },
+        },
         post: {
           summary: 'Start a migration (idempotent per ticket)',
           requestBody: body('CreateMigration'),
@@ -185,6 +190,11 @@ export function openApiDocument(serverUrl?: string): unknown {
         },
       },
       '/v1/evacuations': {
+        get: {
+          summary: 'Running and recent evacuations (filters: ticket, limit)',
+          parameters: ['ticket', 'limit'].map((name) => ({ name, in: 'query', required: false, schema: { type: 'string' } })),
+          responses: { '200': json({ type: 'object' }, '{evacuations}'), ...errorResponses(400, 401) },
+        },
         post: {
           summary: 'Move every VM off hosts (idempotent per ticket)',
           requestBody: body('CreateEvacuation'),
@@ -212,6 +222,32 @@ export function openApiDocument(serverUrl?: string): unknown {
           parameters: queryParams,
           responses: { '200': json({ type: 'object' }, '{attempts, events}'), ...errorResponses(400, 401) },
         },
+      },
+      '/v1/migrations/{id}/force-postcopy': {
+        post: {
+          summary: 'Force the switch to post-copy at the next boundary (hybrid strategies, before the switch; 409 otherwise)',
+          parameters: [idParam],
+          requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', properties: { requestedBy: { type: 'string', description: 'default: dashboard:<token name>' } } } } } },
+          responses: { '202': json({ type: 'object' }, '{accepted, atIteration}'), ...errorResponses(400, 401, 403, 404, 409) },
+        },
+      },
+      '/v1/migrations/{id}/bandwidth': {
+        post: {
+          summary: "Set the migration link's cap while it runs (\"8MiB/s\"; \"0\" = uncapped)",
+          parameters: [idParam],
+          requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', properties: { requestedBy: { type: 'string' }, rate: { type: ['string', 'number'] } }, required: ['rate'] } } } },
+          responses: { '200': json({ type: 'object' }, '{bandwidthBytesPerSec}'), ...errorResponses(400, 401, 403, 404, 409) },
+        },
+      },
+      '/v1/migrations/{id}/timeline': {
+        get: {
+          summary: "A migration's phases with the time each began (from the workflow history)",
+          parameters: [idParam],
+          responses: { '200': json({ type: 'object' }, 'the phase timeline'), ...errorResponses(401, 404) },
+        },
+      },
+      '/v1/session': {
+        get: { summary: "Who the token is (name, scope: read or write) and the Temporal UI's address", responses: { '200': json({ type: 'object' }, '{name, scope, temporalUi}'), ...errorResponses(401) } },
       },
       '/v1/openapi.json': { get: { summary: 'This document', security: [], responses: { '200': json({ type: 'object' }, 'OpenAPI 3.1') } } },
       '/metrics': {

@@ -73,6 +73,9 @@ describe('HTTP API', () => {
     expect(r.status).toBe(200);
     expect(r.json.openapi).toBe('3.1.0');
     expect(Object.keys(r.json.paths)).toEqual(expect.arrayContaining(['/v1/migrations', '/v1/migrations/{id}', '/v1/migrations/{id}/cancel', '/v1/evacuations', '/v1/audit']));
+    // The dashboard's routes are the API's too, documented with it.
+    expect(Object.keys(r.json.paths)).toEqual(expect.arrayContaining(['/v1/session', '/v1/migrations/{id}/timeline', '/v1/migrations/{id}/force-postcopy', '/v1/migrations/{id}/bandwidth']));
+    expect(Object.keys(r.json.paths['/v1/migrations'])).toEqual(expect.arrayContaining(['get', 'post']));
     expect(r.json.components.schemas.CreateMigration.required).toEqual(['vm', 'ticket', 'requestedBy', 'reason']);
   });
 
