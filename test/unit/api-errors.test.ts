@@ -26,6 +26,7 @@ function clientError(code: number, details: string): Error {
 /** A client whose describe() fails with the error queued for the next request. */
 let nextError: Error = new Error('unset');
 const client = {
+  options: { namespace: 'default' },
   workflow: {
     getHandle: (workflowId: string) => ({ workflowId, describe: () => Promise.reject(nextError) }),
   },
