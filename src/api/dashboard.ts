@@ -134,13 +134,14 @@ function temporalUiBase(opts: DashboardOptions): string {
 /** The routes the page needs besides the ticketing API's, for the API's router. */
 export function dashboardRoutes(opts: DashboardOptions): DashboardRoute[] {
   const { client } = opts;
-  const namespace = client.options.namespace;
+  // Read when a route runs: a client built without options (a unit test's stub) still mounts the routes.
+  const ns = (): string => client.options?.namespace ?? 'default';
   return [
     {
       method: 'GET',
       path: /^\/v1\/session$/,
       scope: 'read',
-      handler: async ({ token }) => ({ status: 200, body: { name: token.name, scope: token.scope, namespace, temporalUi: temporalUiBase(opts) } }),
+      handler: async ({ token }) => ({ status: 200, body: { name: token.name, scope: token.scope, namespace: ns(), temporalUi: temporalUiBase(opts) } }),
     },
     {
       method: 'GET',

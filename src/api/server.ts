@@ -60,6 +60,8 @@ export interface ApiOptions {
   metricsToken?: string | null;
   /** HTTPS (src/security/https.ts); null = plain HTTP. */
   tls?: ApiTlsFiles | null;
+  /** The Temporal UI the dashboard links workflows to (default: see DashboardOptions). */
+  temporalUiUrl?: string | null;
   log?: (line: string) => void;
 }
 
@@ -429,7 +431,7 @@ export function createApiHandler(opts: ApiOptions): (req: http.IncomingMessage, 
     },
   ];
   // The dashboard's read and control routes, under the same tokens.
-  routes.push(...dashboardRoutes({ client, tokens: opts.tokens }));
+  routes.push(...dashboardRoutes({ client, tokens: opts.tokens, temporalUiUrl: opts.temporalUiUrl ?? null }));
 
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://ferry.invalid');

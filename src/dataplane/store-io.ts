@@ -205,7 +205,10 @@ export class WorkerStoreIo implements StoreIo {
     return this.run({ op: 'chmod', file, mode }, file) as Promise<void>;
   }
   writeAtomic(file: string, data: Uint8Array, mode: number, sync: boolean): Promise<void> {
-    // A copy of its own goes to the worker (moved, not cloned): the caller reuses its buffer.
+    // Shared memory goes as is (the caller reuses it only once this write returned; an
+    // abandoned write is never renamed into place). Otherwise a copy of its own goes to the
+    // worker (moved, not cloned): the caller may reuse its buffer at once.
+    if (data.buffer instanceof SharedArrayBuffer) return this.run({ op: 'writeAtomic', file, data, mode, sync }, file) as Promise<void>;
     const copy = new Uint8Array(data);
     return this.run({ op: 'writeAtomic', file, data: copy, mode, sync }, file, [copy.buffer]) as Promise<void>;
   }

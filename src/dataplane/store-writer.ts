@@ -175,7 +175,9 @@ export class SnapshotWriter {
     // written (its fsync runs behind, see `syncs`). Renames stay in chunk order.
     const known = (pfns as { length?: unknown }).length;
     const cap = typeof known === 'number' ? Math.max(1, Math.min(this.chunkPages, known)) : this.chunkPages;
-    const bufs = [0, 1].map(() => new Uint8Array(chunkSize(cap, cap, this.pageSize)));
+    // Shared memory: the storage worker thread writes a chunk straight from it, no copy
+    // (each buffer is reused only after its write returned).
+    const bufs = [0, 1].map(() => new Uint8Array(new SharedArrayBuffer(chunkSize(cap, cap, this.pageSize))));
     const batch = new Uint32Array(cap);
     let pending: Promise<void> | undefined;
     let failed: { error: unknown } | undefined;

@@ -33,6 +33,8 @@ export interface LocalClusterOptions {
   stockServer?: boolean;
   /** The agents' --trace-dir (where `trace:<file>` workloads may be read from). */
   traceDir?: string | null;
+  /** Serve the dev server's Temporal UI too (the dashboard links to it). */
+  temporalUi?: boolean;
 }
 
 export async function startLocalCluster(opts: LocalClusterOptions): Promise<LocalCluster> {
@@ -49,7 +51,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     if (!address) {
       const bin = await ensureTemporalBinary(cfg.temporalBin, log);
       fs.mkdirSync(cfg.stateDir, { recursive: true });
-      server = await startDevServer({ bin, port: 0, headless: true, dbFile: null, logFile: path.join(cfg.stateDir, 'demo-server.log'), stock: opts.stockServer });
+      server = await startDevServer({ bin, port: 0, headless: opts.temporalUi !== true, dbFile: null, logFile: path.join(cfg.stateDir, 'demo-server.log'), stock: opts.stockServer });
       address = server.address;
       uiUrl = server.uiUrl;
       log(`ferry: Temporal dev server on ${address} (in memory${opts.stockServer ? ', stock dynamic config' : ''})`);

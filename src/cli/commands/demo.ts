@@ -72,6 +72,7 @@ export async function run(argv: string[]): Promise<number> {
     traceDir: traces.traceDir,
     log: say,
     verbose: values.verbose === true,
+    temporalUi: values.ui === true,
     ...(img
       ? { agentArgs: (host: string) => ['--driver', 'qemu', '--qemu-state', path.join(qemuState, host), '--migration-addr', '127.0.0.1', '--guest-kernel', img.kernel, '--guest-initrd', img.initrd] }
       : {}),
@@ -85,7 +86,7 @@ export async function run(argv: string[]): Promise<number> {
         // The dashboard on the demo's own API listener, reading the audit trail its controller writes.
         const token = cfg.apiToken ?? randomBytes(16).toString('hex');
         const store = await openAuditStore({ url: cfg.auditUrl, file: cfg.auditDb });
-        const api = await startApiServer({ client, store, tokens: loadTokens({ token }), listen: str(values.listen) ?? '127.0.0.1:0' }).catch(async (e: unknown) => {
+        const api = await startApiServer({ client, store, tokens: loadTokens({ token }), listen: str(values.listen) ?? '127.0.0.1:0', temporalUiUrl: cluster.uiUrl }).catch(async (e: unknown) => {
           await store.close();
           throw e;
         });
