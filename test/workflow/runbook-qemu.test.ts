@@ -6,7 +6,7 @@
  * the agents' relays (StaticData saved by the source's relay, merged by the target's).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { converging, diverging, nonRetryable, report, startHarness, withCluster, type Harness } from './stubs';
+import { converging, diverging, nonRetryable, report, startHarness, withCluster, type Gate, type Harness, type StubCluster } from './stubs';
 
 let h: Harness;
 beforeAll(async () => {
@@ -27,6 +27,21 @@ function completions(kinds: ('stalled' | 'paused' | 'failed')[]) {
     const why = kind === 'stalled' ? `no post-copy progress (stub ${c.nth})` : kind === 'paused' ? 'QEMU paused post-copy: link down (stub)' : 'QEMU failed the migration: stub';
     return { kind, why, outcome: done.outcome };
   };
+}
+
+/** The merge waits at a gate, and so does QEMU's third pass (it does not end while the test runs). */
+function holdMergeAndPass3(c: StubCluster): { merge: Gate; pass3: Gate } {
+  const merge = c.gate();
+  const pass3 = c.gate();
+  c.on('qemuMergeStatic', async (_i, x) => {
+    await merge.wait();
+    return x.answer();
+  });
+  c.on('qemuAwaitPass', async (i, x) => {
+    if (i.index === 3) await pass3.wait();
+    return x.answer();
+  });
+  return { merge, pass3 };
 }
 
 describe('qemu: pre-copy', () => {
@@ -100,16 +115,7 @@ describe('qemu: par-migrate through the relays', () => {
 
   it('pa-hybrid: armed before the merge, the source switches the moment the merge is done; ferry records the decision and stops watching that pass', async () => {
     await withCluster(h, { ...qemu, rounds: diverging }, async (c) => {
-      const merge = c.gate();
-      const pass3 = c.gate(); // QEMU's third pass does not end while the test runs
-      c.on('qemuMergeStatic', async (_i, x) => {
-        await merge.wait();
-        return x.answer();
-      });
-      c.on('qemuAwaitPass', async (i, x) => {
-        if (i.index === 3) await pass3.wait();
-        return x.answer();
-      });
+      const { merge, pass3 } = holdMergeAndPass3(c);
       const handle = await c.migrate('pa-hybrid');
       await pass3.entered;
       // Two passes measured (λ = 2 from the second): once merged the rule switches, so the source is armed with it.
@@ -133,16 +139,7 @@ describe('qemu: par-migrate through the relays', () => {
 
   it('pa-hybrid: an arm that fails leaves the decision to the workflow, taken when the merge completes during a pass', async () => {
     await withCluster(h, { ...qemu, rounds: diverging }, async (c) => {
-      const merge = c.gate();
-      const pass3 = c.gate();
-      c.on('qemuMergeStatic', async (_i, x) => {
-        await merge.wait();
-        return x.answer();
-      });
-      c.on('qemuAwaitPass', async (i, x) => {
-        if (i.index === 3) await pass3.wait();
-        return x.answer();
-      });
+      const { merge, pass3 } = holdMergeAndPass3(c);
       c.fail('qemuSwitchWhenMerged', 'nonRetryable', 'the agent cannot watch the merge (stub)');
       const handle = await c.migrate('pa-hybrid');
       await pass3.entered;
