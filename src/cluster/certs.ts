@@ -77,7 +77,9 @@ const exists = (p: CertPair): boolean => fs.existsSync(p.crt) && fs.existsSync(p
  * Make what is missing in `dir`: the CA, the frontend's certificate, one certificate per
  * client name. `serverNames` are extra DNS names (or IPs) for the frontend.
  */
-export function ensureClusterCerts(dir: string, opts: { clients?: readonly string[]; serverNames?: readonly string[]; days?: number } = {}): ClusterCerts {
+export function ensureClusterCerts(certDir: string, opts: { clients?: readonly string[]; serverNames?: readonly string[]; days?: number } = {}): ClusterCerts {
+  // openssl runs in this directory: every path handed to it must be absolute.
+  const dir = path.resolve(certDir);
   const days = opts.days ?? DEFAULT_CERT_DAYS;
   const clients = [...new Set(opts.clients ?? DEFAULT_CLIENT_NAMES)];
   for (const n of [...clients, ...(opts.serverNames ?? [])]) {

@@ -15,6 +15,21 @@ const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-certs-')), 't
 afterAll(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }));
 
 describe('ferry cluster certs', () => {
+  it('takes a directory relative to where it runs (as `ferry cluster certs` does by default), not to where openssl runs', () => {
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-certs-rel-'));
+    const cwd = process.cwd();
+    try {
+      process.chdir(base);
+      const c = ensureClusterCerts(path.join('.ferry', 'cluster', 'tls'), { clients: ['host-a'] });
+      expect(c.created).toContain('host-a.key');
+      const x = new X509Certificate(fs.readFileSync(path.join(base, '.ferry', 'cluster', 'tls', 'host-a.crt')));
+      expect(x.verify(new X509Certificate(fs.readFileSync(path.join(base, '.ferry', 'cluster', 'tls', 'ca.crt'))).publicKey)).toBe(true);
+    } finally {
+      process.chdir(cwd);
+      fs.rmSync(base, { recursive: true, force: true });
+    }
+  });
+
   it('makes the CA, the frontend and the clients, keys 0600 in a 0700 directory, each signed by the CA and naming its holder', () => {
     const c = ensureClusterCerts(dir, { clients: ['controller', 'operator', 'host-a'] });
     expect(c.created.sort()).toEqual(['ca.crt', 'ca.key', 'controller.crt', 'controller.key', 'frontend.crt', 'frontend.key', 'host-a.crt', 'host-a.key', 'operator.crt', 'operator.key']);
