@@ -160,8 +160,9 @@ describe('loadPbData', () => {
     });
     const w = await store.openWriter('p1', 'pbdata', { pageSize: PS, pageCount: 128, chunkPages: 8 });
     await w.writePages(dirtyAtSwitch, src);
-    await new Promise((r) => setTimeout(r, 20));
-    expect(missing.count()).toBeLessThan(33); // committed chunks are installed before the commit
+    // Committed chunks are installed before the commit: wait for the first (no time window).
+    for (let i = 0; i < 500 && missing.count() >= 33; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(missing.count()).toBeLessThan(33);
     await w.commit();
     const r = await load;
     expect(r).toMatchObject({ pages: 43, installed: 33, alreadyPresent: 10 });
