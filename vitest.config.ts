@@ -44,6 +44,9 @@ export default defineConfig({
     globalSetup: ['test/global-setup.ts'],
     reporters: ['default', './test/summary-reporter.ts'],
     testTimeout: 60_000,
+    // expect.poll waits for what a page or a process shows, never a time window: on a loaded
+    // 2-core machine a page that refreshes each second can take several to show a change.
+    expect: { poll: { timeout: 20_000, interval: 100 } },
     hookTimeout: 180_000,
     // Integration tests spawn agent processes and share one dev server: keep files in one
     // fork pool with modest parallelism on a 2-core machine.
