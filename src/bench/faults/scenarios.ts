@@ -240,34 +240,31 @@ function onHangingStorage(ctx: TrialContext, plan: Omit<Plan, 'before' | 'after'
   };
 }
 
+/** pa-hybrid on memcached with a slow storage link: the hang lands while StaticData is saved and merged. */
+function duringStatic(ctx: TrialContext, inject: (h: HangFs) => string, reason: RegExp): Plan {
+  return onHangingStorage(ctx, {
+    strategy: 'pa-hybrid',
+    workload: 'memcached',
+    options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
+    when: (p) => p.phase === 'precopy' && p.staticMerged === false,
+    jitterMs: 800,
+    inject,
+    landed: (r) => abandoned(r, reason),
+  });
+}
+
 export const HANG_SCENARIOS: Scenario[] = [
   scenario('storage-hang-save', 'storage hangs during the static save (pa-hybrid)', 'net', ['completed'], (ctx) =>
-    onHangingStorage(ctx, {
-      strategy: 'pa-hybrid',
-      workload: 'memcached',
-      options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
-      when: (p) => p.phase === 'precopy' && p.staticMerged === false,
-      jitterMs: 800,
-      inject: (h) => {
-        h.hang(WRITES('static'));
-        return 'StaticData writes hang (no answer, no error) during the static save';
-      },
-      landed: (r) => abandoned(r, /storage hung/),
-    }),
+    duringStatic(ctx, (h) => {
+      h.hang(WRITES('static'));
+      return 'StaticData writes hang (no answer, no error) during the static save';
+    }, /storage hung/),
   ),
   scenario('storage-hang-merge', "storage hangs for the target's reads during the static merge (pa-hybrid)", 'net', ['completed'], (ctx) =>
-    onHangingStorage(ctx, {
-      strategy: 'pa-hybrid',
-      workload: 'memcached',
-      options: { switchRule: 'paper', storageBandwidthBytesPerSec: 3 * MiB, maxDowntimeMs: 1, maxIterations: 8 },
-      when: (p) => p.phase === 'precopy' && p.staticMerged === false,
-      jitterMs: 800,
-      inject: (h) => {
-        h.hang('^(open|read) .*/static/chunk-');
-        return 'reads of StaticData chunks hang during the merge';
-      },
-      landed: (r) => abandoned(r, /the merge on .*storage hung/),
-    }),
+    duringStatic(ctx, (h) => {
+      h.hang('^(open|read) .*/static/chunk-');
+      return 'reads of StaticData chunks hang during the merge';
+    }, /the merge on .*storage hung/),
   ),
   scenario('storage-hang-pbdata', 'storage hangs for PbData in post-copy (postcopy, PbData async)', 'net', ['completed'], (ctx) =>
     onHangingStorage(ctx, {
