@@ -26,6 +26,9 @@ export interface MigrationOptions {
   switchRule?: SwitchRule;
   /** Sweeps (bench --suite regret): switch to post-copy after this many rounds. */
   switchAfterRounds?: number;
+  /** How long a step waits for a host agent (to pick it up; heartbeats at a fraction): an agent
+   * cut off from Temporal this long ends the migration (rollback before the switch). Default 30 s. */
+  agentTimeoutMs?: number;
 }
 
 export interface StepRef {

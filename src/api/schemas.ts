@@ -27,6 +27,7 @@ export const migrationOptionsSchema = {
     maxIterations: { type: 'integer', minimum: 1, maximum: 1000 },
     pbdata: { type: 'string', enum: ['sync', 'async', 'off'] },
     switchRule: { type: 'string', enum: ['ferry', 'paper'], description: "as-hybrid/pa-hybrid switch rule: ferry's (default) or the paper's exactly" },
+    agentTimeoutMs: { type: 'integer', minimum: 5000, maximum: 600000, description: 'how long a step waits for a host agent cut off from Temporal before the migration rolls back (default 30000)' },
   },
 } as const;
 

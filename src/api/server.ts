@@ -136,6 +136,7 @@ interface OptionsBody {
   maxIterations?: number;
   pbdata?: 'sync' | 'async' | 'off';
   switchRule?: 'ferry' | 'paper';
+  agentTimeoutMs?: number;
 }
 
 function rate(text: string | undefined, field: string, dflt: number): number {
@@ -160,6 +161,7 @@ export function optionsFrom(strategy: StrategyName, o: OptionsBody = {}): Migrat
     compression: false,
     zeroElision: true,
     switchRule: o.switchRule ?? 'ferry',
+    ...(o.agentTimeoutMs !== undefined ? { agentTimeoutMs: o.agentTimeoutMs } : {}),
   };
 }
 

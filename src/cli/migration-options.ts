@@ -2,6 +2,7 @@
 import type { MigrationOptions } from '../activities/types';
 import { UsageError } from '../common/errors';
 import { parseDuration, parseRate } from '../common/units';
+import { MAX_AGENT_TIMEOUT_MS, MIN_AGENT_TIMEOUT_MS } from '../workflows/agent-waits';
 import { STRATEGIES, SWITCH_RULES, defaultPbData, type StrategyName } from '../policy/types';
 import { choice, int, str } from './args';
 
@@ -16,6 +17,7 @@ export const migrationOptionSpec = {
   'no-zero-elision': { type: 'boolean' },
   'fault-timeout': { type: 'string' },
   'switch-rule': { type: 'string' },
+  'agent-timeout': { type: 'string' },
 } as const;
 
 export const MIGRATION_DEFAULTS = {
@@ -39,6 +41,12 @@ export function migrationOptionsFrom(values: Record<string, unknown>): { strateg
   const faultTimeout = str(values['fault-timeout']);
   const faultTimeoutMs = faultTimeout !== undefined ? parseDuration(faultTimeout, '--fault-timeout') : undefined;
   if (faultTimeoutMs !== undefined && faultTimeoutMs < 100) throw new UsageError('--fault-timeout: at least 100ms');
+  // How long a step waits for an agent cut off from Temporal (workflows/agent-waits.ts).
+  const agentTimeout = str(values['agent-timeout']);
+  const agentTimeoutMs = agentTimeout !== undefined ? parseDuration(agentTimeout, '--agent-timeout') : undefined;
+  if (agentTimeoutMs !== undefined && (agentTimeoutMs < MIN_AGENT_TIMEOUT_MS || agentTimeoutMs > MAX_AGENT_TIMEOUT_MS)) {
+    throw new UsageError(`--agent-timeout: between ${MIN_AGENT_TIMEOUT_MS / 1000}s and ${MAX_AGENT_TIMEOUT_MS / 60000}m (a host's heartbeat is sent each second)`);
+  }
   return {
     strategy,
     options: {
@@ -51,6 +59,7 @@ export function migrationOptionsFrom(values: Record<string, unknown>): { strateg
       zeroElision: values['no-zero-elision'] !== true,
       switchRule,
       ...(faultTimeoutMs !== undefined ? { faultTimeoutMs } : {}),
+      ...(agentTimeoutMs !== undefined ? { agentTimeoutMs } : {}),
     },
   };
 }

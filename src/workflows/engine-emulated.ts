@@ -9,49 +9,51 @@ import type { DrainResult, MigrationOptions, PbDataResult, PrepareTargetResult, 
 import { hostQueue } from '../common/names';
 import type { StrategyName } from '../policy/types';
 import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
+import { agentWaits, type AgentWaits } from './agent-waits';
 import { failureMessage } from './saga';
 
 type Acts = EmulatedActivities;
 const NON_RETRYABLE = ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'];
 
 /** Steps before the switch: bounded retries, so a dead host ends in a rollback. */
-function preSwitch(host: string, startToCloseTimeout: string, attempts = 4) {
+function preSwitch(host: string, startToCloseTimeout: string, w: AgentWaits, attempts = 4) {
   return proxyActivities<Acts>({
     taskQueue: hostQueue(host),
     startToCloseTimeout,
-    scheduleToStartTimeout: '30s',
-    heartbeatTimeout: '15s',
+    scheduleToStartTimeout: w.preSwitch.pickUpMs,
+    heartbeatTimeout: w.preSwitch.heartbeatMs,
     retry: { maximumAttempts: attempts, initialInterval: '500ms', maximumInterval: '5s', nonRetryableErrorTypes: NON_RETRYABLE },
   });
 }
 
 /** Steps after the switch on the target: retried without limit; the guest lives there now. */
-function postSwitch(host: string) {
-  return proxyActivities<Acts>({ taskQueue: hostQueue(host), startToCloseTimeout: '2h', heartbeatTimeout: '20s', retry: { initialInterval: '1s', maximumInterval: '10s' } });
+function postSwitchSteps(host: string, w: AgentWaits) {
+  return proxyActivities<Acts>({ taskQueue: hostQueue(host), startToCloseTimeout: '2h', heartbeatTimeout: w.targetAfterSwitch.heartbeatMs, retry: { initialInterval: '1s', maximumInterval: '10s' } });
 }
 
 /**
  * The source's steps after the switch (PbData, push, release). The guest runs on the target
  * and completes from PbData without the source, so a dead source must not hold the migration
- * open: its death shows as a missed heartbeat, and a step no agent picks up within 20 s fails.
+ * open: its death shows as a missed heartbeat, and a step no agent picks up in time (20 s by
+ * default, agent-waits.ts) fails.
  * The push is not retried: its pages live in the agent process that ran it.
  */
-function afterSwitchOnSource(host: string, attempts: number) {
+function sourceAfterSwitchSteps(host: string, w: AgentWaits, attempts: number) {
   return proxyActivities<Acts>({
     taskQueue: hostQueue(host),
     startToCloseTimeout: '2h',
-    scheduleToStartTimeout: '20s',
-    heartbeatTimeout: '10s',
+    scheduleToStartTimeout: w.sourceAfterSwitch.pickUpMs,
+    heartbeatTimeout: w.sourceAfterSwitch.heartbeatMs,
     retry: { maximumAttempts: attempts, initialInterval: '1s', maximumInterval: '5s' },
   });
 }
 
 /** Cleanup: a few tries; a cleanup that fails is reported, it does not hide the reason. */
-function cleanup(host: string) {
+function cleanupSteps(host: string, w: AgentWaits) {
   return proxyActivities<Acts>({
     taskQueue: hostQueue(host),
-    startToCloseTimeout: '20s',
-    scheduleToCloseTimeout: '20s',
+    startToCloseTimeout: w.cleanupMs,
+    scheduleToCloseTimeout: w.cleanupMs,
     retry: { maximumAttempts: 5, initialInterval: '500ms', maximumInterval: '5s' },
   });
 }
@@ -65,10 +67,14 @@ export interface EngineArgs {
 }
 
 export function emulatedEngine({ ref, source, target, strategy, options }: EngineArgs): Engine {
-  const src = preSwitch(source, '10m');
-  const tgt = preSwitch(target, '10m');
-  const srcLong = preSwitch(source, '2h');
-  const tgtLong = preSwitch(target, '2h');
+  const w = agentWaits(options.agentTimeoutMs);
+  const src = preSwitch(source, '10m', w);
+  const tgt = preSwitch(target, '10m', w);
+  const srcLong = preSwitch(source, '2h', w);
+  const tgtLong = preSwitch(target, '2h', w);
+  const cleanup = (host: string) => cleanupSteps(host, w);
+  const postSwitch = (host: string) => postSwitchSteps(host, w);
+  const afterSwitchOnSource = (host: string, attempts: number) => sourceAfterSwitchSteps(host, w, attempts);
   let prep: PrepareTargetResult | null = null;
   const m = {
     save: null as StaticSaveResult | null,

@@ -22,6 +22,7 @@ import { mayPostcopy, usesParMigrate } from '../policy/types';
 import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
 import type { EngineArgs } from './engine-emulated';
 import type { MigrationReport } from './report';
+import { agentWaits, type AgentWaits } from './agent-waits';
 import { failureMessage } from './saga';
 
 /** How long post-copy may make no progress before ferry recovers it over the second network. */
@@ -29,12 +30,13 @@ export const DEFAULT_STALL_MS = 3000;
 /** Recoveries per migration before ferry gives up and reports the guest split between hosts. */
 const MAX_RECOVERIES = 5;
 
-function steps(host: string, startToCloseTimeout: string, attempts: number) {
+function steps(host: string, startToCloseTimeout: string, attempts: number, w: AgentWaits) {
   return proxyActivities<QemuActivities>({
     taskQueue: hostQueue(host),
     startToCloseTimeout,
-    scheduleToStartTimeout: '30s',
-    heartbeatTimeout: '20s',
+    scheduleToStartTimeout: w.preSwitch.pickUpMs,
+    // QEMU's steps heartbeat from the agent's QMP polling: the longer of the waits.
+    heartbeatTimeout: w.targetAfterSwitch.heartbeatMs,
     retry: { maximumAttempts: attempts, initialInterval: '500ms', maximumInterval: '5s', nonRetryableErrorTypes: ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'] },
   });
 }
@@ -44,11 +46,11 @@ function steps(host: string, startToCloseTimeout: string, attempts: number) {
  * heartbeat so a disarm reaches the agent quickly, and a cancel that waits for the agent's
  * answer — it may have switched just before.
  */
-function armedStep(host: string) {
+function armedStep(host: string, w: AgentWaits) {
   return proxyActivities<QemuActivities>({
     taskQueue: hostQueue(host),
     startToCloseTimeout: '2h',
-    scheduleToStartTimeout: '30s',
+    scheduleToStartTimeout: w.preSwitch.pickUpMs,
     heartbeatTimeout: '3s',
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     retry: { maximumAttempts: 1 },
@@ -59,15 +61,16 @@ type Described = Awaited<ReturnType<QemuActivities['qemuDescribe']>>;
 type Verified = Awaited<ReturnType<QemuActivities['qemuVerifyTarget']>>;
 
 export function qemuEngine({ ref, source, target, strategy, options }: EngineArgs): Engine {
-  const src = steps(source, '10m', 4);
-  const tgt = steps(target, '10m', 4);
-  const srcLong = steps(source, '2h', 2);
-  const tgtLong = steps(target, '2h', 2);
-  const cleanupS = steps(source, '2m', 3);
-  const cleanupT = steps(target, '2m', 3);
-  const fwdS = steps(source, '2h', 20);
-  const armed = armedStep(source);
-  const fwdT = steps(target, '2h', 20);
+  const w = agentWaits(options.agentTimeoutMs);
+  const src = steps(source, '10m', 4, w);
+  const tgt = steps(target, '10m', 4, w);
+  const srcLong = steps(source, '2h', 2, w);
+  const tgtLong = steps(target, '2h', 2, w);
+  const cleanupS = steps(source, '2m', 3, w);
+  const cleanupT = steps(target, '2m', 3, w);
+  const fwdS = steps(source, '2h', 20, w);
+  const armed = armedStep(source, w);
+  const fwdT = steps(target, '2h', 20, w);
   const stallMs = options.faultTimeoutMs && options.faultTimeoutMs > 0 ? options.faultTimeoutMs : DEFAULT_STALL_MS;
   const pageSize = 4096;
   const relayed = usesParMigrate(strategy);

@@ -2,6 +2,7 @@
 import { ApplicationFailure } from '@temporalio/workflow';
 import type { MigrationOptions } from '../activities/types';
 import { isStrategy, type StrategyName } from '../policy/types';
+import { MAX_AGENT_TIMEOUT_MS, MIN_AGENT_TIMEOUT_MS } from './agent-waits';
 import type { AttemptLink } from './audit';
 import type { EngineName } from './engine';
 
@@ -41,4 +42,7 @@ export function validate(input: MigrationInput): void {
   if (!(o.maxIterations <= 1000)) bad('maxIterations must be ≤ 1000 (each iteration adds about 6 events to the migration history, which Temporal caps)');
   if (!(o.maxDowntimeMs >= 0)) bad('maxDowntimeMs must be ≥ 0');
   if (!['sync', 'async', 'off'].includes(o.pbdata)) bad(`pbdata must be sync, async or off`);
+  if (o.agentTimeoutMs !== undefined && !(o.agentTimeoutMs >= MIN_AGENT_TIMEOUT_MS && o.agentTimeoutMs <= MAX_AGENT_TIMEOUT_MS)) {
+    bad(`agentTimeoutMs must be between ${MIN_AGENT_TIMEOUT_MS} and ${MAX_AGENT_TIMEOUT_MS}`);
+  }
 }

@@ -30,6 +30,7 @@ import { emulatedEngine } from './engine-emulated';
 import { qemuEngine } from './engine-qemu';
 import { validate, type MigrationInput } from './migration-input';
 import { reportHead, verificationOf, type MigrationReport, type ReportIteration } from './report';
+import { agentWaits } from './agent-waits';
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 
 export { failureMessage };
@@ -59,11 +60,11 @@ function storageFailureOf(err: unknown): string | null {
   return cause instanceof ApplicationFailure && STORAGE_FAILURES.includes(cause.type ?? '') ? failureMessage(err) : null;
 }
 
-const facts = (host: string) =>
+const facts = (host: string, agentTimeoutMs: number | undefined) =>
   proxyActivities<HostActivities>({
     taskQueue: hostQueue(host),
     startToCloseTimeout: '20s',
-    scheduleToStartTimeout: '30s',
+    scheduleToStartTimeout: agentWaits(agentTimeoutMs).preSwitch.pickUpMs,
     retry: { maximumAttempts: 3, initialInterval: '500ms', maximumInterval: '5s' },
   });
 
@@ -166,7 +167,7 @@ class Runbook {
     const { vm, source, target, strategy } = this.input;
     let name: EngineName = this.input.driver ?? 'emulated';
     if (!this.legacy) {
-      const [s, t] = await Promise.all([facts(source).hostFacts(), facts(target).hostFacts()]);
+      const [s, t] = await Promise.all([facts(source, this.input.options.agentTimeoutMs).hostFacts(), facts(target, this.input.options.agentTimeoutMs).hostFacts()]);
       this.sourceHasGuest = s.vms.some((v) => v.name === vm && v.state !== 'incoming');
       const choice = engineFor(vm, strategy, s, t);
       if ('refused' in choice) {
@@ -525,7 +526,7 @@ class Runbook {
   private async askSourceForGuest(): Promise<boolean> {
     const { vm, source } = this.input;
     try {
-      const f = await CancellationScope.nonCancellable(() => facts(source).hostFacts());
+      const f = await CancellationScope.nonCancellable(() => facts(source, this.input.options.agentTimeoutMs).hostFacts());
       return f.vms.some((v) => v.name === vm && v.state !== 'incoming');
     } catch {
       return false;

@@ -6,7 +6,12 @@
  *
  * - down 5 s mid-iteration (either agent): its activities run on, their heartbeats and
  *   results wait for the link; the migration completes, verified;
- * - down for good: control-link-for-good.test.ts.
+ * - the target's, for good before the switch: the step that needs it finds no worker within
+ *   the migration's agent timeout (`--agent-timeout 8s` here), the migration rolls back, the
+ *   guest verified on the source;
+ * - the source's, for good after the switch: the target has the guest and the pages arrive
+ *   over channel-2; the migration finishes forward, verified on the target, and reports that
+ *   the source did not confirm releasing its paused copy.
  */
 import { describe, expect, it } from 'vitest';
 import { faultSeed, runScenario, twoHostCluster } from '../helpers/netns';
@@ -22,4 +27,17 @@ describe("an agent's link to Temporal cut", () => {
     expect(r.fault).toMatch(/control link of the (source|target) agent down for 5\.0 s/);
   }, 90_000);
 
+  it("the target's, for good before the switch: rolled back, the guest verified on the source", async () => {
+    const r = await runScenario(cluster(), 'control-dead-before', seed);
+    expect(r.verdict, `${r.fault}: ${r.detail}`).toBe('rolled-back');
+    expect(r.report?.verification).toMatchObject({ ok: true, where: 'source' });
+    expect(r.report?.reason).toMatch(/rolled back, \S+ runs on net-a/);
+  }, 120_000);
+
+  it("the source's, for good after the switch: finishes forward, verified on the target", async () => {
+    const r = await runScenario(cluster(), 'control-dead-after', seed);
+    expect(r.verdict, `${r.fault}: ${r.detail}`).toBe('completed');
+    expect(r.report?.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+    expect(r.report?.reason).toMatch(/net-a did not confirm releasing its paused copy/);
+  }, 120_000);
 });

@@ -300,6 +300,9 @@ function cutControl(ctx: TrialContext, end: End): () => void {
   return () => controlLink(net, end, 'up');
 }
 
+/** The for-good cuts run with `--agent-timeout 8s`: how long the migration waits for the cut-off agent. */
+const CONTROL_AGENT_TIMEOUT_MS = 8000;
+
 export const CONTROL_SCENARIOS: Scenario[] = [
   scenario('control-blip', "an agent's link to Temporal down 5 s mid-iteration", 'net', ['completed'], (ctx) => {
     let restore: (() => void) | null = null;
@@ -325,7 +328,8 @@ export const CONTROL_SCENARIOS: Scenario[] = [
     return {
       strategy: 'as-hybrid',
       workload: 'memcached',
-      options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 8 },
+      // --agent-timeout 8s: the migration gives the cut-off agent 8 s, not the default 30 s.
+      options: { switchRule: 'paper', maxDowntimeMs: 1, maxIterations: 8, agentTimeoutMs: CONTROL_AGENT_TIMEOUT_MS },
       when: preSwitch,
       jitterMs: 500,
       inject: () => {
@@ -340,7 +344,7 @@ export const CONTROL_SCENARIOS: Scenario[] = [
     return {
       strategy: 'postcopy',
       workload: 'memcached',
-      options: { bandwidthBytesPerSec: 8 * MiB, pbdata: 'async' },
+      options: { bandwidthBytesPerSec: 8 * MiB, pbdata: 'async', agentTimeoutMs: CONTROL_AGENT_TIMEOUT_MS },
       when: (p) => p.phase === 'postcopy',
       inject: () => {
         restore = cutControl(ctx, 'source');

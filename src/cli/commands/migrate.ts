@@ -7,7 +7,7 @@ import { reportText, watchProgress } from '../display';
 import { migrationOptionSpec, migrationOptionsFrom } from '../migration-options';
 
 export const help =
-  'ferry migrate <vm> --to <host> [--strategy S] [--bandwidth R] [--storage-bandwidth R] [--max-downtime T] [--max-iterations N] [--pbdata sync|async|off] [--fault-timeout T] [--ticket T] [--wait] [--json]';
+  'ferry migrate <vm> --to <host> [--strategy S] [--bandwidth R] [--storage-bandwidth R] [--max-downtime T] [--max-iterations N] [--pbdata sync|async|off] [--fault-timeout T] [--switch-rule ferry|paper] [--agent-timeout T] [--ticket T] [--wait] [--json]';
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
