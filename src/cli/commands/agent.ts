@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { UsageError } from '../../common/errors';
 import { HOST_ID_RE } from '../../common/names';
-import { parseSize } from '../../common/units';
+import { parseDuration, parseSize } from '../../common/units';
+import { storeSettingsFromEnv } from '../../dataplane/store-io';
 import path from 'node:path';
 import { setTraceDir } from '../../guest/workloads';
 import { startAgent, type QemuAgentOptions } from '../../workers/agent';
@@ -16,7 +17,9 @@ import { commonOptions, configFrom, say, temporalAddressOf } from '../context';
 export const help =
   'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE] [--metrics HOST:PORT] ' +
   '[--qemu-state DIR] [--migration-addr IP] [--fallback-addr IP] [--guest-kernel F --guest-initrd F] [--ssh USER@HOST[:PORT] --ssh-key F --known-hosts F] ' +
-  '[--tls-ca F --tls-cert F --tls-key F] [--trace-dir DIR]   run a host agent (trace:<file> workloads are read only from --trace-dir)';
+  '[--tls-ca F --tls-cert F --tls-key F] [--trace-dir DIR] [--storage-stall T] [--storage-encryption]   run a host agent ' +
+  '(trace:<file> workloads are read only from --trace-dir; --storage-stall: a storage operation that moves no byte this long is abandoned, default 5s; ' +
+  '--storage-encryption: seal StaticData and PbData with the cluster key)';
 
 const IP_RE = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]+)$/;
 
@@ -76,6 +79,26 @@ async function qemuOptions(values: Record<string, unknown>, hostId: string, data
   };
 }
 
+/**
+ * --storage-stall and --storage-encryption: the flags of FERRY_STORAGE_STALL_MS and
+ * FERRY_STORAGE_ENCRYPTION (which the store reads; a flag wins over the environment). Checked
+ * here, with the cluster key encryption needs, so a bad setting stops the agent at start, not
+ * at its first migration.
+ */
+function storageFlags(values: Record<string, unknown>): void {
+  const stall = str(values['storage-stall']);
+  if (stall !== undefined) process.env.FERRY_STORAGE_STALL_MS = String(parseDuration(stall, '--storage-stall'));
+  if (values['storage-encryption'] === true) process.env.FERRY_STORAGE_ENCRYPTION = '1';
+  try {
+    storeSettingsFromEnv(process.env);
+  } catch (err) {
+    const message = (err as Error).message;
+    if (stall !== undefined && /FERRY_STORAGE_STALL_MS/.test(message)) throw new UsageError(`--storage-stall: '${stall}' is below 100ms`);
+    if (values['storage-encryption'] === true) throw new UsageError(`--storage-encryption: ${message.replace(/^FERRY_STORAGE_ENCRYPTION /, '')}`);
+    throw err;
+  }
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
@@ -100,6 +123,8 @@ export async function run(argv: string[]): Promise<number> {
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
       'trace-dir': { type: 'string' },
+      'storage-stall': { type: 'string' },
+      'storage-encryption': { type: 'boolean' },
     },
     false,
   );
@@ -121,6 +146,7 @@ export async function run(argv: string[]): Promise<number> {
     if (!ok) throw new UsageError(`--trace-dir / FERRY_TRACE_DIR: '${cfg.traceDir}' is not a directory`);
   }
   setTraceDir(cfg.traceDir);
+  storageFlags(values);
   const capacity = values['memory-capacity'] ? parseSize(String(values['memory-capacity']), '--memory-capacity') : Math.floor(os.totalmem() / 2);
   const agent = await startAgent({
     hostId,
