@@ -15,6 +15,7 @@
  *
  * Writes results.json and results.md to --out (default docs/bench/scale).
  */
+import { runClusterKeyEnv } from '../common/cluster-key';
 import { temporalTlsEnv, temporalTlsFiles, temporalTlsOption, type TemporalTlsFiles } from '../common/temporal-tls';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
@@ -386,7 +387,7 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleResult> {
   const token = randomBytes(16).toString('hex');
   // Mutual TLS to the cluster: the certificates in the environment, else the operator's of the `ferry cluster` directory.
   const tls = temporalTlsFiles(process.env) ?? (clusterStatus?.tls ? { ca: clusterStatus.tls.ca, cert: clusterStatus.tls.cert, key: clusterStatus.tls.key, serverName: clusterStatus.tls.serverName } : null);
-  const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storage, FERRY_AUDIT_DB: auditDb, FERRY_API_TOKEN: token, ...temporalTlsEnv(tls) };
+  const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storage, FERRY_AUDIT_DB: auditDb, FERRY_API_TOKEN: token, ...temporalTlsEnv(tls), ...runClusterKeyEnv() };
   const agents: FerryProcess[] = [];
   let controller: FerryProcess | null = null;
   const result: ScaleResult = {

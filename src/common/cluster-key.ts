@@ -14,7 +14,7 @@
  * ciphertext so that a reader picks the right key after a rotation, and it tells nothing about
  * the key itself.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { UsageError } from './errors';
 
@@ -121,4 +121,17 @@ export function requireClusterKeys(env: NodeJS.ProcessEnv, what: string): Cluste
     );
   }
   return keys;
+}
+
+let runKey: string | undefined;
+/**
+ * For the agents a process starts itself (the demo's and the benches' local clusters, test
+ * clusters): the configured key when there is one, else one key made for this process's run,
+ * the same for every agent it starts, so channel-2 secrets are derived on them and stay out
+ * of the workflow history.
+ */
+export function runClusterKeyEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  if (loadClusterKeys(env)) return {};
+  runKey ??= randomBytes(CLUSTER_KEY_BYTES).toString('hex');
+  return { FERRY_CLUSTER_KEY: runKey };
 }

@@ -17,6 +17,7 @@
  * Processes of a cluster that live in the root namespace are listed in `<dir>/pids.json`;
  * a new cluster first removes what clusters of dead processes left.
  */
+import { runClusterKeyEnv } from '../common/cluster-key';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -137,7 +138,7 @@ export async function startFaultCluster(opts: ClusterOptions): Promise<FaultClus
     recordPid(dir, server.process.pid, 'temporal');
     const address = server.address;
     relay = net ? await startRelay(net.serverIp, { host: '127.0.0.1', port: serverOpts.port }) : null;
-    const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storageDir };
+    const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storageDir, ...runClusterKeyEnv() };
     const agentEnv = relay && net ? { ...env, FERRY_TEMPORAL_ADDRESS: `${net.serverIp}:${relay.port}` } : env;
     connection = await Connection.connect({ address });
     const client = new Client({ connection });

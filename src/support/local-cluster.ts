@@ -3,13 +3,12 @@
  * set), a controller process and host-agent processes. `ferry demo`, `ferry bench` and the
  * overhead and data-plane benches use it.
  */
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startDevServer, type DevServer } from '../common/dev-server';
 import { ensureTemporalBinary } from '../common/temporal-bin';
 import type { FerryConfig } from '../common/config';
-import { loadClusterKeys } from '../common/cluster-key';
+import { runClusterKeyEnv } from '../common/cluster-key';
 import { spawnFerry, type FerryProcess } from './processes';
 
 export interface LocalCluster {
@@ -66,7 +65,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
       ...(server ? { FERRY_TEMPORAL_TLS_CA: '', FERRY_TEMPORAL_TLS_CERT: '', FERRY_TEMPORAL_TLS_KEY: '', FERRY_TEMPORAL_TLS_SERVER_NAME: '' } : {}),
       // Without a configured cluster key, the agents started here share one made for this run:
       // channel-2 secrets are derived on them and stay out of the workflow history.
-      ...(loadClusterKeys(process.env) ? {} : { FERRY_CLUSTER_KEY: randomBytes(32).toString('hex') }),
+      ...runClusterKeyEnv(process.env),
     };
     const echo = opts.verbose ? (l: string) => log(`  ${l}`) : undefined;
     const controller = spawnFerry('controller', ['controller'], { env, echo });

@@ -2,6 +2,7 @@
  * Integration-test fixtures: real agent processes on the shared dev server and an
  * in-process controller worker (a real Temporal worker with the real bundle).
  */
+import { runClusterKeyEnv } from '../../src/common/cluster-key';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,6 +48,8 @@ export async function startAgentProcess(
     env: {
       FERRY_TEMPORAL_ADDRESS: opts.address ?? temporalAddress(),
       FERRY_STORAGE_DIR: opts.storageDir ?? tempDir('storage'),
+      // Every agent a test starts holds the run's cluster key, unless the test gives it its own.
+      ...(opts.env && Object.keys(opts.env).some((k) => k.startsWith('FERRY_CLUSTER_KEY')) ? {} : runClusterKeyEnv()),
       ...opts.env,
     },
   });

@@ -3,6 +3,7 @@
  * be killed and restarted), a controller process and agent processes. Nothing is shared with
  * other test files, so killing the controller really leaves no worker on ferry-control.
  */
+import { runClusterKeyEnv } from '../../src/common/cluster-key';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { inject } from 'vitest';
@@ -31,7 +32,7 @@ export async function startIsolated(hosts: string[], opts: { persistent?: boolea
   const address = server.address;
   serverOpts.port = server.port; // a restart comes back on the same address
   const storage = tempDir('isolated-storage');
-  const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storage };
+  const env = { FERRY_TEMPORAL_ADDRESS: address, FERRY_STORAGE_DIR: storage, ...runClusterKeyEnv() };
   const connection = await Connection.connect({ address });
   const client = new Client({ connection });
   const agents = new Map<string, FerryProcess>();

@@ -6,6 +6,7 @@
  * agents run their migration streams over mutual TLS, so the credentials reach the remote
  * host over SSH too.
  */
+import { runClusterKeyEnv } from '../../src/common/cluster-key';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -67,7 +68,7 @@ describe('QEMU over SSH (agentless host)', () => {
       'agent wrong-key',
       ['agent', '--host', uniqueHost('qbad'), '--driver', 'qemu', '--qemu-state', tempDir('qemu-bad'), '--guest-kernel', img.kernel, '--guest-initrd', img.initrd,
         '--ssh', `${sshd.username}@${sshd.host}:${sshd.port}`, '--ssh-key', sshd.clientKeyPath, '--known-hosts', sshd.wrongKnownHostsPath],
-      { env: { FERRY_TEMPORAL_ADDRESS: temporalAddress(), FERRY_STORAGE_DIR: tempDir('storage') } },
+      { env: { FERRY_TEMPORAL_ADDRESS: temporalAddress(), FERRY_STORAGE_DIR: tempDir('storage'), ...runClusterKeyEnv() } },
     );
     const code = await p.exited;
     expect(code).not.toBe(0);

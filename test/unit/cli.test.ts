@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { FERRY_BIN } from '../../src/support/processes';
 
 function ferry(...args: string[]) {
-  const env = { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1' };
+  const env: NodeJS.ProcessEnv = { ...process.env, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:1' };
   for (const k of ['FERRY_CLUSTER_KEY', 'FERRY_CLUSTER_KEY_FILE', 'FERRY_STORAGE_ENCRYPTION', 'FERRY_STORAGE_STALL_MS']) delete env[k];
   const r = spawnSync(process.execPath, [FERRY_BIN, ...args], { encoding: 'utf8', env });
   return { code: r.status, stderr: r.stderr.trim(), stdout: r.stdout };
@@ -26,6 +26,7 @@ describe('ferry CLI input validation', () => {
     [['agent', '--host', 'h', '--storage-stall', '10ms'], '--storage-stall'],
     [['agent', '--host', 'h', '--storage-stall', 'never'], '--storage-stall'],
     [['agent', '--host', 'h', '--storage-encryption'], '--storage-encryption: needs a cluster key'],
+    [['agent', '--host', 'h'], 'no cluster key: set FERRY_CLUSTER_KEY_FILE'],
     [['migrate', 'vm-1', '--to', 'host-b', '--agent-timeout', '1s'], '--agent-timeout'],
     [['vm', 'create', 'x', '--host', 'h', '--memory', '12XB'], '--memory'],
     [['set-bandwidth', 'vm-1', 'lots'], 'set-bandwidth'],

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { UsageError } from '../../common/errors';
+import { loadClusterKeys } from '../../common/cluster-key';
 import { HOST_ID_RE } from '../../common/names';
 import { parseDuration, parseSize } from '../../common/units';
 import { storeSettingsFromEnv } from '../../dataplane/store-io';
@@ -17,7 +18,7 @@ import { commonOptions, configFrom, say, temporalAddressOf } from '../context';
 export const help =
   'ferry agent --host <id> [--driver emulated|qemu] [--data-addr HOST:PORT] [--storage DIR] [--memory-capacity SIZE] [--metrics HOST:PORT] ' +
   '[--qemu-state DIR] [--migration-addr IP] [--fallback-addr IP] [--guest-kernel F --guest-initrd F] [--ssh USER@HOST[:PORT] --ssh-key F --known-hosts F] ' +
-  '[--tls-ca F --tls-cert F --tls-key F] [--trace-dir DIR] [--storage-stall T] [--storage-encryption]   run a host agent ' +
+  '[--tls-ca F --tls-cert F --tls-key F] [--trace-dir DIR] [--storage-stall T] [--storage-encryption] [--insecure-no-cluster-key]   run a host agent ' +
   '(trace:<file> workloads are read only from --trace-dir; --storage-stall: a storage operation that moves no byte this long is abandoned, default 5s; ' +
   '--storage-encryption: seal StaticData and PbData with the cluster key)';
 
@@ -99,6 +100,19 @@ function storageFlags(values: Record<string, unknown>): void {
   }
 }
 
+/**
+ * Without a cluster key a target hands out a random channel-2 secret that travels in the
+ * workflow history, where whoever reads the namespace could feed pages to the target. The
+ * agent does not start that way unless the operator says so.
+ */
+function requireKeyOrConsent(values: Record<string, unknown>): void {
+  if (loadClusterKeys(process.env) || values['insecure-no-cluster-key'] === true) return;
+  throw new UsageError(
+    'no cluster key: set FERRY_CLUSTER_KEY_FILE to the same 32-byte key file on every agent (e.g. `openssl rand -hex 32 > cluster.key && chmod 600 cluster.key`), ' +
+      "or pass --insecure-no-cluster-key to let each migration's channel-2 secret travel in the workflow history",
+  );
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
@@ -125,6 +139,7 @@ export async function run(argv: string[]): Promise<number> {
       'trace-dir': { type: 'string' },
       'storage-stall': { type: 'string' },
       'storage-encryption': { type: 'boolean' },
+      'insecure-no-cluster-key': { type: 'boolean' },
     },
     false,
   );
@@ -147,6 +162,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   setTraceDir(cfg.traceDir);
   storageFlags(values);
+  requireKeyOrConsent(values);
   const capacity = values['memory-capacity'] ? parseSize(String(values['memory-capacity']), '--memory-capacity') : Math.floor(os.totalmem() / 2);
   const agent = await startAgent({
     hostId,
