@@ -13,6 +13,7 @@ import { progressQuery } from '../../src/workflows/messages';
 import { startTestController, tempDir, uniqueHost, type TestController } from '../helpers/cluster';
 import { createVm, destroyWhenDone, migrate, MiB, startMigration } from '../helpers/migrate';
 import { startQemuAgent, stopQemuAgent, testGuest, type QemuAgent, expectVerifiedOnTarget } from '../helpers/qemu';
+import { mountHangFs } from '../../src/bench/faults/hangfs';
 
 let controller: TestController;
 let a: QemuAgent;
@@ -125,4 +126,50 @@ describe('par-migrate on QEMU through the agents’ relays', () => {
       await stopQemuAgent(src);
     }
   }, 400_000);
+
+  it('shared storage hangs during the bulk pass (hangfs): the watchdog abandons StaticData, rolled back, the guest verified on the source', async () => {
+    // QEMU sends its bulk pass once, into the relay: pages already diverted to hung storage
+    // cannot be asked for again, so the only safe end is the source (as on a full disk).
+    const dir = tempDir('qemu-hang-storage');
+    const h = await mountHangFs(dir);
+    const [hs, ht] = [uniqueHost('qhs'), uniqueHost('qht')];
+    const agents: QemuAgent[] = [];
+    try {
+      agents.push(
+        ...(await Promise.all([hs, ht].map((host) => startQemuAgent(host, { migrationAddr: '127.0.0.1', storageDir: dir, extraArgs: ['--storage-stall', '3s'] })))),
+      );
+      const vm = 'qpar-hang';
+      await createVm(controller.client, hs, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 4 });
+      // (its QEMU is killed with its agents below)
+      // A slow storage link keeps the bulk pass writing for seconds; then every StaticData write
+      // blocks (no answer, no error), as on a hard NFS mount whose server went away.
+      const handle = await startMigration(controller.client, {
+        vm,
+        source: hs,
+        target: ht,
+        strategy: 'pa-hybrid',
+        options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 4 * MiB, maxIterations: 30, maxDowntimeMs: 300 },
+      });
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const p = (await handle.query(progressQuery).catch(() => null)) as { phase?: string } | null;
+        if (p?.phase === 'precopy') break;
+        if (Date.now() > deadline) throw new Error('pre-copy never started');
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      await new Promise((res) => setTimeout(res, 1500));
+      h.hang('^(create|open|write|flush|fsync|release|rename) .*/static/');
+      const r = (await handle.result()) as MigrationReport;
+      console.log(`qpar-hang: ${r.outcome} in ${r.totalTimeMs} ms: ${r.reason}`);
+      expect(r.outcome, r.reason).toBe('rolled-back');
+      expect(r.reason).toMatch(/storage hung|made no progress/);
+      expect(r.reason).toMatch(new RegExp(`rolled back, ${vm} runs on ${hs}`));
+      expect(r.verification).toMatchObject({ ok: true, where: 'source' });
+      expect(r.postcopy).toBeNull();
+    } finally {
+      h.release();
+      await Promise.all(agents.map((a) => stopQemuAgent(a)));
+      await h.unmount();
+    }
+  }, 300_000);
 });
