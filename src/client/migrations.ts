@@ -63,8 +63,27 @@ export async function inventory(client: Client, hosts: string[], timeoutMs = 500
   })) as InventoryResult;
 }
 
-/** Facts of every registered host that answers. */
-export async function liveHosts(client: Client, timeoutMs = 5000): Promise<{ facts: HostFacts[]; errors: string[] }> {
+type LiveHosts = { facts: HostFacts[]; errors: string[] };
+/** Inventories in flight, per client and timeout: concurrent callers share one (no cache: a settled one is gone). */
+const inFlight = new WeakMap<Client, Map<number, Promise<LiveHosts>>>();
+
+/**
+ * Facts of every registered host that answers. Callers that ask while an inventory is in
+ * flight (a burst of API requests without a source or target) share its answer instead of
+ * each asking every agent. Nothing is kept once it settles: a caller's facts are at most one
+ * inventory older than its request (and the workflow checks the source's facts itself).
+ */
+export function liveHosts(client: Client, timeoutMs = 5000): Promise<LiveHosts> {
+  let byTimeout = inFlight.get(client);
+  if (!byTimeout) inFlight.set(client, (byTimeout = new Map()));
+  const pending = byTimeout.get(timeoutMs);
+  if (pending) return pending;
+  const p = askLiveHosts(client, timeoutMs).finally(() => byTimeout.delete(timeoutMs));
+  byTimeout.set(timeoutMs, p);
+  return p;
+}
+
+async function askLiveHosts(client: Client, timeoutMs: number): Promise<LiveHosts> {
   const hosts = (await registeredHosts(client)).filter((h) => h.up).map((h) => h.hostId);
   if (hosts.length === 0) return { facts: [], errors: [] };
   const inv = await inventory(client, hosts, timeoutMs);
