@@ -12,6 +12,7 @@ export const LONG_FILES_FIRST = [
   'test/faults/crash.test.ts',
   'test/integration/cluster.test.ts',
   'test/faults/links.test.ts',
+  'test/faults/control-link.test.ts',
   'test/integration/qemu-migration.test.ts',
   'test/integration/qemu-par.test.ts',
   'test/workflow/runbook.test.ts',
