@@ -51,6 +51,29 @@ function expectStaticData(r: MigrationReport, memoryBytes: number | null): void 
   expect(fs.existsSync(path.join(storage, r.id))).toBe(false);
 }
 
+/**
+ * A pa-hybrid migration 1.5 s into its bulk pass: a slow storage link (4 MiB/s) keeps QEMU's
+ * bulk pass going into StaticData for seconds, long enough to break something in it.
+ */
+async function inTheBulkPass(vm: string, source: string, target: string) {
+  const handle = await startMigration(controller.client, {
+    vm,
+    source,
+    target,
+    strategy: 'pa-hybrid',
+    options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 4 * MiB, maxIterations: 30, maxDowntimeMs: 300 },
+  });
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const p = (await handle.query(progressQuery).catch(() => null)) as { phase?: string } | null;
+    if (p?.phase === 'precopy') break;
+    if (Date.now() > deadline) throw new Error('pre-copy never started');
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  await new Promise((res) => setTimeout(res, 1500));
+  return handle;
+}
+
 describe('par-migrate on QEMU through the agents’ relays', () => {
   it('par-migrate on a converging guest: StaticData merged, then stop-and-copy; verified by the guest on the target', async () => {
     const vm = 'qpar-conv';
@@ -96,21 +119,7 @@ describe('par-migrate on QEMU through the agents’ relays', () => {
       const vm = 'qpar-kill';
       await createVm(controller.client, host, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 3 });
       // A slow storage link keeps the bulk pass going for seconds: long enough to kill the agent in it.
-      const handle = await startMigration(controller.client, {
-        vm,
-        source: host,
-        target: hostB,
-        strategy: 'pa-hybrid',
-        options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 4 * MiB, maxIterations: 30, maxDowntimeMs: 300 },
-      });
-      const deadline = Date.now() + 120_000;
-      for (;;) {
-        const p = (await handle.query(progressQuery).catch(() => null)) as { phase?: string } | null;
-        if (p?.phase === 'precopy') break;
-        if (Date.now() > deadline) throw new Error('pre-copy never started');
-        await new Promise((res) => setTimeout(res, 100));
-      }
-      await new Promise((res) => setTimeout(res, 1500));
+      const handle = await inTheBulkPass(vm, host, hostB);
       const midId = fs.readdirSync(storage).find((d) => fs.existsSync(path.join(storage, d, 'static')));
       src.proc.kill('SIGKILL');
       // QEMU outlives its agent; a new agent on the same state directory takes the guest over.
@@ -140,24 +149,9 @@ describe('par-migrate on QEMU through the agents’ relays', () => {
       );
       const vm = 'qpar-hang';
       await createVm(controller.client, hs, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 4 });
-      // (its QEMU is killed with its agents below)
-      // A slow storage link keeps the bulk pass writing for seconds; then every StaticData write
+      // (its QEMU is killed with its agents below.) In the bulk pass, every StaticData write
       // blocks (no answer, no error), as on a hard NFS mount whose server went away.
-      const handle = await startMigration(controller.client, {
-        vm,
-        source: hs,
-        target: ht,
-        strategy: 'pa-hybrid',
-        options: { bandwidthBytesPerSec: 32 * MiB, storageBandwidthBytesPerSec: 4 * MiB, maxIterations: 30, maxDowntimeMs: 300 },
-      });
-      const deadline = Date.now() + 120_000;
-      for (;;) {
-        const p = (await handle.query(progressQuery).catch(() => null)) as { phase?: string } | null;
-        if (p?.phase === 'precopy') break;
-        if (Date.now() > deadline) throw new Error('pre-copy never started');
-        await new Promise((res) => setTimeout(res, 100));
-      }
-      await new Promise((res) => setTimeout(res, 1500));
+      const handle = await inTheBulkPass(vm, hs, ht);
       h.hang('^(create|open|write|flush|fsync|release|rename) .*/static/');
       const r = (await handle.result()) as MigrationReport;
       console.log(`qpar-hang: ${r.outcome} in ${r.totalTimeMs} ms: ${r.reason}`);
