@@ -132,6 +132,8 @@ export class TargetSession {
   channelLost: Error | null = null;
   /** Fault requests sent and not answered yet: pfn → time asked. */
   readonly outstanding = new Map<number, number>();
+  /** When a page last came that no vCPU fault asked for (the source's push, or the drain's own asks), performance.now(). */
+  lastUnaskedPageAt = 0;
   /** vCPU fault counter carried in the device state (faults of earlier migrations). */
   faultBase = 0;
 
@@ -157,6 +159,7 @@ export class TargetSession {
             // the rest since it resumed.
             if (this.memory.installPage(pfn, data)) {
               this.pushedPages++;
+              if (!this.outstanding.has(pfn)) this.lastUnaskedPageAt = performance.now();
               this.wakeup.notify();
             }
             this.outstanding.delete(pfn);

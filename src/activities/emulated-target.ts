@@ -23,6 +23,15 @@ const STALL_MS = 10_000;
  * latest after this long, so it re-checks its state at least as often as it heartbeats.
  */
 const DRAIN_RECHECK_MS = 1000;
+/**
+ * Post-copy without a push: no page but fault answers for this long while pages are missing,
+ * and the target asks for the rest itself over channel-2, as faults. The source's channel answers faults without
+ * any step of its own, so post-copy completes even when the source's push never started (its
+ * agent cut off from Temporal as the step was handed out).
+ */
+const PULL_AFTER_MS = 1000;
+/** Pages asked for at once when pulling; the next batch when half of it has landed. */
+const PULL_BATCH = 1024;
 
 /**
  * The target-side activities. `sessions` is the agent's registry, shared with its source-side
@@ -134,9 +143,12 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         const stallMs = Math.max(STALL_MS, 2 * faultTimeoutMs);
         let lastMissing = s.memory.missingCount();
         let lastProgress = performance.now();
+        const drainStart = lastProgress;
         const actx = Context.current();
         let fellBack = false;
         let pbdataPages = 0;
+        let pulledPages = 0;
+        let pull: { asked: Set<number>; refillAt: number; at: number } | null = null;
         let storageBytesRead = 0;
         const work = (async () => {
           for (;;) {
@@ -169,9 +181,29 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
               storageBytesRead = r.bytesRead;
               break;
             }
+            // No page but fault answers for PULL_AFTER_MS (no push), or half the last pulled batch
+            // landed: ask for more.
+            const pushedAt = Math.max(s.lastUnaskedPageAt, drainStart);
+            const quiet = now - pushedAt > PULL_AFTER_MS && (!pull || now - pull.at > PULL_AFTER_MS);
+            if (ch && ch.isOpen && (quiet || (pull && missing <= pull.refillAt))) {
+              // After a quiet spell, ask again for what was asked and did not come.
+              if (!pull || quiet) pull = { asked: new Set(), refillAt: 0, at: now };
+              const want: number[] = [];
+              for (const pfn of s.memory.missingPfns()) {
+                if (pull.asked.has(pfn) || s.outstanding.has(pfn)) continue;
+                pull.asked.add(pfn);
+                want.push(pfn);
+                if (want.length >= PULL_BATCH) break;
+              }
+              pull.refillAt = missing - Math.ceil(want.length / 2);
+              pull.at = now;
+              pulledPages += want.length;
+              if (want.length > 0) ch.requestPages(want).catch(() => undefined);
+            }
             // Nothing to do until a page lands, a fault is asked, channel-2 goes, the activity
             // is cancelled, or the first deadline passes (just past it: the checks are strict).
-            const deadline = Math.min(oldestAsk + faultTimeoutMs, lastProgress + stallMs);
+            const pullAt = Math.max(pushedAt, pull?.at ?? 0) + PULL_AFTER_MS;
+            const deadline = Math.min(oldestAsk + faultTimeoutMs, lastProgress + stallMs, pullAt);
             await s.wakeup.wait(Math.min(DRAIN_RECHECK_MS, Math.max(1, deadline - now + 1)), actx.cancellationSignal);
           }
         })();
@@ -198,6 +230,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
           faultLatencyMs: { p50: round3(fs?.p50 ?? 0), p99: round3(fs?.p99 ?? 0), max: round3(fs?.max ?? 0), histogram: latencyHistogram(fs?.latenciesMs ?? []) },
           pushedPages: s.pushedPages,
           pbdataPages,
+          pulledPages,
           fellBackToPbData: fellBack,
           bytesReceived: ch?.stats().received.wireBytes ?? 0,
           storageBytesRead,

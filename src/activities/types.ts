@@ -146,6 +146,8 @@ export interface DrainResult {
   faultLatencyMs: { p50: number; p99: number; max: number; histogram?: LatencyHistogram };
   pushedPages: number;
   pbdataPages: number;
+  /** Pages the target asked for itself after a quiet spell without the source's push (asked, not necessarily the ones that came). */
+  pulledPages?: number;
   fellBackToPbData: boolean;
   bytesReceived: number;
   storageBytesRead: number;

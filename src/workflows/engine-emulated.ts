@@ -169,9 +169,13 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
           : Promise.resolve(m.pb);
       const pushPromise = afterSwitchOnSource(source, 1).pushPostcopy(ref).catch(() => null);
       m.drain = await postSwitch(target).drainPostcopy({ ...ref, pbdata, faultTimeoutMs: options.faultTimeoutMs });
-      await pushPromise;
+      const push = await pushPromise;
       m.pb = await pbPromise;
-      return { done: true, note: pbProblem ? `PbData not written (${pbProblem})` : null };
+      const notes = [
+        pbProblem ? `PbData not written (${pbProblem})` : null,
+        push === null && m.drain.pulledPages ? `the source's push did not report; the target asked for ${m.drain.pulledPages} pages itself over channel-2` : null,
+      ].filter((n): n is string => n !== null);
+      return { done: true, note: notes.length ? notes.join('; ') : null };
     },
 
     verifyTarget: (): Promise<VerifyResult> => postSwitch(target).verifyTarget(ref),
