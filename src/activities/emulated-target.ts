@@ -150,6 +150,39 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         let pulledPages = 0;
         let pull: { asked: Set<number>; refillAt: number; at: number } | null = null;
         let storageBytesRead = 0;
+        // PbData, once needed: read beside channel-2 while channel-2 is still open (a slow answer
+        // is not a dead link, and a source cut off from Temporal may never write PbData), alone
+        // once channel-2 is gone. Both carry the pages as they were at the pause; whichever
+        // lands first is installed.
+        let pb: { done: Promise<void>; failed: unknown; stop: AbortController } | null = null;
+        const followPbData = () => {
+          const stop = new AbortController();
+          const reader = ctx.store.openReader(s.migrationId, 'pbdata');
+          const p: NonNullable<typeof pb> = { done: Promise.resolve(), failed: null, stop };
+          p.done = loadPbData({
+            reader,
+            install: (pfn, data) => {
+              const installed = s.memory.installPage(pfn, data);
+              if (installed) {
+                pbdataPages++;
+                s.wakeup.notify();
+              }
+              return installed;
+            },
+            signal: AbortSignal.any([actx.cancellationSignal, stop.signal]),
+            timeoutMs: 30 * 60_000,
+          }).then(
+            (r) => {
+              storageBytesRead = r.bytesRead;
+              s.wakeup.notify();
+            },
+            (err: unknown) => {
+              p.failed = err;
+              s.wakeup.notify();
+            },
+          );
+          return p;
+        };
         const work = (async () => {
           for (;;) {
             const missing = s.memory.missingCount();
@@ -169,17 +202,21 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
               stale = true;
             }
             const ch = s.registration.channel;
-            if (s.channelLost || stale || (ch && !ch.isOpen)) {
+            const channelGone = s.channelLost !== null || (ch !== undefined && ch !== null && !ch.isOpen);
+            if (channelGone || stale) {
               if (input.pbdata === 'off') {
                 throw new Error(`channel-2 of migration ${s.migrationId} is lost in post-copy and PbData is off: ${s.missing ? s.memory.missingCount() : 0} pages wait for the source`);
               }
               // Request mode switch: the rest comes from PbData on shared storage.
               fellBack = true;
-              const reader = ctx.store.openReader(s.migrationId, 'pbdata');
-              const r = await loadPbData({ reader, install: (pfn, data) => s.memory.installPage(pfn, data), signal: actx.cancellationSignal, timeoutMs: 30 * 60_000 });
-              pbdataPages = r.installed;
-              storageBytesRead = r.bytesRead;
-              break;
+              pb ??= followPbData();
+              if (channelGone) {
+                await pb.done;
+                if (pb.failed) throw pb.failed;
+                break;
+              }
+              // Channel-2 is slow, not gone: it goes on (faults, pulls) beside PbData.
+              if (pb.failed && s.memory.missingCount() > 0 && now - lastProgress > stallMs * 3) throw pb.failed;
             }
             // No page but fault answers for PULL_AFTER_MS (no push), or half the last pulled batch
             // landed: ask for more.
@@ -203,11 +240,21 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
             // Nothing to do until a page lands, a fault is asked, channel-2 goes, the activity
             // is cancelled, or the first deadline passes (just past it: the checks are strict).
             const pullAt = Math.max(pushedAt, pull?.at ?? 0) + PULL_AFTER_MS;
-            const deadline = Math.min(oldestAsk + faultTimeoutMs, lastProgress + stallMs, pullAt);
+            // (Once PbData is being read, the fault and stall deadlines have passed: only the pulls'.)
+            const deadline = pb ? pullAt : Math.min(oldestAsk + faultTimeoutMs, lastProgress + stallMs, pullAt);
             await s.wakeup.wait(Math.min(DRAIN_RECHECK_MS, Math.max(1, deadline - now + 1)), actx.cancellationSignal);
           }
         })();
-        await heartbeatEvery(1000, () => ({ missing: s.memory.missingCount() }), work);
+        try {
+          await heartbeatEvery(1000, () => ({ missing: s.memory.missingCount() }), work);
+        } finally {
+          // Every page is here (or the step ends): a PbData read still going is not needed.
+          const follower = pb as { done: Promise<void>; stop: AbortController } | null;
+          if (follower) {
+            follower.stop.abort();
+            await follower.done;
+          }
+        }
         const completedAtMs = Date.now();
         // Every page is here: the source can stop pushing. Late frames still in flight are
         // ignored (post-copy mode installs only missing pages, and none is missing).

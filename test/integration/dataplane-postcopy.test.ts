@@ -238,6 +238,8 @@ interface Scenario {
   storageBandwidth: number;
   /** false: the source runs no post-copy step (no push, no async PbData), as when its agent is cut off from Temporal at the switch. */
   sourceSteps?: boolean;
+  /** The drain's fault timeout (default 2 s). */
+  faultTimeoutMs?: number;
 }
 
 interface Outcome {
@@ -329,7 +331,7 @@ async function runPostcopy(sc: Scenario): Promise<Outcome> {
     void pbPromise.then((r) => (pb = r), () => undefined);
   }
   const pushPromise = sourceSteps ? act(src.acts.pushPostcopy, ref) : Promise.resolve(null);
-  const drainPromise = act(tgt.acts.drainPostcopy, { ...ref, pbdata: sc.pbdata });
+  const drainPromise = act(tgt.acts.drainPostcopy, { ...ref, pbdata: sc.pbdata, ...(sc.faultTimeoutMs ? { faultTimeoutMs: sc.faultTimeoutMs } : {}) });
   drainPromise.catch(() => undefined);
   pushPromise.catch(() => undefined);
 
@@ -486,4 +488,17 @@ describe('post-copy on the data plane, driven step by step', () => {
     expectFaultsRecorded(o);
     expectInvariant(o);
   }, 60_000);
+
+  it('no source step and slow answers: PbData is looked for beside channel-2, which still completes post-copy', async () => {
+    // 2 MiB/s and a 100 ms fault timeout: a vCPU's fault queued behind a pulled batch waits
+    // longer than that, so the drain looks for PbData, which the cut-off source never writes.
+    const o = await runPostcopy({ name: 'slow-no-push', pbdata: 'async', cut: 'none', bandwidth: 2 * MiB, storageBandwidth: 0, sourceSteps: false, faultTimeoutMs: 100 });
+    console.log(`slow-no-push: ${summary(o)}`);
+    expect(o.pb).toBeNull();
+    expect(o.drain.fellBackToPbData).toBe(true);
+    expect(o.drain.pbdataPages).toBe(0);
+    expect(o.drain.pushedPages).toBe(o.missingAtResume);
+    expect(o.drain.faultLatencyMs.max).toBeGreaterThan(100);
+    expectInvariant(o);
+  }, 90_000);
 });
