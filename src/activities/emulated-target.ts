@@ -12,6 +12,7 @@ import { EmulatedGuest } from '../guest';
 import { prepareWorkload } from '../guest/workloads';
 import { grantSecret } from '../security/channel-secret';
 import { userError } from './errors';
+import { PostcopyPuller } from './postcopy-pull';
 import { digestOf, EmulatedSessions, heartbeatEvery, storageFailure, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
 import { latencyHistogram, type DrainResult, type PrepareTargetInput, type PrepareTargetResult, type ResumeResult, type StaticMergeResult, type StepRef, type VerifyResult } from './types';
 
@@ -23,15 +24,6 @@ const STALL_MS = 10_000;
  * latest after this long, so it re-checks its state at least as often as it heartbeats.
  */
 const DRAIN_RECHECK_MS = 1000;
-/**
- * Post-copy without a push: no page but fault answers for this long while pages are missing,
- * and the target asks for the rest itself over channel-2, as faults. The source's channel answers faults without
- * any step of its own, so post-copy completes even when the source's push never started (its
- * agent cut off from Temporal as the step was handed out).
- */
-const PULL_AFTER_MS = 1000;
-/** Pages asked for at once when pulling; the next batch when half of it has landed. */
-const PULL_BATCH = 1024;
 
 /**
  * The target-side activities. `sessions` is the agent's registry, shared with its source-side
@@ -147,8 +139,8 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         const actx = Context.current();
         let fellBack = false;
         let pbdataPages = 0;
-        let pulledPages = 0;
-        let pull: { asked: Set<number>; refillAt: number; at: number } | null = null;
+        // A source whose push never started still answers faults: ask for the rest (postcopy-pull.ts).
+        const puller = new PostcopyPuller();
         let storageBytesRead = 0;
         // PbData, once needed: read beside channel-2 while channel-2 is still open (a slow answer
         // is not a dead link, and a source cut off from Temporal may never write PbData), alone
@@ -218,28 +210,14 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
               // Channel-2 is slow, not gone: it goes on (faults, pulls) beside PbData.
               if (pb.failed && s.memory.missingCount() > 0 && now - lastProgress > stallMs * 3) throw pb.failed;
             }
-            // No page but fault answers for PULL_AFTER_MS (no push), or half the last pulled batch
-            // landed: ask for more.
             const pushedAt = Math.max(s.lastUnaskedPageAt, drainStart);
-            const quiet = now - pushedAt > PULL_AFTER_MS && (!pull || now - pull.at > PULL_AFTER_MS);
-            if (ch && ch.isOpen && (quiet || (pull && missing <= pull.refillAt))) {
-              // After a quiet spell, ask again for what was asked and did not come.
-              if (!pull || quiet) pull = { asked: new Set(), refillAt: 0, at: now };
-              const want: number[] = [];
-              for (const pfn of s.memory.missingPfns()) {
-                if (pull.asked.has(pfn) || s.outstanding.has(pfn)) continue;
-                pull.asked.add(pfn);
-                want.push(pfn);
-                if (want.length >= PULL_BATCH) break;
-              }
-              pull.refillAt = missing - Math.ceil(want.length / 2);
-              pull.at = now;
-              pulledPages += want.length;
+            if (ch && ch.isOpen) {
+              const want = puller.next(now, pushedAt, missing, () => s.memory.missingPfns(), s.outstanding);
               if (want.length > 0) ch.requestPages(want).catch(() => undefined);
             }
             // Nothing to do until a page lands, a fault is asked, channel-2 goes, the activity
             // is cancelled, or the first deadline passes (just past it: the checks are strict).
-            const pullAt = Math.max(pushedAt, pull?.at ?? 0) + PULL_AFTER_MS;
+            const pullAt = puller.dueAt(pushedAt);
             // (Once PbData is being read, the fault and stall deadlines have passed: only the pulls'.)
             const deadline = pb ? pullAt : Math.min(oldestAsk + faultTimeoutMs, lastProgress + stallMs, pullAt);
             await s.wakeup.wait(Math.min(DRAIN_RECHECK_MS, Math.max(1, deadline - now + 1)), actx.cancellationSignal);
@@ -277,7 +255,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
           faultLatencyMs: { p50: round3(fs?.p50 ?? 0), p99: round3(fs?.p99 ?? 0), max: round3(fs?.max ?? 0), histogram: latencyHistogram(fs?.latenciesMs ?? []) },
           pushedPages: s.pushedPages,
           pbdataPages,
-          pulledPages,
+          pulledPages: puller.pulled,
           fellBackToPbData: fellBack,
           bytesReceived: ch?.stats().received.wireBytes ?? 0,
           storageBytesRead,
