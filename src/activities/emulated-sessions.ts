@@ -132,8 +132,8 @@ export class TargetSession {
   channelLost: Error | null = null;
   /** Fault requests sent and not answered yet: pfn → time asked. */
   readonly outstanding = new Map<number, number>();
-  /** When a page last came that no vCPU fault asked for (the source's push, or the drain's own asks), performance.now(). */
-  lastUnaskedPageAt = 0;
+  /** Pages installed that no vCPU fault asked for (the source's push, or the drain's own asks). */
+  unaskedPages = 0;
   /** vCPU fault counter carried in the device state (faults of earlier migrations). */
   faultBase = 0;
 
@@ -157,12 +157,12 @@ export class TargetSession {
           if (this.postcopy) {
             // Post-copy: install only what is still missing; the guest may have written
             // the rest since it resumed.
+            const asked = this.outstanding.delete(pfn);
             if (this.memory.installPage(pfn, data)) {
               this.pushedPages++;
-              if (!this.outstanding.has(pfn)) this.lastUnaskedPageAt = performance.now();
+              if (!asked) this.unaskedPages++;
               this.wakeup.notify();
             }
-            this.outstanding.delete(pfn);
           } else {
             this.memory.writePage(pfn, data);
             this.hasDynamic.set(pfn);

@@ -135,7 +135,9 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         const stallMs = Math.max(STALL_MS, 2 * faultTimeoutMs);
         let lastMissing = s.memory.missingCount();
         let lastProgress = performance.now();
-        const drainStart = lastProgress;
+        // When the drain last saw a page no fault asked for (it reads the clock, the page path only counts).
+        let pushedAt = lastProgress;
+        let unaskedSeen = s.unaskedPages;
         const actx = Context.current();
         let fellBack = false;
         let pbdataPages = 0;
@@ -146,13 +148,12 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         // is not a dead link, and a source cut off from Temporal may never write PbData), alone
         // once channel-2 is gone. Both carry the pages as they were at the pause; whichever
         // lands first is installed.
-        let pb: { done: Promise<void>; failed: unknown; stop: AbortController } | null = null;
+        let pb: { done: Promise<void>; failed: () => unknown; stop: AbortController } | null = null;
         const followPbData = () => {
           const stop = new AbortController();
-          const reader = ctx.store.openReader(s.migrationId, 'pbdata');
-          const p: NonNullable<typeof pb> = { done: Promise.resolve(), failed: null, stop };
-          p.done = loadPbData({
-            reader,
+          let failed: unknown = null;
+          const done = loadPbData({
+            reader: ctx.store.openReader(s.migrationId, 'pbdata'),
             install: (pfn, data) => {
               const installed = s.memory.installPage(pfn, data);
               if (installed) {
@@ -169,11 +170,11 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
               s.wakeup.notify();
             },
             (err: unknown) => {
-              p.failed = err;
+              failed = err;
               s.wakeup.notify();
             },
           );
-          return p;
+          return { done, stop, failed: () => failed };
         };
         const work = (async () => {
           for (;;) {
@@ -194,7 +195,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
               stale = true;
             }
             const ch = s.registration.channel;
-            const channelGone = s.channelLost !== null || (ch !== undefined && ch !== null && !ch.isOpen);
+            const channelGone = s.channelLost !== null || Boolean(ch && !ch.isOpen);
             if (channelGone || stale) {
               if (input.pbdata === 'off') {
                 throw new Error(`channel-2 of migration ${s.migrationId} is lost in post-copy and PbData is off: ${s.missing ? s.memory.missingCount() : 0} pages wait for the source`);
@@ -204,13 +205,16 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
               pb ??= followPbData();
               if (channelGone) {
                 await pb.done;
-                if (pb.failed) throw pb.failed;
+                if (pb.failed()) throw pb.failed();
                 break;
               }
               // Channel-2 is slow, not gone: it goes on (faults, pulls) beside PbData.
-              if (pb.failed && s.memory.missingCount() > 0 && now - lastProgress > stallMs * 3) throw pb.failed;
+              if (pb.failed() && now - lastProgress > stallMs * 3) throw pb.failed();
             }
-            const pushedAt = Math.max(s.lastUnaskedPageAt, drainStart);
+            if (s.unaskedPages !== unaskedSeen) {
+              unaskedSeen = s.unaskedPages;
+              pushedAt = now;
+            }
             if (ch && ch.isOpen) {
               const want = puller.next(now, pushedAt, missing, () => s.memory.missingPfns(), s.outstanding);
               if (want.length > 0) ch.requestPages(want).catch(() => undefined);
@@ -227,7 +231,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
           await heartbeatEvery(1000, () => ({ missing: s.memory.missingCount() }), work);
         } finally {
           // Every page is here (or the step ends): a PbData read still going is not needed.
-          const follower = pb as { done: Promise<void>; stop: AbortController } | null;
+          const follower = pb as { done: Promise<void>; stop: AbortController } | null; // (assigned in `work`)
           if (follower) {
             follower.stop.abort();
             await follower.done;

@@ -4,6 +4,7 @@
  */
 import { STRATEGIES } from '../policy/types';
 import { AUDIT_MAX_LIMIT } from '../audit/types';
+import { DEFAULT_AGENT_TIMEOUT_MS, MAX_AGENT_TIMEOUT_MS, MIN_AGENT_TIMEOUT_MS } from '../workflows/agent-waits';
 
 const NAME = '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$';
 const TICKET = '^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,127}$';
@@ -27,7 +28,7 @@ export const migrationOptionsSchema = {
     maxIterations: { type: 'integer', minimum: 1, maximum: 1000 },
     pbdata: { type: 'string', enum: ['sync', 'async', 'off'] },
     switchRule: { type: 'string', enum: ['ferry', 'paper'], description: "as-hybrid/pa-hybrid switch rule: ferry's (default) or the paper's exactly" },
-    agentTimeoutMs: { type: 'integer', minimum: 5000, maximum: 600000, description: 'how long a step waits for a host agent cut off from Temporal before the migration rolls back (default 30000)' },
+    agentTimeoutMs: { type: 'integer', minimum: MIN_AGENT_TIMEOUT_MS, maximum: MAX_AGENT_TIMEOUT_MS, description: `how long a step waits for a host agent cut off from Temporal before the migration rolls back (default ${DEFAULT_AGENT_TIMEOUT_MS})` },
   },
 } as const;
 

@@ -32,6 +32,8 @@ export class StorageStalledError extends Error {
 
 /** Default no-progress window (FERRY_STORAGE_STALL_MS overrides it). */
 export const DEFAULT_STALL_MS = 5000;
+/** The shortest no-progress window accepted. */
+export const MIN_STALL_MS = 100;
 /** Pieces a read or a write moves between progress reports. */
 const PIECE = 1024 * 1024;
 const MAX_IDLE = 4;
@@ -329,7 +331,7 @@ export interface StoreSettings {
 export function storeSettingsFromEnv(env: NodeJS.ProcessEnv): StoreSettings {
   const stallText = env.FERRY_STORAGE_STALL_MS;
   const stallMs = stallText === undefined || stallText === '' ? DEFAULT_STALL_MS : Number(stallText);
-  if (!Number.isFinite(stallMs) || stallMs < 100) throw new UsageError(`FERRY_STORAGE_STALL_MS: '${stallText}' is not a number of milliseconds ≥ 100`);
+  if (!Number.isFinite(stallMs) || stallMs < MIN_STALL_MS) throw new UsageError(`FERRY_STORAGE_STALL_MS: '${stallText}' is not a number of milliseconds ≥ ${MIN_STALL_MS}`);
   const enc = env.FERRY_STORAGE_ENCRYPTION ?? '';
   if (!['', '0', '1', 'true', 'false'].includes(enc)) throw new UsageError(`FERRY_STORAGE_ENCRYPTION: '${enc}' is not 1 or 0`);
   const encrypt = enc === '1' || enc === 'true';

@@ -49,7 +49,7 @@ export async function startAgentProcess(
       FERRY_TEMPORAL_ADDRESS: opts.address ?? temporalAddress(),
       FERRY_STORAGE_DIR: opts.storageDir ?? tempDir('storage'),
       // Every agent a test starts holds the run's cluster key, unless the test gives it its own.
-      ...(opts.env && Object.keys(opts.env).some((k) => k.startsWith('FERRY_CLUSTER_KEY')) ? {} : runClusterKeyEnv()),
+      ...runClusterKeyEnv({ ...process.env, ...opts.env }),
       ...opts.env,
     },
   });

@@ -1,10 +1,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { UsageError } from '../../common/errors';
-import { loadClusterKeys } from '../../common/cluster-key';
+import { loadClusterKeys, requireClusterKeys } from '../../common/cluster-key';
 import { HOST_ID_RE } from '../../common/names';
 import { parseDuration, parseSize } from '../../common/units';
-import { storeSettingsFromEnv } from '../../dataplane/store-io';
+import { MIN_STALL_MS, storeSettingsFromEnv } from '../../dataplane/store-io';
 import path from 'node:path';
 import { setTraceDir } from '../../guest/workloads';
 import { startAgent, type QemuAgentOptions } from '../../workers/agent';
@@ -88,16 +88,17 @@ async function qemuOptions(values: Record<string, unknown>, hostId: string, data
  */
 function storageFlags(values: Record<string, unknown>): void {
   const stall = str(values['storage-stall']);
-  if (stall !== undefined) process.env.FERRY_STORAGE_STALL_MS = String(parseDuration(stall, '--storage-stall'));
-  if (values['storage-encryption'] === true) process.env.FERRY_STORAGE_ENCRYPTION = '1';
-  try {
-    storeSettingsFromEnv(process.env);
-  } catch (err) {
-    const message = (err as Error).message;
-    if (stall !== undefined && /FERRY_STORAGE_STALL_MS/.test(message)) throw new UsageError(`--storage-stall: '${stall}' is below 100ms`);
-    if (values['storage-encryption'] === true) throw new UsageError(`--storage-encryption: ${message.replace(/^FERRY_STORAGE_ENCRYPTION /, '')}`);
-    throw err;
+  if (stall !== undefined) {
+    const ms = parseDuration(stall, '--storage-stall');
+    if (ms < MIN_STALL_MS) throw new UsageError(`--storage-stall: '${stall}' is below ${MIN_STALL_MS}ms`);
+    process.env.FERRY_STORAGE_STALL_MS = String(ms);
   }
+  if (values['storage-encryption'] === true) {
+    requireClusterKeys(process.env, '--storage-encryption:');
+    process.env.FERRY_STORAGE_ENCRYPTION = '1';
+  }
+  // The environment's own settings too: a bad one stops the agent here.
+  storeSettingsFromEnv(process.env);
 }
 
 /**
