@@ -119,6 +119,10 @@ export class TargetSession {
   grant: ChannelGrant | null = null;
   /** Pages written by pre-copy rounds: StaticData must not overwrite them. */
   readonly hasDynamic: Bitmap;
+  /** Pages the StaticData merge wrote. */
+  readonly staticWritten: Bitmap;
+  /** The memory was allocated for this session (all zeros), not reused from an earlier attempt. */
+  readonly fresh: boolean;
   readonly registration: Registration;
   readonly steps = new StepRecord();
   /** Woken when a missing page is installed, a fault is requested or channel-2 is lost. */
@@ -137,13 +141,15 @@ export class TargetSession {
   /** vCPU fault counter carried in the device state (faults of earlier migrations). */
   faultBase = 0;
 
-  constructor(init: { migrationId: string; vm: string; source: string; memory: GuestMemory; secret: string }, channels: PageChannelServer) {
+  constructor(init: { migrationId: string; vm: string; source: string; memory: GuestMemory; fresh?: boolean; secret: string }, channels: PageChannelServer) {
     this.migrationId = init.migrationId;
     this.vm = init.vm;
     this.source = init.source;
     this.memory = init.memory;
     this.secret = init.secret;
     this.hasDynamic = new Bitmap(init.memory.pageCount);
+    this.staticWritten = new Bitmap(init.memory.pageCount);
+    this.fresh = init.fresh ?? false;
     this.registration = channels.expect({
       migrationId: init.migrationId,
       secret: init.secret,
@@ -249,6 +255,14 @@ export function heartbeatEvery<T>(ms: number, details: () => unknown, work: Prom
   const ctx = Context.current();
   const t = setInterval(() => ctx.heartbeat(details()), ms);
   return work.finally(() => clearInterval(t));
+}
+
+/**
+ * The page still holds the zeros it was allocated with: the memory is fresh and neither
+ * channel-2 nor the merge has written it (the guest runs here only after the merge).
+ */
+export function zeroFilledPage(s: TargetSession, pfn: number): boolean {
+  return s.fresh && !s.hasDynamic.get(pfn) && !s.staticWritten.get(pfn);
 }
 
 export function digestOf(memory: GuestMemory): string {

@@ -13,7 +13,7 @@ import { prepareWorkload } from '../guest/workloads';
 import { grantSecret } from '../security/channel-secret';
 import { userError } from './errors';
 import { PostcopyPuller } from './postcopy-pull';
-import { digestOf, EmulatedSessions, heartbeatEvery, storageFailure, TargetSession, verifyPaused, type EmulatedContext } from './emulated-sessions';
+import { digestOf, EmulatedSessions, heartbeatEvery, storageFailure, TargetSession, verifyPaused, zeroFilledPage, type EmulatedContext } from './emulated-sessions';
 import { latencyHistogram, type DrainResult, type PrepareTargetInput, type PrepareTargetResult, type ResumeResult, type StaticMergeResult, type StepRef, type VerifyResult } from './types';
 
 const DEFAULT_FAULT_TIMEOUT_MS = 2000;
@@ -46,7 +46,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
       if (input.memoryBytes > free) {
         throw userError('InsufficientCapacity', `target ${ctx.hostId} has ${free} bytes free; vm ${input.vm} needs ${input.memoryBytes}`);
       }
-      const memory = ctx.driver.reserveIncoming(
+      const { memory, fresh } = ctx.driver.reserveIncoming(
         { name: input.vm, memoryBytes: input.memoryBytes, vcpus: input.vcpus, workload: input.workload, seed: 0 },
         input.pageSize,
       );
@@ -58,7 +58,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
       const granted = ctx.channelKeys ? grantSecret(ctx.channelKeys, 'channel-2', input.migrationId) : null;
       const secret = granted?.secret ?? randomBytes(32).toString('hex');
       // The session registers channel-2 for this migration as it is made.
-      const s = new TargetSession({ migrationId: input.migrationId, vm: input.vm, source: input.source, memory, secret }, ctx.channels);
+      const s = new TargetSession({ migrationId: input.migrationId, vm: input.vm, source: input.source, memory, fresh, secret }, ctx.channels);
       s.grant = granted?.grant ?? null;
       sessions.addTarget(s);
       // What can be prepared before the pause is: a trace workload's file is parsed now.
@@ -83,6 +83,8 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
             reader,
             sink: s.memory,
             hasDynamic: (pfn) => s.hasDynamic.get(pfn),
+            markStatic: (pfn) => s.staticWritten.set(pfn),
+            zeroFilled: (pfn) => zeroFilledPage(s, pfn),
             signal: actx.cancellationSignal,
             onProgress: (p) => {
               progress = p;

@@ -74,13 +74,16 @@ export class EmulatedDriver implements HypervisorDriver {
     await v?.guest.stop();
   }
 
-  /** Target side: reserve RAM for a guest that is on its way here. */
-  reserveIncoming(spec: VmSpec, pageSize: number): GuestMemory {
+  /**
+   * Target side: reserve RAM for a guest that is on its way here. `fresh`: allocated now, so
+   * every page holds zeros; memory reserved before (an earlier attempt) may hold anything.
+   */
+  reserveIncoming(spec: VmSpec, pageSize: number): { memory: GuestMemory; fresh: boolean } {
     const existing = this.incoming.get(spec.name);
-    if (existing) return existing.memory;
+    if (existing) return { memory: existing.memory, fresh: false };
     const memory = GuestMemory.create(spec.memoryBytes, { pageSize });
     this.incoming.set(spec.name, { name: spec.name, memory, spec });
-    return memory;
+    return { memory, fresh: true };
   }
 
   incomingMemory(name: string): GuestMemory | null {

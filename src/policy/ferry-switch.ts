@@ -58,6 +58,25 @@ export function growthAt(curve: readonly number[][], ms: number): number | null 
   return last[1]! + slope * (ms - last[0]!);
 }
 
+/**
+ * New pages the guest dirties in the `leadMs` between the last round's end and the pause:
+ * the last round's growth curve carried on past its end (what it adds beyond its end is what
+ * is not dirty already), or, without a curve, its dirty rate over the round. Rounded up.
+ */
+export function dirtiedBeforePause(state: PolicyState, cfg: PolicyConfig, leadMs: number): number {
+  const last = state.iterations[state.iterations.length - 1];
+  if (!last || !(leadMs > 0)) return 0;
+  const room = Math.max(0, cfg.pageCount - state.remainingPages);
+  let extra: number;
+  if (last.growth && last.growth.length > 0) {
+    const atEnd = growthAt(last.growth, last.durationMs) ?? 0;
+    extra = (growthAt(last.growth, last.durationMs + leadMs) ?? atEnd) - atEnd;
+  } else {
+    extra = last.durationMs > 0 ? (last.dirtyAfter / last.durationMs) * leadMs : 0;
+  }
+  return Math.min(room, Math.max(0, Math.ceil(extra)));
+}
+
 export interface NextRound {
   /** Pages the next round sends (dirty now) and how long that takes at the measured bandwidth. */
   pages: number;
@@ -94,11 +113,16 @@ function dirtyRounds(iterations: readonly IterationStat[]): IterationStat[] {
   return iterations.filter((it) => it.index >= 2);
 }
 
-/** Pages that fit the downtime budget at the measured bandwidth, after the pause's fixed cost. */
+/**
+ * Pages that fit the downtime budget at the measured bandwidth, after the pause's fixed cost
+ * and the pages the guest dirties before the pause (as the stop-and-copy test counts them).
+ */
 export function budgetPages(state: PolicyState, cfg: PolicyConfig): number {
   const bytesPerSec = measuredBandwidth(state.iterations, cfg.bandwidthBytesPerSec);
   const ms = Math.max(0, cfg.maxDowntimeMs - (state.pauseOverheadMs ?? 0));
-  return Math.floor(((ms / 1000) * bytesPerSec) / bytesPerDirtyPage(state.iterations, cfg.pageSize));
+  const fit = Math.floor(((ms / 1000) * bytesPerSec) / bytesPerDirtyPage(state.iterations, cfg.pageSize));
+  const lead = state.pauseLeadMs !== undefined ? dirtiedBeforePause(state, cfg, state.pauseLeadMs) : 0;
+  return Math.max(0, fit - lead);
 }
 
 /**

@@ -4,7 +4,7 @@
  * Every result carries the reason with the numbers it was decided on.
  */
 import { estimateSendMs, fmt, lambdas } from './convergence';
-import { ferrySwitch, growthAt, predictNextRound } from './ferry-switch';
+import { dirtiedBeforePause, ferrySwitch, growthAt, predictNextRound } from './ferry-switch';
 import { mayPostcopy, type Decision, type PolicyConfig, type PolicyState } from './types';
 
 const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
@@ -13,15 +13,19 @@ const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
 export function stopAndCopyTest(state: PolicyState, cfg: PolicyConfig): Decision | null {
   const it = state.iterations.length;
   if (state.remainingPages === 0) return { action: 'stop-and-copy', reason: `stop-and-copy at iteration ${it + 1}: no dirty pages left` };
-  const { ms, bytesPerSec: bw } = estimateSendMs(state.iterations, state.remainingPages, cfg.pageSize, cfg.bandwidthBytesPerSec);
+  // The pause comes a round trip after the round's end: the pages dirtied meanwhile go too.
+  const lead = state.pauseLeadMs !== undefined ? dirtiedBeforePause(state, cfg, state.pauseLeadMs) : 0;
+  const pages = state.remainingPages + lead;
+  const { ms, bytesPerSec: bw } = estimateSendMs(state.iterations, pages, cfg.pageSize, cfg.bandwidthBytesPerSec);
   // Downtime is a promise: the pause also costs device state, the switch-over's round trips
   // and the target's resume, as measured so far.
   const overhead = state.pauseOverheadMs ?? 0;
   if (ms + overhead <= cfg.maxDowntimeMs) {
+    const more = state.pauseLeadMs !== undefined ? ` + ~${lead} dirtied in the ${Math.round(state.pauseLeadMs)} ms before the pause` : '';
     const plus = state.pauseOverheadMs !== undefined ? ` + ${Math.round(overhead)} ms pause overhead` : '';
     return {
       action: 'stop-and-copy',
-      reason: `stop-and-copy at iteration ${it + 1}: ${state.remainingPages} pages take ${Math.round(ms)} ms at ${fmt(bw / 2 ** 20)} MiB/s${plus} ≤ max downtime ${cfg.maxDowntimeMs} ms`,
+      reason: `stop-and-copy at iteration ${it + 1}: ${state.remainingPages} pages${more} take ${Math.round(ms)} ms at ${fmt(bw / 2 ** 20)} MiB/s${plus} ≤ max downtime ${cfg.maxDowntimeMs} ms`,
     };
   }
   return null;

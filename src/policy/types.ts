@@ -71,6 +71,12 @@ export interface PolicyState {
    * trips, the target's resume), in ms, as measured so far. Absent = nothing learnt (0).
    */
   pauseOverheadMs?: number;
+  /**
+   * How long after the last round's end the guest is paused (the decision's round trip), in
+   * ms, as measured so far. The guest dirties pages meanwhile, and the pause sends them too.
+   * Absent = not counted (histories recorded before it was).
+   */
+  pauseLeadMs?: number;
 }
 
 export function isStrategy(s: unknown): s is StrategyName {

@@ -11,6 +11,7 @@ import type { StrategyName } from '../policy/types';
 import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
 import { agentWaits, type AgentWaits } from './agent-waits';
 import { failureMessage } from './saga';
+import type { ReportIteration } from './report';
 
 type Acts = EmulatedActivities;
 const NON_RETRYABLE = ['InvalidInput', 'NotFound', 'Conflict', 'InsufficientCapacity', 'UsageError'];
@@ -200,13 +201,16 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
      * target's last resumes took.
      */
     pauseOverheadMs(iterations) {
-      const gaps: number[] = [];
-      for (let i = 1; i < iterations.length; i++) gaps.push(iterations[i]!.startedAtMs - iterations[i - 1]!.finishedAtMs);
-      const recent = gaps.slice(-5).filter((g) => g >= 0);
-      const trip = recent.length > 0 ? [...recent].sort((a, b) => a - b)[Math.floor(recent.length / 2)]! : null;
+      const trip = roundTripMs(iterations);
       const resume = prep?.resumeEstimateMs ?? null;
       if (trip === null && resume === null) return undefined;
       return Math.round((trip ?? 0) + (resume ?? 0));
+    },
+
+    /** The source pauses when the stop-and-copy step starts: one round trip after the round's end. */
+    pauseLeadMs(iterations) {
+      const trip = roundTripMs(iterations);
+      return trip === null ? undefined : Math.round(trip);
     },
 
     report(sentInRounds: number): EngineReport {
@@ -227,4 +231,12 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
       };
     },
   };
+}
+
+/** The workflow's round trip between rounds (one round's end to the next one's start): the median of the last five. */
+function roundTripMs(iterations: readonly ReportIteration[]): number | null {
+  const gaps: number[] = [];
+  for (let i = 1; i < iterations.length; i++) gaps.push(iterations[i]!.startedAtMs - iterations[i - 1]!.finishedAtMs);
+  const recent = gaps.slice(-5).filter((g) => g >= 0);
+  return recent.length > 0 ? [...recent].sort((a, b) => a - b)[Math.floor(recent.length / 2)]! : null;
 }

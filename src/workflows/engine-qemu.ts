@@ -205,6 +205,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
 
     /** QEMU pauses inside its own completion (no round trip of ferry's in the pause): nothing to add. */
     pauseOverheadMs: () => undefined,
+    pauseLeadMs: () => undefined,
 
     report(sentInRounds: number): EngineReport {
       // Relayed: QEMU counted the bulk pass it wrote into the relay; StaticData carried it instead.

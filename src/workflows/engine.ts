@@ -106,6 +106,12 @@ export interface Engine {
    * (undefined: nothing measured). The stop-and-copy test counts it: downtime is a promise.
    */
   pauseOverheadMs(iterations: readonly ReportIteration[]): number | undefined;
+  /**
+   * How long after a round's end the guest is paused (the decision's round trip), as measured
+   * between rounds (undefined: nothing measured, or the engine pauses on its own). The guest
+   * goes on dirtying pages meanwhile; the stop-and-copy test counts them.
+   */
+  pauseLeadMs(iterations: readonly ReportIteration[]): number | undefined;
   /** The engine's measured report fields; `sentInRounds` is what the rounds reported, for engines that learn no total. */
   report(sentInRounds: number): EngineReport;
 }

@@ -51,6 +51,8 @@ export const DECIDE_ON_MERGE_PATCH = 'ferry-decide-on-merge';
 export const ARMED_SWITCH_PATCH = 'ferry-armed-switch';
 /** Marks runs where the target's merge failing on storage (hung, full, unreadable) drops channel-1 as a failed save does, instead of rolling back. */
 export const MERGE_STORAGE_PATCH = 'ferry-merge-storage-failure';
+/** Marks runs whose stop-and-copy test also counts the pages dirtied between the round's end and the pause. */
+export const PAUSE_LEAD_PATCH = 'ferry-pause-lead';
 /** Failure types of the storage steps (activities/emulated-sessions.ts storageFailure). */
 const STORAGE_FAILURES = ['StorageFull', 'StorageUnavailable', 'StorageHung', 'StorageError'];
 
@@ -89,6 +91,7 @@ class Runbook {
   /** Unset in the input: ferry's rule, except in histories recorded before the choice existed. */
   private readonly switchRule: SwitchRule;
   private readonly countsPauseOverhead: boolean;
+  private readonly countsPauseLead: boolean;
   private readonly holdsForMerge: boolean;
   private readonly par: boolean;
   private readonly pbdataMode: 'sync' | 'async' | 'off';
@@ -136,6 +139,7 @@ class Runbook {
     this.staticMerged = this.par ? false : null;
     this.switchRule = input.options.switchRule ?? (patched(SWITCH_RULE_PATCH) ? 'ferry' : 'paper');
     this.countsPauseOverhead = patched(DOWNTIME_PATCH);
+    this.countsPauseLead = this.countsPauseOverhead && patched(PAUSE_LEAD_PATCH);
     this.holdsForMerge = this.par && patched(HOLD_FOR_MERGE_PATCH);
     this.registerControls();
   }
@@ -402,7 +406,14 @@ class Runbook {
   /** What the policy sees at a boundary: the rounds so far, what is dirty, whether StaticData is merged. */
   private policyState(): PolicyState {
     const overhead = this.countsPauseOverhead ? this.engine!.pauseOverheadMs(this.journal.iterations) : undefined;
-    return { iterations: this.journal.iterations.map(toStat), remainingPages: this.remainingPages, staticMerged: this.staticMerged ?? true, ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}) };
+    const lead = this.countsPauseLead ? this.engine!.pauseLeadMs(this.journal.iterations) : undefined;
+    return {
+      iterations: this.journal.iterations.map(toStat),
+      remainingPages: this.remainingPages,
+      staticMerged: this.staticMerged ?? true,
+      ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}),
+      ...(lead !== undefined ? { pauseLeadMs: lead } : {}),
+    };
   }
 
   private policyConfig(): PolicyConfig {

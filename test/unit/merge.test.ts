@@ -77,6 +77,33 @@ describe('mergeStatic', () => {
     }
   });
 
+  it('does not write zero static pages where the target is known to hold zeros, and writes them everywhere else', async () => {
+    const src = randomMemory(256); // every 7th page is zero
+    const w = await store.openWriter('mz', 'static', { pageSize: PS, pageCount: 256, chunkPages: 64 });
+    await w.writePages(range(256), src);
+    await w.commit();
+
+    // Pages 0..127 are known zero-filled; 128..255 hold other bytes and must be overwritten.
+    const dst = new Memory(256);
+    dst.mem.fill(0xee, 128 * PS);
+    const writes: number[] = [];
+    const sink: PageSink = { pageSize: PS, pageCount: 256, writePage: (pfn, data) => (writes.push(pfn), dst.writePage(pfn, data)) };
+    const marked = new Bitmap(256);
+    const r = await mergeStatic({
+      reader: store.openReader('mz', 'static'),
+      sink,
+      hasDynamic: () => false,
+      markStatic: (p) => marked.set(p),
+      zeroFilled: (p) => p < 128,
+    });
+    const zeroLow = range(128).filter((p) => p % 7 === 0);
+    expect(r.pages).toBe(256); // skipped writes still count as merged
+    expect(marked.count()).toBe(256);
+    expect(writes).toHaveLength(256 - zeroLow.length);
+    for (const p of zeroLow) expect(writes).not.toContain(p);
+    for (let p = 0; p < 256; p++) expect(Buffer.compare(dst.page(p), src.page(p))).toBe(0);
+  });
+
   it('follows chunks while the save runs (pipelined) and ends at the commit', async () => {
     const src = randomMemory(256);
     const dst = new Memory(256);
