@@ -8,7 +8,8 @@ import type { AddressInfo } from 'node:net';
 import { ServiceError, type Client } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadTokens } from '../../src/api/auth';
-import { createApiHandler, grpcStatusOf, RETRY_AFTER_S } from '../../src/api/server';
+import { createApiHandler } from '../../src/api/server';
+import { grpcStatusOf, RETRY_AFTER_S } from '../../src/api/requests';
 import type { AuditStore } from '../../src/audit/types';
 
 const TOKEN = 'api-token-for-tests';
