@@ -94,6 +94,8 @@ export interface SourceSession {
   unacked: Bitmap;
   /** Every page has reached the target once (bulk round or StaticData). */
   baselineSent: boolean;
+  /** The StaticData save has ended, committed or failed (a round waiting for it goes). */
+  saveEnded: boolean;
   /** Post-copy: the pages missing on the target. */
   missing: Bitmap | null;
   /** The target reported every page present: stop pushing. */

@@ -48,6 +48,18 @@ function channelSecretOf(ctx: EmulatedContext, input: PrepareSourceInput): strin
   }
 }
 
+/** How often a round waiting to be worth sending looks at the dirty log. */
+const WORTH_POLL_MS = 5;
+
+/** Wait until `worthPages` are dirty, the StaticData save has ended, or `maxWaitMs` passed. */
+async function untilWorthARound(s: SourceSession, worthPages: number, maxWaitMs: number, signal: AbortSignal): Promise<void> {
+  const until = performance.now() + Math.max(0, maxWaitMs);
+  while (!s.saveEnded && s.memory.dirtyCount() < worthPages && performance.now() < until) {
+    signal.throwIfAborted();
+    await new Promise((r) => setTimeout(r, WORTH_POLL_MS));
+  }
+}
+
 /** Dial + handshake of channel-2; a reconnect over a dead link fails this fast. */
 const CONNECT_TIMEOUT_MS = 5_000;
 
@@ -144,6 +156,7 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
         closedChannelBytes: 0,
         unacked: new Bitmap(guest.memory.pageCount),
         baselineSent: false,
+        saveEnded: false,
         missing: null,
         allPresent: false,
         storageBytesWritten: 0,
@@ -183,6 +196,8 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
           await writer.commit();
         } catch (e) {
           throw storageFailure(e) ?? e;
+        } finally {
+          s.saveEnded = true;
         }
         const st = writer.stats();
         s.storageBytesWritten += st.bytesWritten;
@@ -194,6 +209,10 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
     async runIteration(input: IterationInput): Promise<IterationResult> {
       const s = sessions.source(input);
       return s.steps.once(`iteration-${input.index}`, async () => {
+        if (input.startWhen && !input.bulk) {
+          const w = input.startWhen;
+          await heartbeatEvery(1000, () => ({ waiting: true }), untilWorthARound(s, w.worthPages, w.maxWaitMs, Context.current().cancellationSignal));
+        }
         const t0 = performance.now();
         let pfns: Uint32Array;
         if (input.bulk) {

@@ -100,6 +100,13 @@ export interface IterationInput extends StepRef {
   index: number;
   /** Iteration 1 of a strategy without par-migrate sends every page (the bulk round). */
   bulk: boolean;
+  /**
+   * par-migrate while StaticData is saved: start the round only once it is worth a round —
+   * at least `worthPages` dirty, or the save ended — waiting at most `maxWaitMs`. A round
+   * started at once would send the handful of pages dirtied since the last one, and cost a
+   * workflow round trip for them.
+   */
+  startWhen?: { worthPages: number; maxWaitMs: number };
 }
 
 export type IterationResult = IterationStat & { finishedAtMs: number };

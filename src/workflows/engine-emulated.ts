@@ -8,7 +8,7 @@ import type { EmulatedActivities } from '../activities/emulated';
 import type { DrainResult, MigrationOptions, PbDataResult, PrepareTargetResult, StaticMergeResult, StaticSaveResult, StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
 import type { StrategyName } from '../policy/types';
-import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type RoundResult, type VmFacts } from './engine';
+import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type VmFacts } from './engine';
 import { agentWaits, type AgentWaits } from './agent-waits';
 import { failureMessage } from './saga';
 import type { ReportIteration } from './report';
@@ -131,8 +131,8 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
     },
     removeStaticData: () => cleanup(source).cleanupStorage(ref),
 
-    async round(index: number, bulk: boolean): Promise<RoundResult> {
-      const r = await srcLong.runIteration({ ...ref, index, bulk });
+    async round(index, bulk, startWhen) {
+      const r = await srcLong.runIteration({ ...ref, index, bulk, ...(startWhen ? { startWhen } : {}) });
       return {
         kind: 'round',
         iteration: { index: r.index, pages: r.pages, durationMs: r.durationMs, bytes: r.bytes, dirtyAfter: r.dirtyAfter, finishedAtMs: r.finishedAtMs, ...(r.growth ? { growth: r.growth } : {}) },

@@ -84,7 +84,8 @@ export interface Engine {
   saveStatic(): Promise<{ bytesWritten: number }>;
   mergeStatic(): Promise<unknown>;
   removeStaticData(): Promise<unknown>;
-  round(index: number, bulk: boolean): Promise<RoundResult>;
+  /** One pre-copy round; `startWhen` (engines with discrete rounds) holds its start until it is worth sending. */
+  round(index: number, bulk: boolean, startWhen?: { worthPages: number; maxWaitMs: number }): Promise<RoundResult>;
   /**
    * caps.armedSwitch only: switch to post-copy on the source the moment the target reports
    * the StaticData merge done (no round trip through the workflow). Resolves with whether it

@@ -16,7 +16,7 @@
  * "rolled back" only when the source confirmed the guest runs there. After the switch the
  * migration only moves forward.
  */
-import { ActivityFailure, ApplicationFailure, CancellationScope, allHandlersFinished, condition, isCancellation, patched, proxyActivities, sleep, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, allHandlersFinished, condition, isCancellation, patched, proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { HostActivities } from '../activities/host';
 import type { StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
@@ -31,6 +31,7 @@ import { qemuEngine } from './engine-qemu';
 import { validate, type MigrationInput } from './migration-input';
 import { reportHead, verificationOf, type MigrationReport, type ReportIteration } from './report';
 import { agentWaits } from './agent-waits';
+import { StaticSnapshot } from './static-snapshot';
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 
 export { failureMessage };
@@ -49,19 +50,20 @@ export const HOLD_FOR_MERGE_PATCH = 'ferry-hold-for-merge';
 export const DECIDE_ON_MERGE_PATCH = 'ferry-decide-on-merge';
 /** Engines that can be armed (QEMU): the source switches the moment the merge is done, as decided before. */
 export const ARMED_SWITCH_PATCH = 'ferry-armed-switch';
-/** Marks runs where the target's merge failing on storage (hung, full, unreadable) drops channel-1 as a failed save does, instead of rolling back. */
-export const MERGE_STORAGE_PATCH = 'ferry-merge-storage-failure';
 /** Marks runs whose stop-and-copy test also counts the pages dirtied between the round's end and the pause. */
 export const PAUSE_LEAD_PATCH = 'ferry-pause-lead';
-/** Failure types of the storage steps (activities/emulated-sessions.ts storageFailure). */
-const STORAGE_FAILURES = ['StorageFull', 'StorageUnavailable', 'StorageHung', 'StorageError'];
-
-/** The message of a storage step's failure, or null for any other failure. */
-function storageFailureOf(err: unknown): string | null {
-  const cause = err instanceof ActivityFailure ? err.cause : err;
-  return cause instanceof ApplicationFailure && STORAGE_FAILURES.includes(cause.type ?? '') ? failureMessage(err) : null;
-}
-
+/**
+ * Marks runs whose par-migrate rounds during the StaticData save start only once worth a
+ * round, and whose short waits for the merge (≤ STALE_PAUSE_MS) count into the pause's lead
+ * instead of forcing a fresh round.
+ */
+export const PAR_ROUND_START_PATCH = 'ferry-par-round-start';
+/** A wait for the merge longer than this leaves the last round's dirty count stale: one fresh round before deciding. */
+const STALE_PAUSE_MS = 50;
+/** A round during the save waits at most this long to be worth sending. */
+const WORTH_WAIT_MS = 10_000;
+/** A round is worth sending once its pages take this long at the link's rate. */
+const WORTH_ROUND_MS = 100;
 const facts = (host: string, agentTimeoutMs: number | undefined) =>
   proxyActivities<HostActivities>({
     taskQueue: hostQueue(host),
@@ -93,6 +95,9 @@ class Runbook {
   private readonly countsPauseOverhead: boolean;
   private readonly countsPauseLead: boolean;
   private readonly holdsForMerge: boolean;
+  private readonly parRoundStart: boolean;
+  /** How long the workflow waited for the merge after the last round (counted into the pause's lead). */
+  private waitedMs = 0;
   private readonly par: boolean;
   private readonly pbdataMode: 'sync' | 'async' | 'off';
   private engine: Engine | null = null;
@@ -101,7 +106,6 @@ class Runbook {
   private bandwidth: number;
   private vmFacts: VmFacts | null = null;
   private remainingPages = 0;
-  private staticMerged: boolean | null;
   private startedAtMs = this.startedAt;
   private endedAtMs: number | null = null;
   private ending: Ending = 'stop-and-copy';
@@ -118,15 +122,7 @@ class Runbook {
   private refused = false;
 
   // ---- par-migrate's channel-1 ------------------------------------------------------------
-  private savePromise: Promise<unknown> | null = null;
-  private mergePromise: Promise<unknown> | null = null;
-  private mergeScope: CancellationScope | null = null;
-  private saveScope: CancellationScope | null = null;
-  /** Why the static save failed for good, and that the migration went on without it. */
-  private saveError: string | null = null;
-  /** The target's merge failed (not cancelled): the migration rolls back. */
-  private mergeFailed = false;
-  private staticAbandoned: string | null = null;
+  private readonly static: StaticSnapshot;
   /** The switch armed on the source for the merge's completion (engines with caps.armedSwitch). */
   private readonly arm = new ArmedSwitch();
 
@@ -136,11 +132,12 @@ class Runbook {
     this.par = usesParMigrate(input.strategy);
     this.pbdataMode = mayPostcopy(input.strategy) ? input.options.pbdata : 'off';
     this.bandwidth = input.options.bandwidthBytesPerSec;
-    this.staticMerged = this.par ? false : null;
+    this.static = new StaticSnapshot(this.par);
     this.switchRule = input.options.switchRule ?? (patched(SWITCH_RULE_PATCH) ? 'ferry' : 'paper');
     this.countsPauseOverhead = patched(DOWNTIME_PATCH);
     this.countsPauseLead = this.countsPauseOverhead && patched(PAUSE_LEAD_PATCH);
     this.holdsForMerge = this.par && patched(HOLD_FOR_MERGE_PATCH);
+    this.parRoundStart = this.par && patched(PAR_ROUND_START_PATCH);
     this.registerControls();
   }
 
@@ -154,12 +151,12 @@ class Runbook {
         await this.prepareSource();
         this.startStaticSnapshot();
         this.ending = await this.precopyRounds();
-        await this.waitForStaticSnapshot();
+        await this.static.finish();
         await this.switchOver();
       });
     } catch (err) {
       if (this.journal.switched || this.refused) throw err;
-      if (!this.legacy) await this.stopStaticSnapshot();
+      if (!this.legacy) await this.static.stop();
       return this.rollBack(err);
     }
     return CancellationScope.nonCancellable(() => this.afterTheSwitch());
@@ -216,29 +213,7 @@ class Runbook {
     const engine = this.engine!;
     if (!this.par || !engine.caps.staticSnapshot) return;
     this.undos.push({ what: 'remove StaticData/PbData', run: () => engine.removeStaticData() });
-    this.saveScope = new CancellationScope();
-    this.savePromise = this.saveScope.run(() => engine.saveStatic());
-    this.mergeScope = new CancellationScope();
-    this.mergePromise = this.mergeScope.run(() => engine.mergeStatic());
-    this.mergePromise.then(
-      () => (this.staticMerged = true),
-      (err) => {
-        if (isCancellation(err)) return;
-        const storage = storageFailureOf(err);
-        if (storage !== null && patched(MERGE_STORAGE_PATCH)) {
-          // The target cannot read StaticData (storage hung, gone): channel-1 is dropped as
-          // when the save fails; the save stops, every page goes over channel-2.
-          this.saveError ??= `the merge on ${this.input.target}: ${storage}`;
-          this.saveScope?.cancel();
-          return;
-        }
-        this.mergeFailed = true;
-      },
-    );
-    this.savePromise.then(
-      () => undefined,
-      (err) => (this.saveError ??= failureMessage(err)),
-    );
+    this.static.start(engine, this.input.target);
   }
 
   /**
@@ -264,20 +239,18 @@ class Runbook {
     let statsStale = false;
     let bulkNext = false;
     for (let i = 1; ; i++) {
-      if (this.staticSaveFailed()) {
-        this.staticAbandoned = `StaticData abandoned (${this.saveError})`;
-        this.mergeScope?.cancel();
-        journal.record({ action: 'continue', reason: `continue at iteration ${i}: ${this.staticAbandoned}; every page goes over channel-2 in this round instead` });
+      if (this.static.saveFailed()) {
+        const abandoned = this.static.abandon();
+        journal.record({ action: 'continue', reason: `continue at iteration ${i}: ${abandoned}; every page goes over channel-2 in this round instead` });
         await this.engine!.removeStaticData().catch(() => undefined);
         bulkNext = true;
       }
       // The valve bounds the rounds even while StaticData is still being merged: no more
       // rounds; wait for the merge (or the save's failure), then decide.
-      if (this.par && !this.staticMerged && !bulkNext && journal.iterations.length >= options.maxIterations) {
-        await condition(() => this.staticMerged === true || this.saveError !== null || this.mergeFailed);
-        if (this.mergeFailed) await this.mergePromise; // throws: roll back
+      if (this.par && !this.static.merged && !bulkNext && journal.iterations.length >= options.maxIterations) {
+        await this.static.settled();
         statsStale = false;
-        if (!this.staticMerged) {
+        if (!this.static.merged) {
           i--; // the save failed: redo this boundary (the bulk round comes next)
           continue;
         }
@@ -298,22 +271,22 @@ class Runbook {
         journal.record(hold ? { action: 'continue', reason: hold } : d);
         if (d.action !== 'continue') return d.action;
         if (hold) {
-          await condition(() => this.staticMerged === true || this.saveError !== null || this.mergeFailed || journal.forcedBy !== null);
-          if (this.mergeFailed) await this.mergePromise; // throws: roll back
+          await this.static.settled(() => journal.forcedBy !== null);
           if (journal.forcedBy) {
             const forced = this.decide(i);
             journal.record(forced);
             if (forced.action !== 'continue') return forced.action;
           }
-          if (this.staticMerged) statsStale = true;
-          if (this.staticSaveFailed()) {
+          if (this.static.merged) statsStale = true;
+          if (this.static.saveFailed()) {
             i--; // the save failed: redo this boundary (the bulk round comes next)
             continue;
           }
         }
       }
       journal.roundInFlight = true;
-      const r = await this.awaitRound(i, (i === 1 && !this.par) || bulkNext).finally(() => (journal.roundInFlight = false));
+      const bulk = (i === 1 && !this.par) || bulkNext;
+      const r = await this.awaitRound(i, bulk, bulk ? undefined : this.startWhen()).finally(() => (journal.roundInFlight = false));
       if (r.kind === 'decided') return r.action;
       if (r.kind === 'converged') {
         journal.record({ action: 'stop-and-copy', reason: r.reason });
@@ -321,11 +294,12 @@ class Runbook {
       }
       if (bulkNext) {
         bulkNext = false;
-        this.staticMerged = true; // every page is on the target: the policy's tests apply
+        this.static.merged = true; // every page is on the target: the policy's tests apply
       }
       const it = r.iteration;
       journal.iterations.push({ ...it, lambda: lambdaOf(it), startedAtMs: it.finishedAtMs - it.durationMs });
       this.remainingPages = it.dirtyAfter;
+      this.waitedMs = 0;
       statsStale = await this.pauseWhileMerging(it.pages);
     }
   }
@@ -336,20 +310,20 @@ class Runbook {
    * merge completes, from the rounds measured so far — not a whole pass later, at the end of
    * the round in flight. A decision to end pre-copy there stops watching that round.
    */
-  private async awaitRound(i: number, bulk: boolean): Promise<RoundResult | { kind: 'decided'; action: Ending }> {
+  private async awaitRound(i: number, bulk: boolean, startWhen?: { worthPages: number; maxWaitMs: number }): Promise<RoundResult | { kind: 'decided'; action: Ending }> {
     const engine = this.engine!;
-    const watchMerge = i > 1 && !bulk && this.par && engine.caps.passesRunOn && this.staticMerged === false && this.mergePromise !== null && this.saveError === null;
-    if (!watchMerge || !patched(DECIDE_ON_MERGE_PATCH)) return engine.round(i, bulk);
+    const watchMerge = i > 1 && !bulk && this.par && engine.caps.passesRunOn && this.static.merged === false && this.static.running && this.static.saveError === null;
+    if (!watchMerge || !patched(DECIDE_ON_MERGE_PATCH)) return engine.round(i, bulk, startWhen);
     const scope = new CancellationScope();
     let settled: { ok: true; r: RoundResult } | { ok: false; err: unknown } | null = null;
-    const round = scope.run(() => engine.round(i, bulk));
+    const round = scope.run(() => engine.round(i, bulk, startWhen));
     round.then(
       (r) => (settled = { ok: true, r }),
       (err: unknown) => (settled = { ok: false, err }),
     );
-    await condition(() => settled !== null || this.staticMerged === true || this.arm.fired);
+    await condition(() => settled !== null || this.static.merged === true || this.arm.fired);
     // Armed: when the merge is done or the round ended (QEMU may have switched under it), hear the source first.
-    if (this.arm.armed && (this.staticMerged || (settled !== null && !(settled as { ok: boolean }).ok))) await condition(() => this.arm.settled);
+    if (this.arm.armed && (this.static.merged || (settled !== null && !(settled as { ok: boolean }).ok))) await condition(() => this.arm.settled);
     if (this.arm.fired) {
       scope.cancel();
       await round.catch(() => undefined);
@@ -380,7 +354,7 @@ class Runbook {
   private armDecision(): Decision | null {
     const engine = this.engine!;
     if (!engine.caps.armedSwitch || !engine.caps.passesRunOn || this.journal.forcedBy) return null;
-    if (this.staticMerged !== false || this.mergePromise === null || this.saveError !== null || this.staticAbandoned !== null || this.mergeFailed) return null;
+    if (!this.static.inProgress()) return null;
     const d = armOnMerge(this.policyState(), this.policyConfig());
     return d && patched(ARMED_SWITCH_PATCH) ? d : null;
   }
@@ -393,11 +367,6 @@ class Runbook {
     return 'switch-to-postcopy';
   }
 
-  /** StaticData failed for good (storage full or not writable): go on without channel-1. */
-  private staticSaveFailed(): boolean {
-    return this.saveError !== null && this.staticAbandoned === null && !this.staticMerged;
-  }
-
   private decide(i: number): Decision {
     if (this.journal.forcedBy) return { action: 'switch-to-postcopy', reason: `switch to post-copy at iteration ${i}: forced by ${this.journal.forcedBy}` };
     return decide(this.policyState(), this.policyConfig());
@@ -406,11 +375,13 @@ class Runbook {
   /** What the policy sees at a boundary: the rounds so far, what is dirty, whether StaticData is merged. */
   private policyState(): PolicyState {
     const overhead = this.countsPauseOverhead ? this.engine!.pauseOverheadMs(this.journal.iterations) : undefined;
-    const lead = this.countsPauseLead ? this.engine!.pauseLeadMs(this.journal.iterations) : undefined;
+    const measured = this.countsPauseLead ? this.engine!.pauseLeadMs(this.journal.iterations) : undefined;
+    // A short wait for the merge after the last round adds to the time before the pause.
+    const lead = this.countsPauseLead && this.waitedMs > 0 ? (measured ?? 0) + this.waitedMs : measured;
     return {
       iterations: this.journal.iterations.map(toStat),
       remainingPages: this.remainingPages,
-      staticMerged: this.staticMerged ?? true,
+      staticMerged: this.static.merged ?? true,
       ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}),
       ...(lead !== undefined ? { pauseLeadMs: lead } : {}),
     };
@@ -433,30 +404,33 @@ class Runbook {
 
   /** A round may be held for the merge only while StaticData is still being saved and merged. */
   private mayHoldForMerge(): boolean {
-    return this.holdsForMerge && this.staticMerged === false && this.mergePromise !== null && this.saveError === null && this.staticAbandoned === null && !this.mergeFailed;
+    return this.holdsForMerge && this.static.inProgress();
   }
 
-  /** While the target still merges StaticData, do not spin on tiny rounds: wait for the merge or 200 ms. */
+  /**
+   * While the target still merges StaticData, do not spin on tiny rounds: wait for the merge
+   * or 200 ms. Returns whether the last round's dirty count is now stale (a fresh round must
+   * come before the decision); a short wait is not: it counts into the pause's lead.
+   */
   private async pauseWhileMerging(pages: number): Promise<boolean> {
-    if (!this.par || this.staticMerged || !this.mergePromise) return false;
-    if (transferMs(pages, this.vmFacts!.pageSize, this.bandwidth || 1e12) >= 100) return false;
-    await Promise.race([this.mergePromise.then(() => undefined), sleep(200)]);
+    if (!this.par || this.static.merged || !this.static.running) return false;
+    if (transferMs(pages, this.vmFacts!.pageSize, this.bandwidth || 1e12) >= WORTH_ROUND_MS) return false;
+    const t0 = Date.now();
+    await this.static.pause(200);
+    const waited = Date.now() - t0;
+    if (this.parRoundStart && this.static.merged && waited <= STALE_PAUSE_MS) {
+      this.waitedMs = waited;
+      return false;
+    }
     return true;
   }
 
-  /** Before the undos: the save and the merge stop, so StaticData is not written while it is removed. */
-  private async stopStaticSnapshot(): Promise<void> {
-    if (!this.savePromise) return;
-    this.saveScope?.cancel();
-    this.mergeScope?.cancel();
-    await CancellationScope.nonCancellable(() => Promise.allSettled([this.savePromise, this.mergePromise]));
-  }
-
-  /** The save first: if it fails now (a forced switch ended the rounds early), the rollback says so. */
-  private async waitForStaticSnapshot(): Promise<void> {
-    if (!this.mergePromise || this.staticAbandoned !== null) return;
-    await this.savePromise;
-    await this.mergePromise;
+  /** par-migrate during the save: the next round starts once worth sending (WORTH_ROUND_MS of pages) or the save ended. */
+  private startWhen(): { worthPages: number; maxWaitMs: number } | undefined {
+    if (!this.parRoundStart || !this.static.inProgress()) return undefined;
+    const f = this.vmFacts!;
+    const worth = this.bandwidth > 0 ? Math.ceil(((WORTH_ROUND_MS / 1000) * this.bandwidth) / f.pageSize) : f.pageCount;
+    return { worthPages: Math.min(f.pageCount, Math.max(1, worth)), maxWaitMs: WORTH_WAIT_MS };
   }
 
   private async switchOver(): Promise<void> {
@@ -494,13 +468,13 @@ class Runbook {
       if (this.verification.ok || this.legacy) await this.releaseSource(notes);
     }
     if (this.par || this.pbdataMode !== 'off') await engine.cleanupTargetStorage();
-    if (this.staticAbandoned === null) await this.savePromise;
+    await this.static.saveDone();
     const v = this.verification;
     if (!v.ok) {
       const kept = this.legacy ? '' : `; the paused copy on ${this.input.source} is kept for an operator`;
       return this.end('failed', `${this.input.vm} runs on ${this.input.target} but verification found ${v.mismatches} bad page(s): ${v.firstMismatches.slice(0, 3).join('; ')}${kept}`);
     }
-    if (this.staticAbandoned) notes.unshift(`${this.staticAbandoned}, every page went over channel-2`);
+    if (this.static.abandoned) notes.unshift(`${this.static.abandoned}, every page went over channel-2`);
     const how = `${this.ending === 'stop-and-copy' ? 'stop-and-copy' : 'post-copy'} after ${this.journal.iterations.length} iteration(s)`;
     const by = engine.caps.guestSelfCheck ? ' by the guest' : '';
     return this.end('completed', `${this.input.vm} runs on ${this.input.target}: ${how}, verified${by}${notes.map((n) => `; ${n}`).join('')}`);
@@ -573,7 +547,7 @@ class Runbook {
           remainingPages: this.remainingPages,
           pageCount: this.vmFacts?.pageCount ?? 0,
           pageSize: this.vmFacts?.pageSize ?? 4096,
-          staticMerged: this.staticMerged,
+          staticMerged: this.static.merged,
           bandwidthBytesPerSec: this.bandwidth,
           startedAt: this.startedAt,
         }),

@@ -151,6 +151,24 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
     });
   });
 
+  it('rounds during the StaticData save wait on the source until worth sending; once merged they do not', async () => {
+    await withCluster(h, { rounds: () => ({ pages: 10, dirtyAfter: 0 }) }, async (c) => {
+      const merge = gateTheMerge(c);
+      const handle = await c.migrate('pa-hybrid');
+      await c.until(() => c.called('runIteration').length >= 2, 'two rounds during the merge');
+      const during = c.called('runIteration').length;
+      merge.open();
+      const r = await report(handle);
+      expect(r.outcome).toBe('completed');
+      const rounds = c.called('runIteration').map((x) => x.input.startWhen);
+      // 100 ms of pages at 32 MiB/s: 820 pages; the source waits at most 10 s for them (or the save's end).
+      for (const w of rounds.slice(0, during)) expect(w).toEqual({ worthPages: 820, maxWaitMs: 10_000 });
+      // A round after the merge (if the wait for it was long enough to need one) starts at once.
+      for (const w of rounds.slice(during + 1)) expect(w).toBeUndefined();
+      expect(r.decisions.at(-1)?.reason).toMatch(/^stop-and-copy at iteration \d+: no dirty pages left$/);
+    });
+  });
+
   it('the merge fails while rounds are short: rolled back with the merge’s error', async () => {
     // Rounds of 100 pages take 12 ms at 32 MiB/s: the runbook waits on the merge between them.
     await withCluster(h, { rounds: () => ({ pages: 100, dirtyAfter: 90 }) }, async (c) => {
