@@ -122,7 +122,7 @@ class Runbook {
   private refused = false;
 
   // ---- par-migrate's channel-1 ------------------------------------------------------------
-  private readonly static: StaticSnapshot;
+  private readonly staticData: StaticSnapshot;
   /** The switch armed on the source for the merge's completion (engines with caps.armedSwitch). */
   private readonly arm = new ArmedSwitch();
 
@@ -132,7 +132,7 @@ class Runbook {
     this.par = usesParMigrate(input.strategy);
     this.pbdataMode = mayPostcopy(input.strategy) ? input.options.pbdata : 'off';
     this.bandwidth = input.options.bandwidthBytesPerSec;
-    this.static = new StaticSnapshot(this.par);
+    this.staticData = new StaticSnapshot(this.par);
     this.switchRule = input.options.switchRule ?? (patched(SWITCH_RULE_PATCH) ? 'ferry' : 'paper');
     this.countsPauseOverhead = patched(DOWNTIME_PATCH);
     this.countsPauseLead = this.countsPauseOverhead && patched(PAUSE_LEAD_PATCH);
@@ -151,12 +151,12 @@ class Runbook {
         await this.prepareSource();
         this.startStaticSnapshot();
         this.ending = await this.precopyRounds();
-        await this.static.finish();
+        await this.staticData.finish();
         await this.switchOver();
       });
     } catch (err) {
       if (this.journal.switched || this.refused) throw err;
-      if (!this.legacy) await this.static.stop();
+      if (!this.legacy) await this.staticData.stop();
       return this.rollBack(err);
     }
     return CancellationScope.nonCancellable(() => this.afterTheSwitch());
@@ -213,7 +213,7 @@ class Runbook {
     const engine = this.engine!;
     if (!this.par || !engine.caps.staticSnapshot) return;
     this.undos.push({ what: 'remove StaticData/PbData', run: () => engine.removeStaticData() });
-    this.static.start(engine, this.input.target);
+    this.staticData.start(engine, this.input.target);
   }
 
   /**
@@ -239,18 +239,18 @@ class Runbook {
     let statsStale = false;
     let bulkNext = false;
     for (let i = 1; ; i++) {
-      if (this.static.saveFailed()) {
-        const abandoned = this.static.abandon();
+      if (this.staticData.saveFailed()) {
+        const abandoned = this.staticData.abandon();
         journal.record({ action: 'continue', reason: `continue at iteration ${i}: ${abandoned}; every page goes over channel-2 in this round instead` });
         await this.engine!.removeStaticData().catch(() => undefined);
         bulkNext = true;
       }
       // The valve bounds the rounds even while StaticData is still being merged: no more
       // rounds; wait for the merge (or the save's failure), then decide.
-      if (this.par && !this.static.merged && !bulkNext && journal.iterations.length >= options.maxIterations) {
-        await this.static.settled();
+      if (this.par && !this.staticData.merged && !bulkNext && journal.iterations.length >= options.maxIterations) {
+        await this.staticData.settled();
         statsStale = false;
-        if (!this.static.merged) {
+        if (!this.staticData.merged) {
           i--; // the save failed: redo this boundary (the bulk round comes next)
           continue;
         }
@@ -271,14 +271,14 @@ class Runbook {
         journal.record(hold ? { action: 'continue', reason: hold } : d);
         if (d.action !== 'continue') return d.action;
         if (hold) {
-          await this.static.settled(() => journal.forcedBy !== null);
+          await this.staticData.settled(() => journal.forcedBy !== null);
           if (journal.forcedBy) {
             const forced = this.decide(i);
             journal.record(forced);
             if (forced.action !== 'continue') return forced.action;
           }
-          if (this.static.merged) statsStale = true;
-          if (this.static.saveFailed()) {
+          if (this.staticData.merged) statsStale = true;
+          if (this.staticData.saveFailed()) {
             i--; // the save failed: redo this boundary (the bulk round comes next)
             continue;
           }
@@ -294,7 +294,7 @@ class Runbook {
       }
       if (bulkNext) {
         bulkNext = false;
-        this.static.merged = true; // every page is on the target: the policy's tests apply
+        this.staticData.merged = true; // every page is on the target: the policy's tests apply
       }
       const it = r.iteration;
       journal.iterations.push({ ...it, lambda: lambdaOf(it), startedAtMs: it.finishedAtMs - it.durationMs });
@@ -312,7 +312,7 @@ class Runbook {
    */
   private async awaitRound(i: number, bulk: boolean, startWhen?: { worthPages: number; maxWaitMs: number }): Promise<RoundResult | { kind: 'decided'; action: Ending }> {
     const engine = this.engine!;
-    const watchMerge = i > 1 && !bulk && this.par && engine.caps.passesRunOn && this.static.merged === false && this.static.running && this.static.saveError === null;
+    const watchMerge = i > 1 && !bulk && this.par && engine.caps.passesRunOn && this.staticData.merged === false && this.staticData.running && this.staticData.saveError === null;
     if (!watchMerge || !patched(DECIDE_ON_MERGE_PATCH)) return engine.round(i, bulk, startWhen);
     const scope = new CancellationScope();
     let settled: { ok: true; r: RoundResult } | { ok: false; err: unknown } | null = null;
@@ -321,9 +321,9 @@ class Runbook {
       (r) => (settled = { ok: true, r }),
       (err: unknown) => (settled = { ok: false, err }),
     );
-    await condition(() => settled !== null || this.static.merged === true || this.arm.fired);
+    await condition(() => settled !== null || this.staticData.merged === true || this.arm.fired);
     // Armed: when the merge is done or the round ended (QEMU may have switched under it), hear the source first.
-    if (this.arm.armed && (this.static.merged || (settled !== null && !(settled as { ok: boolean }).ok))) await condition(() => this.arm.settled);
+    if (this.arm.armed && (this.staticData.merged || (settled !== null && !(settled as { ok: boolean }).ok))) await condition(() => this.arm.settled);
     if (this.arm.fired) {
       scope.cancel();
       await round.catch(() => undefined);
@@ -354,7 +354,7 @@ class Runbook {
   private armDecision(): Decision | null {
     const engine = this.engine!;
     if (!engine.caps.armedSwitch || !engine.caps.passesRunOn || this.journal.forcedBy) return null;
-    if (!this.static.inProgress()) return null;
+    if (!this.staticData.inProgress()) return null;
     const d = armOnMerge(this.policyState(), this.policyConfig());
     return d && patched(ARMED_SWITCH_PATCH) ? d : null;
   }
@@ -381,7 +381,7 @@ class Runbook {
     return {
       iterations: this.journal.iterations.map(toStat),
       remainingPages: this.remainingPages,
-      staticMerged: this.static.merged ?? true,
+      staticMerged: this.staticData.merged ?? true,
       ...(overhead !== undefined ? { pauseOverheadMs: overhead } : {}),
       ...(lead !== undefined ? { pauseLeadMs: lead } : {}),
     };
@@ -404,7 +404,7 @@ class Runbook {
 
   /** A round may be held for the merge only while StaticData is still being saved and merged. */
   private mayHoldForMerge(): boolean {
-    return this.holdsForMerge && this.static.inProgress();
+    return this.holdsForMerge && this.staticData.inProgress();
   }
 
   /**
@@ -413,12 +413,12 @@ class Runbook {
    * come before the decision); a short wait is not: it counts into the pause's lead.
    */
   private async pauseWhileMerging(pages: number): Promise<boolean> {
-    if (!this.par || this.static.merged || !this.static.running) return false;
+    if (!this.par || this.staticData.merged || !this.staticData.running) return false;
     if (transferMs(pages, this.vmFacts!.pageSize, this.bandwidth || 1e12) >= WORTH_ROUND_MS) return false;
     const t0 = Date.now();
-    await this.static.pause(200);
+    await this.staticData.pause(200);
     const waited = Date.now() - t0;
-    if (this.parRoundStart && this.static.merged && waited <= STALE_PAUSE_MS) {
+    if (this.parRoundStart && this.staticData.merged && waited <= STALE_PAUSE_MS) {
       this.waitedMs = waited;
       return false;
     }
@@ -427,7 +427,7 @@ class Runbook {
 
   /** par-migrate during the save: the next round starts once worth sending (WORTH_ROUND_MS of pages) or the save ended. */
   private startWhen(): { worthPages: number; maxWaitMs: number } | undefined {
-    if (!this.parRoundStart || !this.static.inProgress()) return undefined;
+    if (!this.parRoundStart || !this.staticData.inProgress()) return undefined;
     const f = this.vmFacts!;
     const worth = this.bandwidth > 0 ? Math.ceil(((WORTH_ROUND_MS / 1000) * this.bandwidth) / f.pageSize) : f.pageCount;
     return { worthPages: Math.min(f.pageCount, Math.max(1, worth)), maxWaitMs: WORTH_WAIT_MS };
@@ -468,13 +468,13 @@ class Runbook {
       if (this.verification.ok || this.legacy) await this.releaseSource(notes);
     }
     if (this.par || this.pbdataMode !== 'off') await engine.cleanupTargetStorage();
-    await this.static.saveDone();
+    await this.staticData.saveDone();
     const v = this.verification;
     if (!v.ok) {
       const kept = this.legacy ? '' : `; the paused copy on ${this.input.source} is kept for an operator`;
       return this.end('failed', `${this.input.vm} runs on ${this.input.target} but verification found ${v.mismatches} bad page(s): ${v.firstMismatches.slice(0, 3).join('; ')}${kept}`);
     }
-    if (this.static.abandoned) notes.unshift(`${this.static.abandoned}, every page went over channel-2`);
+    if (this.staticData.abandoned) notes.unshift(`${this.staticData.abandoned}, every page went over channel-2`);
     const how = `${this.ending === 'stop-and-copy' ? 'stop-and-copy' : 'post-copy'} after ${this.journal.iterations.length} iteration(s)`;
     const by = engine.caps.guestSelfCheck ? ' by the guest' : '';
     return this.end('completed', `${this.input.vm} runs on ${this.input.target}: ${how}, verified${by}${notes.map((n) => `; ${n}`).join('')}`);
@@ -547,7 +547,7 @@ class Runbook {
           remainingPages: this.remainingPages,
           pageCount: this.vmFacts?.pageCount ?? 0,
           pageSize: this.vmFacts?.pageSize ?? 4096,
-          staticMerged: this.static.merged,
+          staticMerged: this.staticData.merged,
           bandwidthBytesPerSec: this.bandwidth,
           startedAt: this.startedAt,
         }),
