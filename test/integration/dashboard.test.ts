@@ -108,9 +108,11 @@ describe('dashboard', () => {
     const lambda = page.locator('#chart-lambda');
     const seenPoints: number[] = [];
     await until(async () => {
-      const n = Number((await lambda.getAttribute('data-points')) ?? 0);
-      if (seenPoints[seenPoints.length - 1] !== n) seenPoints.push(n);
-      return Number((await lambda.getAttribute('data-switches')) ?? 0) >= 1;
+      // Both attributes from one render: read one after the other, a re-render between the two
+      // reads could pair the old point count with the new switch mark.
+      const { points, switches } = await lambda.evaluate((el) => ({ points: Number(el.dataset.points ?? 0), switches: Number(el.dataset.switches ?? 0) }));
+      if (seenPoints[seenPoints.length - 1] !== points) seenPoints.push(points);
+      return switches >= 1;
     });
     // After the switch: cancel is refused with the workflow's reason, shown on the page.
     // (Post-copy moves the ~2/3 of memory memcached keeps dirty over the same slow link: seconds.)
