@@ -105,6 +105,18 @@ export interface SourceSession {
   steps: StepRecord;
 }
 
+/** How often a round waiting to be worth sending looks at the dirty log. */
+const WORTH_POLL_MS = 5;
+
+/** Wait until `worthPages` are dirty, the StaticData save has ended, or `maxWaitMs` passed. */
+export async function untilWorthARound(s: SourceSession, worthPages: number, maxWaitMs: number, signal: AbortSignal): Promise<void> {
+  const until = performance.now() + Math.max(0, maxWaitMs);
+  while (!s.saveEnded && s.memory.dirtyCount() < worthPages && performance.now() < until) {
+    signal.throwIfAborted();
+    await new Promise((r) => setTimeout(r, WORTH_POLL_MS));
+  }
+}
+
 /**
  * An incoming migration on the target. Its channel-2 registration is made when the session
  * is, so it always exists; the source can dial only once prepareTarget has returned the

@@ -12,7 +12,7 @@ import { PageChannel } from '../dataplane/channel';
 import { tlsCreateConnection } from '../dataplane/tls';
 import { ChannelGrantError, sourceSecret } from '../security/channel-secret';
 import { userError } from './errors';
-import { digestOf, EmulatedSessions, heartbeatEvery, StepRecord, storageFailure, verifyPaused, type EmulatedContext, type SourceSession } from './emulated-sessions';
+import { digestOf, EmulatedSessions, heartbeatEvery, StepRecord, storageFailure, untilWorthARound, verifyPaused, type EmulatedContext, type SourceSession } from './emulated-sessions';
 import type {
   IterationInput,
   IterationResult,
@@ -45,18 +45,6 @@ function channelSecretOf(ctx: EmulatedContext, input: PrepareSourceInput): strin
   } catch (e) {
     if (e instanceof ChannelGrantError) throw userError('InvalidInput', e.message);
     throw e;
-  }
-}
-
-/** How often a round waiting to be worth sending looks at the dirty log. */
-const WORTH_POLL_MS = 5;
-
-/** Wait until `worthPages` are dirty, the StaticData save has ended, or `maxWaitMs` passed. */
-async function untilWorthARound(s: SourceSession, worthPages: number, maxWaitMs: number, signal: AbortSignal): Promise<void> {
-  const until = performance.now() + Math.max(0, maxWaitMs);
-  while (!s.saveEnded && s.memory.dirtyCount() < worthPages && performance.now() < until) {
-    signal.throwIfAborted();
-    await new Promise((r) => setTimeout(r, WORTH_POLL_MS));
   }
 }
 

@@ -77,6 +77,11 @@ export function dirtiedBeforePause(state: PolicyState, cfg: PolicyConfig, leadMs
   return Math.min(room, Math.max(0, Math.ceil(extra)));
 }
 
+/** The pages dirtied before the pause that the state's measured lead says to count (0: no lead measured). */
+export function leadPages(state: PolicyState, cfg: PolicyConfig): number {
+  return state.pauseLeadMs !== undefined ? dirtiedBeforePause(state, cfg, state.pauseLeadMs) : 0;
+}
+
 export interface NextRound {
   /** Pages the next round sends (dirty now) and how long that takes at the measured bandwidth. */
   pages: number;
@@ -121,8 +126,7 @@ export function budgetPages(state: PolicyState, cfg: PolicyConfig): number {
   const bytesPerSec = measuredBandwidth(state.iterations, cfg.bandwidthBytesPerSec);
   const ms = Math.max(0, cfg.maxDowntimeMs - (state.pauseOverheadMs ?? 0));
   const fit = Math.floor(((ms / 1000) * bytesPerSec) / bytesPerDirtyPage(state.iterations, cfg.pageSize));
-  const lead = state.pauseLeadMs !== undefined ? dirtiedBeforePause(state, cfg, state.pauseLeadMs) : 0;
-  return Math.max(0, fit - lead);
+  return Math.max(0, fit - leadPages(state, cfg));
 }
 
 /**

@@ -4,7 +4,7 @@
  * Every result carries the reason with the numbers it was decided on.
  */
 import { estimateSendMs, fmt, lambdas } from './convergence';
-import { dirtiedBeforePause, ferrySwitch, growthAt, predictNextRound } from './ferry-switch';
+import { ferrySwitch, leadPages, growthAt, predictNextRound } from './ferry-switch';
 import { mayPostcopy, type Decision, type PolicyConfig, type PolicyState } from './types';
 
 const CONTINUE = (reason: string): Decision => ({ action: 'continue', reason });
@@ -14,7 +14,7 @@ export function stopAndCopyTest(state: PolicyState, cfg: PolicyConfig): Decision
   const it = state.iterations.length;
   if (state.remainingPages === 0) return { action: 'stop-and-copy', reason: `stop-and-copy at iteration ${it + 1}: no dirty pages left` };
   // The pause comes a round trip after the round's end: the pages dirtied meanwhile go too.
-  const lead = state.pauseLeadMs !== undefined ? dirtiedBeforePause(state, cfg, state.pauseLeadMs) : 0;
+  const lead = leadPages(state, cfg);
   const pages = state.remainingPages + lead;
   const { ms, bytesPerSec: bw } = estimateSendMs(state.iterations, pages, cfg.pageSize, cfg.bandwidthBytesPerSec);
   // Downtime is a promise: the pause also costs device state, the switch-over's round trips

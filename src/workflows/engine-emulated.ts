@@ -198,19 +198,16 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
      * The emulated pause: stop-and-copy (or the switch) on the source, then a workflow round
      * trip to the target's resume, then the resume itself. The round trip is measured between
      * rounds (one round's end to the next one's start, the same path); the resume is what the
-     * target's last resumes took.
+     * target's last resumes took. The source pauses when the stop-and-copy step starts: one
+     * round trip after the round's end (the lead).
      */
-    pauseOverheadMs(iterations) {
+    pauseTiming(iterations) {
       const trip = roundTripMs(iterations);
       const resume = prep?.resumeEstimateMs ?? null;
-      if (trip === null && resume === null) return undefined;
-      return Math.round((trip ?? 0) + (resume ?? 0));
-    },
-
-    /** The source pauses when the stop-and-copy step starts: one round trip after the round's end. */
-    pauseLeadMs(iterations) {
-      const trip = roundTripMs(iterations);
-      return trip === null ? undefined : Math.round(trip);
+      return {
+        ...(trip !== null || resume !== null ? { overheadMs: Math.round((trip ?? 0) + (resume ?? 0)) } : {}),
+        ...(trip !== null ? { leadMs: Math.round(trip) } : {}),
+      };
     },
 
     report(sentInRounds: number): EngineReport {

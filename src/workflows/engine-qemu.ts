@@ -204,8 +204,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
     cleanupTargetStorage: () => (relayed ? cleanupT.qemuRemoveStatic(ref).then(() => undefined) : Promise.resolve()),
 
     /** QEMU pauses inside its own completion (no round trip of ferry's in the pause): nothing to add. */
-    pauseOverheadMs: () => undefined,
-    pauseLeadMs: () => undefined,
+    pauseTiming: () => ({}),
 
     report(sentInRounds: number): EngineReport {
       // Relayed: QEMU counted the bulk pass it wrote into the relay; StaticData carried it instead.

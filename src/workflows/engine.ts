@@ -103,18 +103,21 @@ export interface Engine {
   /** Remove what the migration left on shared storage (after a completed migration). */
   cleanupTargetStorage(): Promise<unknown>;
   /**
-   * What a pause costs beyond sending the last pages, learnt from this migration so far
-   * (undefined: nothing measured). The stop-and-copy test counts it: downtime is a promise.
+   * What this migration so far says about a pause (each field undefined: nothing measured).
+   * - `overheadMs`: what a pause costs beyond sending the last pages; the stop-and-copy test
+   *   counts it: downtime is a promise.
+   * - `leadMs`: how long after a round's end the guest is paused (the decision's round trip),
+   *   as measured between rounds (undefined also where the engine pauses on its own). The
+   *   guest goes on dirtying pages meanwhile; the stop-and-copy test counts them.
    */
-  pauseOverheadMs(iterations: readonly ReportIteration[]): number | undefined;
-  /**
-   * How long after a round's end the guest is paused (the decision's round trip), as measured
-   * between rounds (undefined: nothing measured, or the engine pauses on its own). The guest
-   * goes on dirtying pages meanwhile; the stop-and-copy test counts them.
-   */
-  pauseLeadMs(iterations: readonly ReportIteration[]): number | undefined;
+  pauseTiming(iterations: readonly ReportIteration[]): PauseTiming;
   /** The engine's measured report fields; `sentInRounds` is what the rounds reported, for engines that learn no total. */
   report(sentInRounds: number): EngineReport;
+}
+
+export interface PauseTiming {
+  overheadMs?: number;
+  leadMs?: number;
 }
 
 /** The engine two hosts share for a strategy, or why they cannot migrate with it (from registered facts). */

@@ -20,7 +20,7 @@ import { ApplicationFailure, CancellationScope, allHandlersFinished, condition, 
 import type { HostActivities } from '../activities/host';
 import type { StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
-import { armOnMerge, decide, holdForMerge, lambdaOf, transferMs } from '../policy';
+import { armOnMerge, decide, holdForMerge, lambdaOf } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision, type IterationStat, type PolicyConfig, type PolicyState, type SwitchRule } from '../policy/types';
 import { ArmedSwitch } from './armed-switch';
 import { audited } from './audit';
@@ -32,6 +32,8 @@ import { validate, type MigrationInput } from './migration-input';
 import { reportHead, verificationOf, type MigrationReport, type ReportIteration } from './report';
 import { agentWaits } from './agent-waits';
 import { StaticSnapshot } from './static-snapshot';
+import { PAR_ROUND_START_PATCH, ParRounds, type StartWhen } from './par-rounds';
+
 import { failureMessage, rollbackReason, runUndos, type Undo } from './saga';
 
 export { failureMessage };
@@ -52,18 +54,6 @@ export const DECIDE_ON_MERGE_PATCH = 'ferry-decide-on-merge';
 export const ARMED_SWITCH_PATCH = 'ferry-armed-switch';
 /** Marks runs whose stop-and-copy test also counts the pages dirtied between the round's end and the pause. */
 export const PAUSE_LEAD_PATCH = 'ferry-pause-lead';
-/**
- * Marks runs whose par-migrate rounds during the StaticData save start only once worth a
- * round, and whose short waits for the merge (≤ STALE_PAUSE_MS) count into the pause's lead
- * instead of forcing a fresh round.
- */
-export const PAR_ROUND_START_PATCH = 'ferry-par-round-start';
-/** A wait for the merge longer than this leaves the last round's dirty count stale: one fresh round before deciding. */
-const STALE_PAUSE_MS = 50;
-/** A round during the save waits at most this long to be worth sending. */
-const WORTH_WAIT_MS = 10_000;
-/** A round is worth sending once its pages take this long at the link's rate. */
-const WORTH_ROUND_MS = 100;
 const facts = (host: string, agentTimeoutMs: number | undefined) =>
   proxyActivities<HostActivities>({
     taskQueue: hostQueue(host),
@@ -95,9 +85,8 @@ class Runbook {
   private readonly countsPauseOverhead: boolean;
   private readonly countsPauseLead: boolean;
   private readonly holdsForMerge: boolean;
-  private readonly parRoundStart: boolean;
-  /** How long the workflow waited for the merge after the last round (counted into the pause's lead). */
-  private waitedMs = 0;
+  /** par-migrate's round pacing while StaticData is saved and merged. */
+  private readonly parRounds: ParRounds;
   private readonly par: boolean;
   private readonly pbdataMode: 'sync' | 'async' | 'off';
   private engine: Engine | null = null;
@@ -137,7 +126,13 @@ class Runbook {
     this.countsPauseOverhead = patched(DOWNTIME_PATCH);
     this.countsPauseLead = this.countsPauseOverhead && patched(PAUSE_LEAD_PATCH);
     this.holdsForMerge = this.par && patched(HOLD_FOR_MERGE_PATCH);
-    this.parRoundStart = this.par && patched(PAR_ROUND_START_PATCH);
+    this.parRounds = new ParRounds({
+      par: this.par,
+      roundStart: this.par && patched(PAR_ROUND_START_PATCH),
+      staticData: this.staticData,
+      guest: () => this.vmFacts!,
+      bandwidth: () => this.bandwidth,
+    });
     this.registerControls();
   }
 
@@ -286,7 +281,7 @@ class Runbook {
       }
       journal.roundInFlight = true;
       const bulk = (i === 1 && !this.par) || bulkNext;
-      const r = await this.awaitRound(i, bulk, bulk ? undefined : this.startWhen()).finally(() => (journal.roundInFlight = false));
+      const r = await this.awaitRound(i, bulk, bulk ? undefined : this.parRounds.startWhen()).finally(() => (journal.roundInFlight = false));
       if (r.kind === 'decided') return r.action;
       if (r.kind === 'converged') {
         journal.record({ action: 'stop-and-copy', reason: r.reason });
@@ -299,8 +294,7 @@ class Runbook {
       const it = r.iteration;
       journal.iterations.push({ ...it, lambda: lambdaOf(it), startedAtMs: it.finishedAtMs - it.durationMs });
       this.remainingPages = it.dirtyAfter;
-      this.waitedMs = 0;
-      statsStale = await this.pauseWhileMerging(it.pages);
+      statsStale = await this.parRounds.afterRound(it.pages);
     }
   }
 
@@ -310,7 +304,7 @@ class Runbook {
    * merge completes, from the rounds measured so far — not a whole pass later, at the end of
    * the round in flight. A decision to end pre-copy there stops watching that round.
    */
-  private async awaitRound(i: number, bulk: boolean, startWhen?: { worthPages: number; maxWaitMs: number }): Promise<RoundResult | { kind: 'decided'; action: Ending }> {
+  private async awaitRound(i: number, bulk: boolean, startWhen?: StartWhen): Promise<RoundResult | { kind: 'decided'; action: Ending }> {
     const engine = this.engine!;
     const watchMerge = i > 1 && !bulk && this.par && engine.caps.passesRunOn && this.staticData.merged === false && this.staticData.running && this.staticData.saveError === null;
     if (!watchMerge || !patched(DECIDE_ON_MERGE_PATCH)) return engine.round(i, bulk, startWhen);
@@ -374,10 +368,12 @@ class Runbook {
 
   /** What the policy sees at a boundary: the rounds so far, what is dirty, whether StaticData is merged. */
   private policyState(): PolicyState {
-    const overhead = this.countsPauseOverhead ? this.engine!.pauseOverheadMs(this.journal.iterations) : undefined;
-    const measured = this.countsPauseLead ? this.engine!.pauseLeadMs(this.journal.iterations) : undefined;
+    const timing = this.countsPauseOverhead || this.countsPauseLead ? this.engine!.pauseTiming(this.journal.iterations) : {};
+    const overhead = this.countsPauseOverhead ? timing.overheadMs : undefined;
+    const measured = this.countsPauseLead ? timing.leadMs : undefined;
     // A short wait for the merge after the last round adds to the time before the pause.
-    const lead = this.countsPauseLead && this.waitedMs > 0 ? (measured ?? 0) + this.waitedMs : measured;
+    const waited = this.parRounds.waitedMs;
+    const lead = this.countsPauseLead && waited > 0 ? (measured ?? 0) + waited : measured;
     return {
       iterations: this.journal.iterations.map(toStat),
       remainingPages: this.remainingPages,
@@ -405,32 +401,6 @@ class Runbook {
   /** A round may be held for the merge only while StaticData is still being saved and merged. */
   private mayHoldForMerge(): boolean {
     return this.holdsForMerge && this.staticData.inProgress();
-  }
-
-  /**
-   * While the target still merges StaticData, do not spin on tiny rounds: wait for the merge
-   * or 200 ms. Returns whether the last round's dirty count is now stale (a fresh round must
-   * come before the decision); a short wait is not: it counts into the pause's lead.
-   */
-  private async pauseWhileMerging(pages: number): Promise<boolean> {
-    if (!this.par || this.staticData.merged || !this.staticData.running) return false;
-    if (transferMs(pages, this.vmFacts!.pageSize, this.bandwidth || 1e12) >= WORTH_ROUND_MS) return false;
-    const t0 = Date.now();
-    await this.staticData.pause(200);
-    const waited = Date.now() - t0;
-    if (this.parRoundStart && this.staticData.merged && waited <= STALE_PAUSE_MS) {
-      this.waitedMs = waited;
-      return false;
-    }
-    return true;
-  }
-
-  /** par-migrate during the save: the next round starts once worth sending (WORTH_ROUND_MS of pages) or the save ended. */
-  private startWhen(): { worthPages: number; maxWaitMs: number } | undefined {
-    if (!this.parRoundStart || !this.staticData.inProgress()) return undefined;
-    const f = this.vmFacts!;
-    const worth = this.bandwidth > 0 ? Math.ceil(((WORTH_ROUND_MS / 1000) * this.bandwidth) / f.pageSize) : f.pageCount;
-    return { worthPages: Math.min(f.pageCount, Math.max(1, worth)), maxWaitMs: WORTH_WAIT_MS };
   }
 
   private async switchOver(): Promise<void> {
