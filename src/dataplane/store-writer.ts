@@ -65,6 +65,8 @@ export class SnapshotWriter {
   private readonly chunks: ManifestChunk[] = [];
   private nextSeq = 0;
   private busy = false;
+  /** The two chunk buffers writePages builds into, kept across calls. */
+  private bufs: Uint8Array[] | null = null;
   private state: 'open' | 'committed' | 'aborted' = 'open';
   private committedManifest: Manifest | null = null;
   private readonly started: number;
@@ -177,7 +179,11 @@ export class SnapshotWriter {
     const cap = typeof known === 'number' ? Math.max(1, Math.min(this.chunkPages, known)) : this.chunkPages;
     // Shared memory: the storage worker thread writes a chunk straight from it, no copy
     // (each buffer is reused only after its write returned).
-    const bufs = [0, 1].map(() => new Uint8Array(new SharedArrayBuffer(chunkSize(cap, cap, this.pageSize))));
+    // Kept across calls (a relay calls once per batch; a fresh multi-MiB buffer costs a page
+    // fault per 4 KiB): every write from them returned before the previous call did.
+    const size = chunkSize(cap, cap, this.pageSize);
+    if (!this.bufs || this.bufs[0]!.length < size) this.bufs = [0, 1].map(() => new Uint8Array(new SharedArrayBuffer(size)));
+    const bufs = this.bufs;
     const batch = new Uint32Array(cap);
     let pending: Promise<void> | undefined;
     let failed: { error: unknown } | undefined;

@@ -32,6 +32,8 @@ import { RamLayout } from './layout';
 const GATED_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
 /** Static pages per inserted PART section. */
 const INSERT_PAGES = 1024;
+/** PART buffers kept for reuse. */
+const PART_POOL = 3;
 
 export interface TargetRelayOptions {
   /** The source relay's authenticated connection (link.ts). */
@@ -74,6 +76,8 @@ export class TargetRelay {
   private merging: Promise<StaticMerge> | null = null;
   /** Static pages read, waiting for a record boundary. */
   private inject: { pfn: number; data: Buffer | null }[] = [];
+  /** Encoded PART buffers QEMU's socket is done with. */
+  private readonly partPool: Buffer[] = [];
   private injectWaiters: (() => void)[] = [];
   private qemuBusy = false;
   /** The merge has committed chunks to insert: the source's records wait at the next boundary. */
@@ -263,7 +267,10 @@ export class TargetRelay {
         this.held = null;
         this.handle(e, out);
         if (this.writer.atRecordBoundary) this.recordsSinceInject++;
-        if (this.writer.atRecordBoundary && this.inject.length) out.push(this.injectNow());
+        if (this.writer.atRecordBoundary && this.inject.length) {
+          this.flush(out);
+          this.insertNow();
+        }
         if (e.kind === 'opaque' && e.what === 'command' && e.command === VmCommand.PACKAGED) {
           // Post-copy runs after the package (the merge is done: it was gated): forward the rest untouched.
           this.raw = true;
@@ -275,8 +282,15 @@ export class TargetRelay {
       this.fail(e instanceof QemuStreamError ? new Error(`the target's relay refused the stream: ${e.message}`) : (e as Error));
       return;
     }
-    if (this.writer.atRecordBoundary && this.inject.length) out.push(this.injectNow());
-    if (out.length) this.toQemu(Buffer.concat(out));
+    this.flush(out);
+    if (this.writer.atRecordBoundary && this.inject.length) this.insertNow();
+  }
+
+  /** Write the records collected in `out` to QEMU, in one buffer, and empty it. */
+  private flush(out: Buffer[]): void {
+    if (out.length === 0) return;
+    this.toQemu(out.length === 1 ? out[0]! : Buffer.concat(out));
+    out.length = 0;
   }
 
   private handle(e: StreamEvent, out: Buffer[]): void {
@@ -294,16 +308,20 @@ export class TargetRelay {
     out.push(this.writer.write(e));
   }
 
-  private toQemu(buf: Buffer): void {
+  private toQemu(buf: Buffer, written?: () => void): void {
     if (!this.qemu) return;
-    if (!this.qemu.write(buf)) {
+    if (!this.qemu.write(buf, written)) {
       this.qemuBusy = true;
       this.link?.pause();
     }
   }
 
-  /** The waiting static pages as PART sections; the merge rule is applied here, at the boundary. */
-  private injectNow(): Buffer {
+  /**
+   * Write the waiting static pages into QEMU's stream as a PART section; the merge rule is
+   * applied here, at the boundary. The section is encoded into a buffer reused once QEMU's
+   * socket took it (a fresh one per insertion costs a page fault per 4 KiB, on a busy CPU).
+   */
+  private insertNow(): void {
     const layout = this.layout!;
     const delivered = this.delivered!;
     const pages: PageEvent[] = [];
@@ -319,8 +337,13 @@ export class TargetRelay {
     this.inject = [];
     this.recordsSinceInject = 0;
     this.wake();
-    if (pages.length === 0) return Buffer.alloc(0);
-    return this.writer.writeRamPart(this.reader.sectionId!, pages);
+    if (pages.length === 0) return;
+    const pooled = this.partPool.pop();
+    const part = this.writer.writeRamPart(this.reader.sectionId!, pages, pooled);
+    const backing = pooled && part.buffer === pooled.buffer ? pooled : part;
+    this.toQemu(part, () => {
+      if (this.partPool.length < PART_POOL) this.partPool.push(backing);
+    });
   }
 
   /** Wait until the pages handed over were written into the stream (or the relay ended). */
@@ -332,7 +355,7 @@ export class TargetRelay {
       if (this.inject.length === 0 && !this.qemuBusy) return;
       // At a boundary with the link quiet (or held for the merge): write them now.
       if (this.inject.length && this.writer.atRecordBoundary && this.qemu && !this.qemuBusy) {
-        this.toQemu(this.injectNow());
+        this.insertNow();
         this.resumeLink(); // one of the source's records may pass before the next insertion
         continue;
       }

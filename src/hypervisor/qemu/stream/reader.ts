@@ -199,6 +199,11 @@ const KNOWN_FLAG_BITS = Object.values(RamFlag).reduce((a, f) => a | f, 0);
  * {ZERO, PAGE, EOS, MEM_SIZE} ∪ CONTINUE, or one combined with another, is refused, since the
  * target dispatches on `flags & ~CONTINUE` with an exact switch.
  */
+/** The label of a ram record in an error (built only for one). */
+function recLabel(flags: number): string {
+  return `ram record flags ${hex(flags, 3)}`;
+}
+
 export function measureRamRecord(b: Buffer, at: number, pageSize = TARGET_PAGE_SIZE): Measured<RamRecord> {
   if (b.length < 8) return need(8);
   // The hot path of a relay (one call per page record, several while its bytes arrive): two
@@ -210,13 +215,12 @@ export function measureRamRecord(b: Buffer, at: number, pageSize = TARGET_PAGE_S
   const addr = hi * 0x1_0000_0000 + (lo - flags);
   const cont = (flags & RamFlag.CONTINUE) !== 0;
   const kind = flags & ~RamFlag.CONTINUE;
-  const rec = (): string => `ram record flags ${hex(flags, 3)}`;
   switch (kind) {
     case RamFlag.EOS:
-      if (flags !== RamFlag.EOS || addr !== 0) throw new QemuStreamError('BAD_RAM_RECORD', at, rec(), `EOS with offset ${hex(addr)} or CONTINUE (QEMU never sends it)`);
+      if (flags !== RamFlag.EOS || addr !== 0) throw new QemuStreamError('BAD_RAM_RECORD', at, recLabel(flags), `EOS with offset ${hex(addr)} or CONTINUE (QEMU never sends it)`);
       return { length: 8, value: { kind: 'eos' } };
     case RamFlag.MEM_SIZE:
-      if (cont) throw new QemuStreamError('BAD_RAM_RECORD', at, rec(), 'MEM_SIZE with CONTINUE (QEMU never sends it)');
+      if (cont) throw new QemuStreamError('BAD_RAM_RECORD', at, recLabel(flags), 'MEM_SIZE with CONTINUE (QEMU never sends it)');
       return { length: 8, value: { kind: 'mem-size', totalBytes: addr } };
     case RamFlag.ZERO:
     case RamFlag.PAGE: {
@@ -225,7 +229,7 @@ export function measureRamRecord(b: Buffer, at: number, pageSize = TARGET_PAGE_S
       if (!cont) {
         if (b.length < 9) return need(9);
         const n = b[8] ?? 0;
-        if (n === 0) throw new QemuStreamError('BAD_RAM_RECORD', at, rec(), 'empty block name');
+        if (n === 0) throw new QemuStreamError('BAD_RAM_RECORD', at, recLabel(flags), 'empty block name');
         if (b.length < 9 + n) return need(9 + n);
         block = b.toString('latin1', 9, 9 + n);
         pos = 9 + n;
@@ -239,9 +243,9 @@ export function measureRamRecord(b: Buffer, at: number, pageSize = TARGET_PAGE_S
     }
     default: {
       const unsupported = UNSUPPORTED_FLAGS.get(kind);
-      if (unsupported) throw new QemuStreamError('UNSUPPORTED_RAM_FLAG', at, rec(), `flag ${unsupported}`);
+      if (unsupported) throw new QemuStreamError('UNSUPPORTED_RAM_FLAG', at, recLabel(flags), `flag ${unsupported}`);
       const what = (kind & ~KNOWN_FLAG_BITS) !== 0 ? 'unknown flag bits' : 'unknown combination of flags';
-      throw new QemuStreamError('UNKNOWN_RAM_FLAG', at, rec(), `${what} (QEMU's target would refuse it too)`);
+      throw new QemuStreamError('UNKNOWN_RAM_FLAG', at, recLabel(flags), `${what} (QEMU's target would refuse it too)`);
     }
   }
 }
@@ -282,6 +286,11 @@ export function measureBlockEntry(b: Buffer, at: number, remaining: number, post
 }
 
 /** QEMU_VM_SECTION_FOOTER: 0x7e, be32 section_id. */
+/** measureBlockEntry with its two facts in one argument (StreamReader.measure's shape). */
+function measureBlockEntryArgs(b: Buffer, at: number, a: { remaining: number; postcopyAdvised: boolean }): Measured<RamBlockInfo> {
+  return measureBlockEntry(b, at, a.remaining, a.postcopyAdvised);
+}
+
 export function measureFooter(b: Buffer, at: number, sectionId: number): Measured<number> {
   if (b.length < 1) return need(1);
   if (b[0] !== VmRecord.SECTION_FOOTER) {
@@ -490,11 +499,15 @@ export class StreamReader {
     throw this.failed;
   }
 
-  /** Measure the current item; null if the buffered bytes do not complete it yet. */
-  private measure<T>(f: (b: Buffer) => Measured<T>): { length: number; value: T } | null {
+  /**
+   * Measure the current item with `f(bytes, arg)`; null if the buffered bytes do not complete
+   * it yet. `f` is a module-level parser and `arg` its one extra argument, so the hot path
+   * (one call per page record) creates no closure.
+   */
+  private measure<T, A>(f: (b: Buffer, at: number, arg: A) => Measured<T>, arg: A): { length: number; value: T } | null {
     for (;;) {
       if (this.q.length < this.want) return null;
-      const m = f(this.q.peekAtLeast(this.want));
+      const m = f(this.q.peekAtLeast(this.want), this.offset, arg);
       if ('length' in m) {
         this.want = 1;
         return m;
@@ -516,14 +529,14 @@ export class StreamReader {
       const st = this.state;
       switch (st.s) {
         case 'header': {
-          const m = this.measure((b) => measureHeader(b, this.offset, this.pageSize));
+          const m = this.measure(measureHeader, this.pageSize);
           if (!m) return null;
           const bytes = this.q.peek(m.length);
           this.state = { s: 'top' };
           return { kind: 'opaque', what: 'header', offset: this.consume(m.length), bytes };
         }
         case 'top': {
-          const m = this.measure((b) => measureTopRecord(b, this.offset));
+          const m = this.measure(measureTopRecord, undefined);
           if (!m) return null;
           const ev = this.onTopRecord(m.value, m.length);
           if (ev) return ev;
@@ -542,14 +555,14 @@ export class StreamReader {
           return { kind: 'opaque', what: st.s, offset, bytes };
         }
         case 'ram-record': {
-          const m = this.measure((b) => measureRamRecord(b, this.offset, this.pageSize));
+          const m = this.measure(measureRamRecord, this.pageSize);
           if (!m) return null;
           const ev = this.onRamRecord(st, m.value, m.length);
           if (ev) return ev;
           continue;
         }
         case 'mem-size': {
-          const m = this.measure((b) => measureBlockEntry(b, this.offset, st.left, this.postcopyAdvised));
+          const m = this.measure(measureBlockEntryArgs, { remaining: st.left, postcopyAdvised: this.postcopyAdvised });
           if (!m) return null;
           this.consume(m.length);
           if (st.blocks.length >= MAX_RAM_BLOCKS) throw new QemuStreamError('BAD_RAM_RECORD', st.at, 'MEM_SIZE', `more than ${MAX_RAM_BLOCKS} blocks`);
@@ -562,7 +575,7 @@ export class StreamReader {
         }
         case 'footer': {
           const id = this.ramSectionId ?? 0;
-          const m = this.measure((b) => measureFooter(b, this.offset, id));
+          const m = this.measure(measureFooter, id);
           if (!m) return null;
           if (st.section === 'end') this.ramComplete = true;
           this.state = { s: 'top' };

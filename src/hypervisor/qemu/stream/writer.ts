@@ -104,11 +104,21 @@ export function encodeFooter(sectionId: number): Buffer {
   return b;
 }
 
-/** A complete ram PART section holding `pages`, in one buffer: what a relay inserts to deliver diverted pages. */
-export function encodeRamPart(sectionId: number, pages: readonly PageParts[], pageSize = TARGET_PAGE_SIZE): Buffer {
+/** Bytes of the ram PART section that encodeRamPart writes for `pages`. */
+export function ramPartSize(pages: readonly PageParts[], pageSize = TARGET_PAGE_SIZE): number {
   let size = 5 + 8 + 5;
   for (const p of pages) size += pageRecordSize(p, pageSize);
-  const b = Buffer.allocUnsafe(size);
+  return size;
+}
+
+/**
+ * A complete ram PART section holding `pages`, in one buffer: what a relay inserts to deliver
+ * diverted pages. Written at the start of `into` when it is large enough (a relay reuses its
+ * buffers: a fresh multi-MiB buffer costs a page fault per 4 KiB), else into a new buffer.
+ */
+export function encodeRamPart(sectionId: number, pages: readonly PageParts[], pageSize = TARGET_PAGE_SIZE, into?: Buffer): Buffer {
+  const size = ramPartSize(pages, pageSize);
+  const b = into && into.length >= size ? into.subarray(0, size) : Buffer.allocUnsafe(size);
   b[0] = SECTION_TYPE_BYTE.part;
   b.writeUInt32BE(sectionId, 1);
   let o = 5;
@@ -192,11 +202,11 @@ export class StreamWriter {
    * A whole ram PART section of these pages (names always written), encoded into one buffer:
    * what a relay inserts between two records. The writer must stand between records.
    */
-  writeRamPart(sectionId: number, pages: readonly PageEvent[]): Buffer {
+  writeRamPart(sectionId: number, pages: readonly PageEvent[], into?: Buffer): Buffer {
     const at: StreamEvent = pages[0] ?? { kind: 'eos', offset: 0 };
     if (this.pos.at !== 'top') this.fail(at, 'an inserted PART while not between records');
     if (this.ramSectionId !== null && sectionId !== this.ramSectionId) this.fail(at, `PART of section ${sectionId}, ram is section ${this.ramSectionId}`);
-    const b = encodeRamPart(sectionId, pages, this.pageSize);
+    const b = encodeRamPart(sectionId, pages, this.pageSize, into);
     if (pages.length > 0) this.lastBlock = pages[pages.length - 1]!.block;
     this.written += b.length;
     return b;
