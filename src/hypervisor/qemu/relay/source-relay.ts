@@ -34,7 +34,7 @@ const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmComma
 /** Why the relay stopped reading QEMU: StaticData writes behind, the link's buffer full, the migration cap. */
 type HoldReason = 'storage' | 'link' | 'pace';
 /** Diverted-page batches being written before the relay stops reading QEMU. */
-const MAX_PENDING_BATCHES = 2;
+const MAX_PENDING_BATCHES = 4;
 
 export interface SourceRelayOptions {
   /** The unix socket QEMU migrates into (`migrate uri=unix:<path>`). */
@@ -45,7 +45,7 @@ export interface SourceRelayOptions {
   openStatic: (pageCount: number) => Promise<SnapshotWriter>;
   /** Migration-network pace in bytes/s (0: uncapped). */
   bandwidthBytesPerSec: number;
-  /** Pages per StaticData batch (default 4096: four 4 MiB chunks, written back to back by one writePages call). */
+  /** Pages per StaticData batch (default 1024: one 4 MiB chunk, so the target can merge it while the next is read from QEMU). */
   batchPages?: number;
   /**
    * The migration link made no progress this long while bytes waited to go (default 8000 ms):
@@ -328,7 +328,7 @@ export class SourceRelay {
           this.batch.data.push(e.data);
           this.s.divertedPages++;
           this.s.divertedWireBytes += 8 + (e.continued ? 0 : 1 + Buffer.byteLength(e.block, 'latin1')) + e.data.length;
-          if (this.batch.pfns.length >= (this.opts.batchPages ?? 4096)) this.queueBatch();
+          if (this.batch.pfns.length >= (this.opts.batchPages ?? 1024)) this.queueBatch();
           return;
         }
         this.s.forwardedPages++;
