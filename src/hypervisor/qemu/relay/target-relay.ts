@@ -88,6 +88,8 @@ export class TargetRelay {
   private mergeWaitSince: number | null = null;
   private mergeWaitMs = 0;
   private insertWaitMs = 0;
+  /** Of insertWaitMs: with the target QEMU's socket full (the rest: waiting for a record boundary). */
+  private qemuWaitMs = 0;
   /** Post-copy runs: the rest of the stream is forwarded untouched, not parsed. */
   private raw = false;
   private failure: Error | null = null;
@@ -360,11 +362,13 @@ export class TargetRelay {
         continue;
       }
       const t = performance.now();
+      const busy = this.qemuBusy;
       await new Promise<void>((r) => {
         this.injectWaiters.push(r);
         setTimeout(r, 50);
       });
       this.insertWaitMs += performance.now() - t;
+      if (busy) this.qemuWaitMs += performance.now() - t;
     }
   }
 
@@ -413,7 +417,7 @@ export class TargetRelay {
     const m = progress();
     this.opts.log?.(
       `relay: StaticData merged: ${m.pages} pages inserted, ${m.skippedNewer} skipped (newer delivered), ${(bytesRead / 2 ** 20).toFixed(1)} MiB read in ${m.mergeMs} ms; ` +
-        `waited ${Math.round(this.mergeWaitMs)} ms for the source's commits, ${Math.round(this.insertWaitMs)} ms to insert (a record boundary, the target QEMU)`,
+        `waited ${Math.round(this.mergeWaitMs)} ms for the source's commits, ${Math.round(this.insertWaitMs)} ms to insert (${Math.round(this.qemuWaitMs)} ms of it for the target QEMU to read, the rest for a record boundary)`,
     );
     // Pre-copy may end now: let what waited for the merge through.
     if (this.held) {
