@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { growthCurve, SAMPLE_PAGES_PER_GIB, SAMPLE_WINDOWS_MS, samplePages, startDirtySampler, type GrowthSample } from '../../src/hypervisor/qemu/dirty-sampler';
+import { anchorCurve, growthCurve, SAMPLE_PAGES_PER_GIB, SAMPLE_WINDOWS_MS, samplePages, startDirtySampler, type GrowthSample } from '../../src/hypervisor/qemu/dirty-sampler';
 import { growthAt } from '../../src/policy/ferry-switch';
 
 describe('QEMU dirty sampling: a window as pages', () => {
@@ -24,6 +24,18 @@ describe('QEMU dirty sampling: the curve of a pass', () => {
     expect(growthCurve(samples, 5000, 6000)).toEqual([]);
   });
 
+  it('never falls: a longer window that sampled fewer pages reads as the shorter one (no prediction below zero)', () => {
+    // Seen on a loaded host: the 800 ms window sampled fewer changed pages than the 400 ms one,
+    // and the policy carried that fall on past the pass: "leaves ~-5208".
+    const curve = growthCurve([s(1, 200, 3000), s(2, 400, 7000), s(3, 800, 2500)], 0, 10);
+    expect(curve).toEqual([
+      [200, 3000],
+      [400, 7000],
+      [800, 7000],
+    ]);
+    expect(growthAt(curve, 1100)).toBe(7000);
+  });
+
   it('gives the switch rule a flat curve for a saturated hot set and a rising one for a steady writer', () => {
     const hot = growthCurve([s(1, 200, 30000), s(2, 400, 32000), s(3, 800, 32700), s(4, 1600, 32760)], 0, 10);
     const steady = growthCurve([s(1, 200, 400), s(2, 400, 800), s(3, 800, 1600)], 0, 10);
@@ -31,6 +43,31 @@ describe('QEMU dirty sampling: the curve of a pass', () => {
     expect(growthAt(hot, 4000)).toBeLessThan(33_000);
     expect(growthAt(hot, 4000)).toBeGreaterThan(32_000);
     expect(growthAt(steady, 4000)).toBeCloseTo(8000, -1);
+  });
+});
+
+describe('QEMU dirty sampling: the curve anchored on the sync count', () => {
+  it('keeps the sampled shape and scales it through the pages the sync counted at the pass end', () => {
+    // A pass of 1759 ms ended with 11023 pages dirty; the sample put the set at about a third of that.
+    const sampled = [
+      [200, 1500],
+      [400, 2400],
+      [800, 3000],
+    ];
+    const anchored = anchorCurve(sampled, 1759, 11023);
+    expect(growthAt(anchored, 1759)).toBeGreaterThan(11000);
+    expect(growthAt(anchored, 1759)).toBeLessThan(11050);
+    // The same shape: every point scaled by one factor (to rounding).
+    const k = anchored[0]![1]! / 1500;
+    anchored.forEach((p, i) => {
+      expect(p[0]).toBe(sampled[i]![0]);
+      expect(Math.abs(p[1]! - sampled[i]![1]! * k)).toBeLessThanOrEqual(1);
+    });
+    // A curve that saw no change becomes the straight line to the counted point.
+    expect(anchorCurve([[200, 0]], 1000, 800)).toEqual([[1000, 800]]);
+    // No duration: the curve as sampled; an exact curve stays as it is.
+    expect(anchorCurve(sampled, 0, 5)).toEqual(sampled);
+    expect(anchorCurve([[500, 100], [1000, 200]], 1000, 200)).toEqual([[500, 100], [1000, 200]]);
   });
 });
 

@@ -10,6 +10,7 @@
  * (200 ms, 400 ms, … restarted at each pass) give each pass a curve [[τ, pages], …] like the
  * emulated source's: a saturated hot set shows a flat curve, a steady writer a rising one.
  */
+import { growthAt } from '../../policy/ferry-switch';
 import type { QmpClient } from './qmp';
 
 /** One window: it ended at `endAtMs` (this host's clock), lasted `ms` and saw `pages` distinct pages change. */
@@ -41,7 +42,7 @@ export function samplePages(info: DirtyRateInfo, pageSize: number): { ms: number
 
 /**
  * The growth curve of the pass between two syncs: the windows that ended inside it, by
- * length; windows of (nearly) the same length are merged into their median.
+ * length; windows of (nearly) the same length are merged into their median; never falling.
  */
 export function growthCurve(samples: readonly GrowthSample[], fromMs: number, toMs: number): number[][] {
   const inside = samples.filter((s) => s.endAtMs > fromMs && s.endAtMs <= toMs).sort((a, b) => a.ms - b.ms);
@@ -56,7 +57,29 @@ export function growthCurve(samples: readonly GrowthSample[], fromMs: number, to
     const m = v.length >> 1;
     return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
   };
-  return groups.map((g) => [Math.round(median(g.map((s) => s.ms))), Math.round(median(g.map((s) => s.pages)))]);
+  // Distinct pages changed in a window cannot shrink as the window grows: a longer window that
+  // sampled fewer is sampling noise, read as the shorter one's count (never a falling curve,
+  // which the policy would carry on falling past its end, below zero).
+  let most = 0;
+  return groups.map((g) => {
+    most = Math.max(most, Math.round(median(g.map((s) => s.pages))));
+    return [Math.round(median(g.map((s) => s.ms))), most];
+  });
+}
+
+/**
+ * A pass's sampled curve anchored on what the bitmap sync counted: the sampler gives the
+ * curve's shape (how fast the set grows, whether it saturates) but only estimates its scale
+ * from a sample of pages, while the sync at the pass's end counts exactly `dirtyAfter` pages
+ * dirtied over `durationMs`. The curve is scaled so that it passes through that point, as the
+ * policy reads it (a curve that saw no change becomes the straight line to it).
+ */
+export function anchorCurve(curve: readonly number[][], durationMs: number, dirtyAfter: number): number[][] {
+  if (!(durationMs > 0) || !(dirtyAfter >= 0) || curve.length === 0) return curve.map((p) => [...p]);
+  const atEnd = growthAt(curve, durationMs) ?? 0;
+  if (!(atEnd > 0)) return [[Math.round(durationMs), Math.round(dirtyAfter)]];
+  const k = dirtyAfter / atEnd;
+  return curve.map((p) => [p[0]!, Math.round(p[1]! * k)]);
 }
 
 export interface DirtySamplerOptions {
