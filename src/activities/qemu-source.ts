@@ -6,7 +6,7 @@
  * the event that says it happened. Per-pass statistics are the ones the driver captured at
  * MIGRATION_PASS (the dirty-bitmap sync), never polled.
  */
-import { anchorCurve, growthCurve, startDirtySampler } from '../hypervisor/qemu/dirty-sampler';
+import { passCurve, startDirtySampler } from '../hypervisor/qemu/dirty-sampler';
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { mayPostcopy, type StrategyName } from '../policy/types';
 import { userError } from './errors';
@@ -192,13 +192,8 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
               const ra = a.info.ram ?? NO_RAM_YET;
               const rb = b.info.ram ?? NO_RAM_YET;
               const pageSize = rb.pageSize || 4096;
-              // A dirty pass's sampled curve is scaled to the exact count its closing sync made
-              // (seen on a loaded host: sampled curves of later passes at a third of the count,
-              // the rule then called a diverging load converging). Not the bulk pass's: the
-              // guest there shares the CPU with the bulk transfer and dirties more slowly than
-              // in the passes it predicts (anchored, it made as-hybrid go on past its switch).
-              const sampled = growthCurve(vm.growth, a.atMs, b.atMs);
-              const growth = input.index >= 2 ? anchorCurve(sampled, b.atMs - a.atMs, Math.round(rb.remaining / pageSize)) : sampled;
+              const dirtyAfter = Math.round(rb.remaining / pageSize);
+              const growth = passCurve(vm.growth, input.index, a.atMs, b.atMs, dirtyAfter);
               // Pages sent between the two syncs (zero pages too: they were dirty); wire bytes.
               // Relayed: the bulk pass's first copies went to StaticData, not the migration network.
               const relay = s.relayed && input.index === 1 ? relays.get(input.migrationId)?.source?.stats() : undefined;
@@ -210,7 +205,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
                   pages: Math.max(0, rb.normal + rb.duplicate - (ra.normal + ra.duplicate) - (relay?.divertedPages ?? 0)),
                   bytes,
                   durationMs: Math.max(0, b.atMs - a.atMs),
-                  dirtyAfter: Math.round(rb.remaining / pageSize),
+                  dirtyAfter,
                   finishedAtMs: b.atMs,
                   ...(growth.length > 0 ? { growth } : {}),
                   ...(relay ? { offLink: true } : {}),

@@ -10,8 +10,9 @@
  */
 import { parseArgs } from 'node:util';
 import { parseSize } from '../common/units';
-import { isZeroPage } from '../dataplane/pages';
+import { DEFAULT_PAGE_SIZE, isZeroPage } from '../dataplane/pages';
 import { GuestMemory } from '../guest/memory';
+import { summarize } from './suite/metrics';
 
 const { values } = parseArgs({
   options: {
@@ -49,10 +50,10 @@ for (let r = 0; r < repeat; r++) {
 }
 
 const stat = (k: keyof (typeof runs)[number]) => {
-  const v = runs.map((x) => x[k]).sort((p, q) => p - q);
-  return { medianMs: v[Math.floor(v.length / 2)]!, minMs: v[0]!, maxMs: v[v.length - 1]! };
+  const v = summarize(runs.map((x) => x[k]))!;
+  return { medianMs: v.median, minMs: v.min, maxMs: v.max };
 };
-const pages = bytes / 4096;
+const pages = bytes / DEFAULT_PAGE_SIZE;
 const out = { memoryBytes: bytes, pages, repeat, writeFresh: stat('writeFresh'), readFresh: stat('readFresh'), readTouched: stat('readTouched') };
 if (values.json) console.log(JSON.stringify(out, null, 2));
 else {

@@ -82,6 +82,19 @@ export function anchorCurve(curve: readonly number[][], durationMs: number, dirt
   return curve.map((p) => [p[0]!, Math.round(p[1]! * k)]);
 }
 
+/**
+ * The curve pass `index` reports, between its opening and closing syncs. A dirty pass's
+ * sampled curve is anchored on the exact count its closing sync made (seen on a loaded host:
+ * sampled curves of later passes at a third of the count, and the rule then called a
+ * diverging load converging). The bulk pass's (index 1) is not: the guest there shares the
+ * CPU with the bulk transfer and dirties more slowly than in the passes the curve predicts
+ * (anchored, it made as-hybrid go on past its switch).
+ */
+export function passCurve(samples: readonly GrowthSample[], index: number, fromMs: number, toMs: number, dirtyAfter: number): number[][] {
+  const sampled = growthCurve(samples, fromMs, toMs);
+  return index >= 2 ? anchorCurve(sampled, toMs - fromMs, dirtyAfter) : sampled;
+}
+
 export interface DirtySamplerOptions {
   qmp: Pick<QmpClient, 'execute'>;
   pageSize: number;
