@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { anchorCurve, growthCurve, SAMPLE_PAGES_PER_GIB, SAMPLE_WINDOWS_MS, samplePages, startDirtySampler, type GrowthSample } from '../../src/hypervisor/qemu/dirty-sampler';
+import { anchorCurve, growthCurve, passCurve, SAMPLE_PAGES_PER_GIB, SAMPLE_WINDOWS_MS, samplePages, startDirtySampler, type GrowthSample } from '../../src/hypervisor/qemu/dirty-sampler';
 import { growthAt } from '../../src/policy/ferry-switch';
 
 describe('QEMU dirty sampling: a window as pages', () => {
@@ -68,6 +68,15 @@ describe('QEMU dirty sampling: the curve anchored on the sync count', () => {
     // No duration: the curve as sampled; an exact curve stays as it is.
     expect(anchorCurve(sampled, 0, 5)).toEqual(sampled);
     expect(anchorCurve([[500, 100], [1000, 200]], 1000, 200)).toEqual([[500, 100], [1000, 200]]);
+  });
+});
+
+describe('QEMU dirty sampling: the curve a pass reports', () => {
+  const s = (endAtMs: number, ms: number, pages: number): GrowthSample => ({ endAtMs, ms, pages });
+  const samples = [s(300, 200, 1500), s(800, 400, 2400), s(1700, 800, 3000)];
+  it('anchors a dirty pass on its sync count, never the bulk pass', () => {
+    expect(passCurve(samples, 1, 0, 2000, 9000)).toEqual(growthCurve(samples, 0, 2000));
+    expect(growthAt(passCurve(samples, 2, 0, 2000, 9000), 2000)).toBeCloseTo(9000, -1);
   });
 });
 
