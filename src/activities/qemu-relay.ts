@@ -112,6 +112,7 @@ export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: Qemu
     accepted: listener.accepted,
     connectQemu: () => connectUnix(sock),
     expectStatic: true,
+    ...(v.ramFile ? { ramFile: { block: 'pc.ram', path: v.ramFile } } : {}),
     log: (l) => ctx.log?.(`${ref.vm} ${l}`),
   });
   relays.set(ref.migrationId, { target, listener });

@@ -198,15 +198,25 @@ async function syncs(q: QmpClient): Promise<number> {
 }
 
 describe("ferry's relays (real source and target QEMU 10.0): the bulk pass through StaticData, merged at the target", () => {
-  for (const downtimeMs of [300, 1]) {
-    it(`source relay → StaticData + link → target relay → target QEMU: the target's RAM equals the source's (downtime-limit ${downtimeMs} ms)`, async () => {
+  const cases = [
+    { downtimeMs: 300, ramFile: false },
+    { downtimeMs: 1, ramFile: false },
+    { downtimeMs: 300, ramFile: true },
+  ];
+  for (const { downtimeMs, ramFile } of cases) {
+    const into = ramFile ? "into the target's RAM file (tmpfs, shared with QEMU)" : "into the target QEMU's stream";
+    it(`source relay → StaticData + link → target relay → target QEMU, StaticData merged ${into}: the target's RAM equals the source's (downtime-limit ${downtimeMs} ms)`, async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-qrelay-'));
       cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
       const targetSock = path.join(dir, 'target.sock');
       const relaySock = path.join(dir, 'relay.sock');
       const store = new SharedStore(path.join(dir, 'storage'));
-      const migrationId = `relay-test-${downtimeMs}`;
-      const [src, dst] = await Promise.all([startQemu(dir, 'source', []), startQemu(dir, 'target', ['-incoming', 'defer', '-S'])]);
+      const migrationId = `relay-test-${downtimeMs}-${ramFile}`;
+      // /dev/shm: QEMU's post-copy needs a RAM file on tmpfs (or hugetlbfs); the file is removed with the test's cleanups.
+      const shm = ramFile ? path.join('/dev/shm', `ferry-relay-test-${process.pid}-${downtimeMs}`) : null;
+      if (shm) cleanups.push(() => fs.rmSync(shm, { force: true }));
+      const backend = shm ? ['-machine', 'memory-backend=pc.ram', '-object', `memory-backend-file,id=pc.ram,size=${MEM_MIB}M,mem-path=${shm},share=on`] : [];
+      const [src, dst] = await Promise.all([startQemu(dir, 'source', []), startQemu(dir, 'target', [...backend, '-incoming', 'defer', '-S'])]);
       const capabilities = [{ capability: 'return-path', state: true }];
       await src.qmp.execute('migrate-set-capabilities', { capabilities });
       await dst.qmp.execute('migrate-set-capabilities', { capabilities });
@@ -216,7 +226,12 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
       const token = newRelayToken();
       const listener = await listenRelay({ host: '127.0.0.1', migrationId, token });
       cleanups.push(() => listener.close());
-      const target = new TargetRelay({ accepted: listener.accepted, connectQemu: () => Promise.resolve(net.createConnection(targetSock)), expectStatic: true });
+      const target = new TargetRelay({
+        accepted: listener.accepted,
+        connectQemu: () => Promise.resolve(net.createConnection(targetSock)),
+        expectStatic: true,
+        ...(shm ? { ramFile: { block: 'pc.ram', path: shm } } : {}),
+      });
       cleanups.push(() => target.close());
       const source = await SourceRelay.listen({
         listenPath: relaySock,
@@ -251,6 +266,8 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
       expect(saved.pages).toBeGreaterThan(0);
       expect(m.pages + m.skippedNewer).toBe(saved.pages);
       expect(st.linkBytes).toBeLessThan(MEM_MIB << 20);
+      // Only guest RAM (pc.ram) goes to StaticData; with the RAM file, none of it through QEMU's stream.
+      expect(target.stats().ramFilePages).toBe(ramFile ? m.pages : 0);
 
       const ram = (MEM_MIB << 20) >>> 0;
       const [a, b] = [await pmem(src.qmp, path.join(dir, 'src.ram'), 0, ram), await pmem(dst.qmp, path.join(dir, 'dst.ram'), 0, ram)];

@@ -1,6 +1,7 @@
 /** The QEMU driver's pure parts: workloads of the test guest and attached command lines. */
 import { describe, expect, it } from 'vitest';
-import { resolveWorkload, stripOwnOptions } from '../../src/hypervisor/qemu/driver';
+import { ramFilePath, resolveWorkload, stripOwnOptions } from '../../src/hypervisor/qemu/driver';
+import { qemuGuestArgs } from '../../src/hypervisor/qemu/guest-image';
 import { shellQuote } from '../../src/hypervisor/qemu/host';
 
 const MiB = 2 ** 20;
@@ -29,5 +30,27 @@ describe('shellQuote', () => {
   it('quotes what a remote shell would split or expand', () => {
     expect(shellQuote(['qemu-system-x86_64', '-append', "console=ttyS0 ferry.wss=64", "it's"])).toBe(`qemu-system-x86_64 -append 'console=ttyS0 ferry.wss=64' 'it'\\''s'`);
     expect(shellQuote(['-qmp', 'unix:/tmp/a b/qmp.sock,server=on,wait=off'])).toBe(`-qmp 'unix:/tmp/a b/qmp.sock,server=on,wait=off'`);
+  });
+});
+
+describe("an incoming guest's RAM file", () => {
+  const img = { kernel: '/k', initrd: '/i' };
+  const base = { memoryMiB: 256, wss: 64, rate: 0, verifyMs: 1000, seed: 1, serialLog: '/s.log' };
+
+  it('backs pc.ram (the name -m gives it, so it migrates from and to -m guests) with a shared file', () => {
+    const argv = qemuGuestArgs(img, { ...base, ramFile: '/dev/shm/ferry-ram-x' });
+    expect(argv[argv.indexOf('-machine') + 1]).toBe('q35,memory-backend=pc.ram');
+    expect(argv[argv.indexOf('-object') + 1]).toBe('memory-backend-file,id=pc.ram,size=256M,mem-path=/dev/shm/ferry-ram-x,share=on');
+    expect(argv[argv.indexOf('-m') + 1]).toBe('256');
+    const plain = qemuGuestArgs(img, base);
+    expect(plain).not.toContain('-object');
+    expect(plain[plain.indexOf('-machine') + 1]).toBe('q35');
+  });
+
+  it('is named after the VM directory, on tmpfs: one per VM and agent, found again after a restart', () => {
+    const a = ramFilePath('/var/lib/ferry/a/web-1');
+    expect(a).toMatch(/^\/dev\/shm\/ferry-ram-[0-9a-f]{20}$/);
+    expect(ramFilePath('/var/lib/ferry/a/web-1/')).toBe(a);
+    expect(ramFilePath('/var/lib/ferry/b/web-1')).not.toBe(a);
   });
 });

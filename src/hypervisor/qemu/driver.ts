@@ -8,6 +8,7 @@
  * pages; the driver reads its verdicts from the serial log.
  */
 import type { GrowthSample } from './dirty-sampler';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { HypervisorDriver, VmInfo, VmSpec, VmState } from '../driver';
@@ -93,6 +94,26 @@ export interface QemuVm {
   /** QEMU's timestamps of the last STOP and RESUME events (the guest paused / ran again). */
   lastStopAtMs: number | null;
   lastResumeAtMs: number | null;
+  /**
+   * An incoming guest's RAM (block `pc.ram`) as a file on tmpfs, shared with QEMU: the agent's
+   * relay writes StaticData pages straight into it (target-relay.ts). Null: anonymous RAM.
+   */
+  ramFile: string | null;
+}
+
+/** The tmpfs file an incoming guest's RAM lives in, named after its state directory (one per VM and agent). */
+export function ramFilePath(vmDir: string): string {
+  return `/dev/shm/ferry-ram-${createHash('sha256').update(path.resolve(vmDir)).digest('hex').slice(0, 20)}`;
+}
+
+/** tmpfs has room for a guest's RAM, with a margin (a full tmpfs would fault the guest, not fail QEMU's start). */
+function shmHasRoom(bytes: number): boolean {
+  try {
+    const st = fs.statfsSync('/dev/shm');
+    return st.bavail * st.bsize >= bytes + 256 * 2 ** 20;
+  } catch {
+    return false;
+  }
 }
 
 export class QemuDriver implements HypervisorDriver {
@@ -114,7 +135,8 @@ export class QemuDriver implements HypervisorDriver {
       if (!specText) continue;
       try {
         const spec = JSON.parse(specText) as VmSpec;
-        await this.attach(spec, dir, 2000);
+        const ramFile = this.opts.host.where === 'local' && fs.existsSync(ramFilePath(dir)) ? ramFilePath(dir) : null;
+        await this.attach(spec, dir, 2000, false, ramFile);
         adopted.push(name);
       } catch {
         // not running any more: leave the directory for inspection
@@ -123,7 +145,7 @@ export class QemuDriver implements HypervisorDriver {
     return adopted;
   }
 
-  private async attach(spec: VmSpec, dir: string, timeoutMs: number, incoming = false): Promise<QemuVm> {
+  private async attach(spec: VmSpec, dir: string, timeoutMs: number, incoming = false, ramFile: string | null = null): Promise<QemuVm> {
     const qmpPath = path.posix.join(dir, 'qmp.sock');
     const qmp = await this.opts.host.openQmp(qmpPath, timeoutMs);
     const vm: QemuVm = {
@@ -141,6 +163,7 @@ export class QemuDriver implements HypervisorDriver {
       waiters: new Set(),
       lastStopAtMs: null,
       lastResumeAtMs: null,
+      ramFile,
     };
     const status = (await qmp.execute<{ status: string; running: boolean }>('query-status')).status;
     vm.state = status === 'inmigrate' ? 'incoming' : status === 'running' ? 'running' : status === 'postmigrate' ? 'stopped' : 'paused';
@@ -209,10 +232,11 @@ export class QemuDriver implements HypervisorDriver {
     return n;
   }
 
-  private guestArgs(spec: VmSpec, serialLog: string): string[] {
+  private guestArgs(spec: VmSpec, serialLog: string, ramFile: string | null): string[] {
     if (spec.qemuArgs) return [...spec.qemuArgs, '-serial', `file:${serialLog}`];
     const w = resolveWorkload(spec);
     return qemuGuestArgs(this.opts.image, {
+        ...(ramFile ? { ramFile } : {}),
         memoryMiB: Math.floor(spec.memoryBytes / 2 ** 20),
         wss: w.wssMiB,
         rate: w.rate,
@@ -229,11 +253,15 @@ export class QemuDriver implements HypervisorDriver {
     await this.opts.host.remove(dir);
     await this.opts.host.mkdirp(dir);
     const serialLog = path.posix.join(dir, 'serial.log');
+    // An incoming guest ferry launches on this machine keeps its RAM in a tmpfs file, so that
+    // par-migrate's merge writes StaticData pages into it directly instead of through QEMU's stream.
+    const ramFile = incoming && !spec.qemuArgs && this.opts.host.where === 'local' && shmHasRoom(spec.memoryBytes) ? ramFilePath(dir) : null;
+    if (ramFile) fs.rmSync(ramFile, { force: true });
     const argv = [
       this.qemu,
       '-name',
       spec.name,
-      ...this.guestArgs(spec, serialLog),
+      ...this.guestArgs(spec, serialLog, ramFile),
       '-qmp',
       `unix:${path.posix.join(dir, 'qmp.sock')},server=on,wait=off`,
       '-pidfile',
@@ -245,7 +273,7 @@ export class QemuDriver implements HypervisorDriver {
     await this.writeSpec(dir, spec);
     const r = await this.opts.host.run(argv);
     if (r.code !== 0) throw new Error(`${this.opts.host.where}: ${this.qemu} failed to start ${spec.name}: ${r.stderr.trim() || `exit ${r.code}`}`);
-    return this.attach(spec, dir, 15_000, incoming);
+    return this.attach(spec, dir, 15_000, incoming, ramFile);
   }
 
   private async writeSpec(dir: string, spec: VmSpec): Promise<void> {
@@ -387,7 +415,7 @@ export class QemuDriver implements HypervisorDriver {
   async removeLeftovers(name: string): Promise<void> {
     const dir = path.posix.join(this.opts.stateDir, name);
     const pidFile = path.posix.join(dir, 'qemu.pid');
-    await this.opts.host.run(['sh', '-c', 'p=$(cat "$1" 2>/dev/null) && kill -9 "$p" 2>/dev/null; true', 'kill-qemu', pidFile]);
+    await this.opts.host.run(['sh', '-c', 'p=$(cat "$1" 2>/dev/null) && kill -9 "$p" 2>/dev/null; rm -f "$2"; true', 'kill-qemu', pidFile, ramFilePath(dir)]);
     await this.opts.host.remove(dir);
   }
 
@@ -462,6 +490,7 @@ export function killQemusUnder(stateDir: string): void {
     } catch {
       // no pidfile, or gone already
     }
+    fs.rmSync(ramFilePath(path.join(stateDir, vm)), { force: true });
   }
   fs.rmSync(stateDir, { recursive: true, force: true });
 }

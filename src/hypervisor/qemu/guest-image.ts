@@ -191,6 +191,11 @@ export interface GuestArgsOptions {
   wss0?: number;
   /** The CPU model; both ends of a migration must use the same. Default qemu64. */
   cpu?: string;
+  /**
+   * Back the RAM with this file (tmpfs), shared: another process can write pages into it. The
+   * backend keeps the RAM block's name (`pc.ram`), so the guest migrates to and from `-m` guests.
+   */
+  ramFile?: string;
 }
 
 /**
@@ -210,7 +215,8 @@ export function qemuGuestArgs(img: Pick<TestGuest, 'kernel' | 'initrd'>, o: Gues
     ...(o.growKiBps ? [`ferry.grow=${o.growKiBps}`, `ferry.wss0=${o.wss0 ?? Math.max(1, Math.floor(o.wss / 8))}`] : []),
   ].join(' ');
   return [
-    '-machine', 'q35',
+    '-machine', o.ramFile ? 'q35,memory-backend=pc.ram' : 'q35',
+    ...(o.ramFile ? ['-object', `memory-backend-file,id=pc.ram,size=${o.memoryMiB}M,mem-path=${o.ramFile},share=on`] : []),
     '-accel', 'tcg',
     '-cpu', o.cpu ?? 'qemu64',
     '-smp', '1',

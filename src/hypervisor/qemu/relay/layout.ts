@@ -42,6 +42,12 @@ export class RamLayout {
     return base + i;
   }
 
+  /** The page numbers of a block: [base, base + pages), or null if the stream has no such block. */
+  range(block: string): { base: number; pages: number } | null {
+    const base = this.base.get(block);
+    return base === undefined ? null : { base, pages: this.pages.get(block)! };
+  }
+
   /** (block, offset) of a page number. */
   locate(pfn: number): { block: string; addr: number } {
     for (const b of this.blocks) {

@@ -35,6 +35,12 @@ const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmComma
 type HoldReason = 'storage' | 'link' | 'pace';
 /** Diverted-page batches being written before the relay stops reading QEMU. */
 const MAX_PENDING_BATCHES = 4;
+/**
+ * RAM blocks smaller than this (firmware, option ROMs, ACPI tables: a few hundred KiB in all)
+ * go with the stream: the target loads them like any record, and StaticData holds only the
+ * guest's memory, which the target can take in without QEMU's stream (target-relay.ts).
+ */
+export const STATIC_MIN_BLOCK_BYTES = 2 ** 20;
 
 export interface SourceRelayOptions {
   /** The unix socket QEMU migrates into (`migrate uri=unix:<path>`). */
@@ -86,6 +92,8 @@ export class SourceRelay {
   private readonly bucket: TokenBucket;
   private layout: RamLayout | null = null;
   private seen: Bitmap | null = null;
+  /** The blocks whose first copies go to StaticData. */
+  private staticBlocks = new Set<string>();
   private diverting = true;
   /** The stream reached post-copy's commands. */
   private postcopy = false;
@@ -291,6 +299,7 @@ export class SourceRelay {
       case 'mem-size':
         this.layout = new RamLayout(e.blocks);
         this.seen = new Bitmap(this.layout.pageCount);
+        this.staticBlocks = new Set(e.blocks.filter((b) => b.usedLength >= STATIC_MIN_BLOCK_BYTES).map((b) => b.name));
         if (this.diverting) {
           const n = this.layout.pageCount;
           this.staticWriter = this.opts.openStatic(n);
@@ -322,7 +331,7 @@ export class SourceRelay {
         // QEMU's bulk pass sends each page once: a page sent again is its second pass
         // beginning, seen here before QEMU's pass event reaches the agent.
         if (!first && this.diverting) this.stopDiverting('QEMU sent a page again: its second pass began');
-        if (this.diverting && first && e.data) {
+        if (this.diverting && first && e.data && this.staticBlocks.has(e.block)) {
           // A view of the bytes read from QEMU (the socket never reuses them), copied once, into the chunk.
           this.batch.pfns.push(pfn);
           this.batch.data.push(e.data);

@@ -13,13 +13,22 @@
  *   boundary (pre-copy cannot end before the merge, so the merge is what to finish first);
  * - nothing that ends pre-copy (ram END, post-copy commands) passes before the merge is done.
  *
+ * When the target QEMU's RAM is a tmpfs file it shares (`ramFile`: ferry launches incoming
+ * guests so), the static pages of that block are not put through QEMU's stream at all: the
+ * relay writes them into the file, at their offsets, with the same rule. The check and the
+ * write happen in one synchronous step of the relay, between two records it forwards, so a
+ * dynamic page QEMU has not loaded yet always lands after (and over) the static one. QEMU then
+ * spends no CPU on the bulk pass's pages, and the source's records need not wait for them.
+ *
  * Once post-copy runs (after QEMU's PACKAGED command) the rest of the stream is forwarded
  * untouched. The target QEMU's return path goes back to the source relay byte for byte.
  */
+import fs from 'node:fs';
 import net from 'node:net';
 import { Bitmap } from '../../../dataplane/bitmap';
 import { follow } from '../../../dataplane/merge';
 import type { SnapshotReader } from '../../../dataplane/store-reader';
+import type { Chunk } from '../../../dataplane/store-format';
 import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '../stream/format';
 import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
@@ -42,7 +51,17 @@ export interface TargetRelayOptions {
   connectQemu: () => Promise<net.Socket>;
   /** par-migrate: a StaticData merge must happen before pre-copy ends. */
   expectStatic: boolean;
+  /** The target QEMU's RAM block `block` is this file (shared, on tmpfs): static pages of it are written there. */
+  ramFile?: { block: string; path: string };
   log?: (line: string) => void;
+}
+
+/** An open RAM file and the page numbers it holds. */
+interface DirectRam {
+  fd: number;
+  base: number;
+  pages: number;
+  pageSize: number;
 }
 
 export interface StaticMerge {
@@ -59,6 +78,8 @@ export interface TargetRelayStats {
   /** Static pages written into the stream / skipped because a newer one was delivered. */
   mergedPages: number;
   skippedNewer: number;
+  /** Of mergedPages: written into the target QEMU's RAM file, not its stream. */
+  ramFilePages: number;
 }
 
 export class TargetRelay {
@@ -90,11 +111,13 @@ export class TargetRelay {
   private insertWaitMs = 0;
   /** Of insertWaitMs: with the target QEMU's socket full (the rest: waiting for a record boundary). */
   private qemuWaitMs = 0;
+  /** Static pages of the RAM file go there, not into the stream: the source's records never wait for them. */
+  private direct: DirectRam | null = null;
   /** Post-copy runs: the rest of the stream is forwarded untouched, not parsed. */
   private raw = false;
   private failure: Error | null = null;
   private ended = false;
-  private readonly s: TargetRelayStats = { deliveredPages: 0, linkBytes: 0, mergedPages: 0, skippedNewer: 0 };
+  private readonly s: TargetRelayStats = { deliveredPages: 0, linkBytes: 0, mergedPages: 0, skippedNewer: 0, ramFilePages: 0 };
   private resolveFinished: () => void = () => undefined;
   readonly finished: Promise<void>;
 
@@ -221,7 +244,7 @@ export class TargetRelay {
     if (this.held) return;
     // Stopped at a boundary for the merge: its next insertion resumes the link. Anywhere else
     // (QEMU was behind mid-section) the link must flow on to the next boundary, or neither moves.
-    if (this.mergeFirst && !this.mergeDone && this.recordsSinceInject > 0 && this.writer.atRecordBoundary) return;
+    if (this.insertFirst() && this.recordsSinceInject > 0 && this.writer.atRecordBoundary) return;
     this.link?.resume();
     // Events parsed before the pause may be buffered: go on with them.
     if (this.reader.pendingBytes > 0) this.pump();
@@ -240,6 +263,11 @@ export class TargetRelay {
     if (!on) this.resumeLink();
   }
 
+  /** Committed static pages wait to go into the stream: the source's records stop at the next boundary. */
+  private insertFirst(): boolean {
+    return this.mergeFirst && !this.mergeDone && (!this.direct || this.inject.length > 0);
+  }
+
   private gated(e: StreamEvent): boolean {
     if (!this.opts.expectStatic || this.mergeDone) return false;
     return (e.kind === 'section' && e.type === 'end') || (e.kind === 'opaque' && ((e.what === 'command' && e.command !== undefined && GATED_COMMANDS.has(e.command)) || e.what === 'tail'));
@@ -250,7 +278,7 @@ export class TargetRelay {
     const out: Buffer[] = [];
     try {
       for (;;) {
-        if (this.mergeFirst && !this.mergeDone && !this.held && this.writer.atRecordBoundary && this.recordsSinceInject > 0) {
+        if (this.insertFirst() && !this.held && this.writer.atRecordBoundary && this.recordsSinceInject > 0) {
           // The merge goes first: stop at this boundary and let it insert (injected()). One
           // record passes between two insertions, so the link never looks stalled to the source.
           this.link?.pause();
@@ -348,27 +376,32 @@ export class TargetRelay {
     });
   }
 
-  /** Wait until the pages handed over were written into the stream (or the relay ended). */
-  private async injected(signal?: AbortSignal): Promise<void> {
+  /**
+   * Wait until the pages handed over were written into the stream (or the relay ended), and
+   * with `drain`, until QEMU's socket took them (the merge's backpressure between batches).
+   * The last batch needs no drain: whatever ends pre-copy is written after it, in order.
+   */
+  private async injected(signal?: AbortSignal, drain = true): Promise<void> {
     for (;;) {
       signal?.throwIfAborted();
       if (this.failure) throw this.failure;
       if (this.ended && this.inject.length) throw new Error('the stream ended before StaticData was merged');
-      if (this.inject.length === 0 && !this.qemuBusy) return;
+      const busy = drain && this.qemuBusy;
+      if (this.inject.length === 0 && !busy) return;
       // At a boundary with the link quiet (or held for the merge): write them now.
-      if (this.inject.length && this.writer.atRecordBoundary && this.qemu && !this.qemuBusy) {
+      if (this.inject.length && this.writer.atRecordBoundary && this.qemu && !busy) {
         this.insertNow();
         this.resumeLink(); // one of the source's records may pass before the next insertion
         continue;
       }
       const t = performance.now();
-      const busy = this.qemuBusy;
+      const qemuBehind = this.qemuBusy;
       await new Promise<void>((r) => {
         this.injectWaiters.push(r);
         setTimeout(r, 50);
       });
       this.insertWaitMs += performance.now() - t;
-      if (busy) this.qemuWaitMs += performance.now() - t;
+      if (qemuBehind) this.qemuWaitMs += performance.now() - t;
     }
   }
 
@@ -383,6 +416,69 @@ export class TargetRelay {
       opts.signal?.throwIfAborted();
     }
     const layout = this.layout;
+    this.direct = this.openRamFile(layout);
+    try {
+      return await this.mergeChunks(reader, layout, opts, t0);
+    } finally {
+      if (this.direct) fs.closeSync(this.direct.fd);
+    }
+  }
+
+  /** The target QEMU's RAM file, if it holds a block of this stream whole; null (with the reason logged) if not. */
+  private openRamFile(layout: RamLayout): DirectRam | null {
+    const f = this.opts.ramFile;
+    if (!f) return null;
+    const range = layout.range(f.block);
+    const why = (reason: string): null => {
+      this.opts.log?.(`relay: static pages go through QEMU's stream: ${reason}`);
+      return null;
+    };
+    if (!range) return why(`the stream has no RAM block "${f.block}"`);
+    let fd: number;
+    try {
+      fd = fs.openSync(f.path, 'r+');
+    } catch (e) {
+      return why(`the RAM file ${f.path} cannot be opened (${(e as Error).message})`);
+    }
+    const size = fs.fstatSync(fd).size;
+    if (size < range.pages * layout.pageSize) {
+      fs.closeSync(fd);
+      return why(`the RAM file ${f.path} holds ${size} bytes; block "${f.block}" has ${range.pages * layout.pageSize}`);
+    }
+    return { fd, base: range.base, pages: range.pages, pageSize: layout.pageSize };
+  }
+
+  /**
+   * Write the static pages [from, to) of a chunk that belong to the RAM file, each where no
+   * dynamic version was delivered; consecutive pages in one write. Synchronous on purpose: no
+   * record is forwarded to QEMU between the check and the write.
+   */
+  private writeDirect(d: DirectRam, chunk: Chunk, from: number, to: number): void {
+    const delivered = this.delivered!;
+    let run: Uint8Array[] = [];
+    let runStart = -1;
+    const flush = () => {
+      if (run.length) fs.writevSync(d.fd, run, (runStart - d.base) * d.pageSize);
+      run = [];
+    };
+    for (let i = from; i < to; i++) {
+      const pfn = chunk.pfns[i]!;
+      if (delivered.get(pfn)) {
+        this.s.skippedNewer++;
+        flush();
+        continue;
+      }
+      if (run.length && pfn !== runStart + run.length) flush();
+      if (!run.length) runStart = pfn;
+      run.push(chunk.page(i));
+      this.s.mergedPages++;
+      this.s.ramFilePages++;
+    }
+    flush();
+  }
+
+  private async mergeChunks(reader: SnapshotReader, layout: RamLayout, opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: StaticMerge) => void }, t0: number): Promise<StaticMerge> {
+    const direct = this.direct;
     let bytesRead = 0;
     const progress = (): StaticMerge => ({ pages: this.s.mergedPages, skippedNewer: this.s.skippedNewer, bytesRead, mergeMs: Date.now() - t0 });
     // Chunks as the source commits them (each is final once renamed, CRC-checked on read), so the
@@ -401,6 +497,14 @@ export class TargetRelay {
         for (let i = 0; i < chunk.pfns.length; i++) {
           const pfn = chunk.pfns[i]!;
           if (pfn >= layout.pageCount) throw new Error(`StaticData ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
+          if (direct && pfn >= direct.base && pfn < direct.base + direct.pages) {
+            // The run of this chunk's pages in the RAM file, written at once.
+            let j = i + 1;
+            while (j < chunk.pfns.length && chunk.pfns[j]! >= direct.base && chunk.pfns[j]! < direct.base + direct.pages) j++;
+            this.writeDirect(direct, chunk, i, j);
+            i = j - 1;
+            continue;
+          }
           const page = chunk.page(i); // a view of the chunk just read: no copy
           this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(page.buffer, page.byteOffset, page.byteLength) });
           if (this.inject.length >= INSERT_PAGES) await this.injected(opts.signal);
@@ -411,12 +515,12 @@ export class TargetRelay {
       (name) => done.add(name),
     );
     if (manifest.pageCount !== layout.pageCount) throw new Error(`StaticData's manifest says ${manifest.pageCount} pages; the stream's RAM has ${layout.pageCount}`);
-    await this.injected(opts.signal);
+    await this.injected(opts.signal, false);
     this.mergeDone = true;
     this.mergeFirst = false;
     const m = progress();
     this.opts.log?.(
-      `relay: StaticData merged: ${m.pages} pages inserted, ${m.skippedNewer} skipped (newer delivered), ${(bytesRead / 2 ** 20).toFixed(1)} MiB read in ${m.mergeMs} ms; ` +
+      `relay: StaticData merged: ${m.pages} pages (${this.s.ramFilePages} written into the target's RAM file, ${m.pages - this.s.ramFilePages} into QEMU's stream), ${m.skippedNewer} skipped (newer delivered), ${(bytesRead / 2 ** 20).toFixed(1)} MiB read in ${m.mergeMs} ms; ` +
         `waited ${Math.round(this.mergeWaitMs)} ms for the source's commits, ${Math.round(this.insertWaitMs)} ms to insert (${Math.round(this.qemuWaitMs)} ms of it for the target QEMU to read, the rest for a record boundary)`,
     );
     // Pre-copy may end now: let what waited for the merge through.
