@@ -40,6 +40,12 @@ export interface FollowOptions {
   timeoutMs?: number;
   /** Told true when the follower has applied every committed chunk and waits for more, false when it has work again. */
   onWaiting?: (waiting: boolean) => void;
+  /**
+   * Read chunks into these shared buffers in turn (at least 3; one is applied while the next
+   * is read ahead), instead of a fresh buffer per chunk. `apply` must then be done with a
+   * chunk's pages (written or copied) when it returns.
+   */
+  buffers?: SharedArrayBuffer[];
 }
 
 export interface MergeStaticOptions extends FollowOptions {
@@ -163,7 +169,9 @@ export async function follow(
   apply: (chunk: Chunk) => Promise<void>,
   applied: (name: string) => void,
 ): Promise<Manifest> {
-  const { signal } = opts;
+  const { signal, buffers } = opts;
+  if (buffers && buffers.length < 3) throw new RangeError(`follow needs at least 3 read buffers, got ${buffers.length}`);
+  let reads = 0;
   const pollMs = opts.pollMs ?? 20;
   const deadline = performance.now() + (opts.timeoutMs ?? Infinity);
   for (;;) {
@@ -177,7 +185,7 @@ export async function follow(
     const read = (j: number): Promise<Chunk> | undefined => {
       const name = todo[j];
       if (name === undefined) return undefined;
-      const p = reader.readChunk(name);
+      const p = reader.readChunk(name, buffers?.[reads++ % buffers.length]);
       p.catch(() => undefined); // handled when awaited; never an unhandled rejection
       return p;
     };

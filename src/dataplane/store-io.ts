@@ -44,7 +44,11 @@ export interface StoreIo {
   mkdirPrivate(dir: string, mode: number): Promise<void>;
   rm(target: string): Promise<void>;
   readdir(dir: string): Promise<string[]>;
-  readFile(file: string): Promise<Buffer>;
+  /**
+   * The whole file. With `into`, read into that shared memory when the file fits (the result
+   * is then a view of it, valid until the caller reuses it); a bigger file gets its own buffer.
+   */
+  readFile(file: string, into?: SharedArrayBuffer): Promise<Buffer>;
   size(file: string): Promise<number>;
   chmod(file: string, mode: number): Promise<void>;
   /** Write `data` to `<file>.tmp` (mode `mode`), fsync it if `sync`, rename it to `file`. */
@@ -59,7 +63,7 @@ type Op =
   | { op: 'mkdirPrivate'; dir: string; mode: number }
   | { op: 'rm'; target: string }
   | { op: 'readdir'; dir: string }
-  | { op: 'readFile'; file: string }
+  | { op: 'readFile'; file: string; into?: SharedArrayBuffer }
   | { op: 'size'; file: string }
   | { op: 'chmod'; file: string; mode: number }
   | { op: 'writeAtomic'; file: string; data: Uint8Array; mode: number; sync: boolean }
@@ -89,11 +93,12 @@ const ops = {
   readdir({ dir }) { return fs.readdirSync(dir); },
   size({ file }) { return fs.statSync(file).size; },
   chmod({ file, mode }) { fs.chmodSync(file, mode); },
-  readFile({ file }) {
+  readFile({ file, into }) {
     const fd = fs.openSync(file, 'r');
     try {
       const size = fs.fstatSync(fd).size;
-      const buf = Buffer.allocUnsafe(size);
+      const shared = into && into.byteLength >= size;
+      const buf = shared ? Buffer.from(into, 0, size) : Buffer.allocUnsafe(size);
       let off = 0;
       while (off < size) {
         const n = fs.readSync(fd, buf, off, Math.min(PIECE, size - off), off);
@@ -102,6 +107,7 @@ const ops = {
         progress(n);
         if (abandoned()) stop();
       }
+      if (shared) return { sharedBytes: off };
       return off === size ? buf : buf.subarray(0, off);
     } finally { fs.closeSync(fd); }
   },
@@ -196,8 +202,9 @@ export class WorkerStoreIo implements StoreIo {
   readdir(dir: string): Promise<string[]> {
     return this.run({ op: 'readdir', dir }, dir) as Promise<string[]>;
   }
-  async readFile(file: string): Promise<Buffer> {
-    const r = (await this.run({ op: 'readFile', file }, file)) as Uint8Array;
+  async readFile(file: string, into?: SharedArrayBuffer): Promise<Buffer> {
+    const r = (await this.run({ op: 'readFile', file, ...(into ? { into } : {}) }, file)) as Uint8Array | { sharedBytes: number };
+    if ('sharedBytes' in r) return Buffer.from(into!, 0, r.sharedBytes);
     return Buffer.isBuffer(r) ? r : Buffer.from(r.buffer, r.byteOffset, r.byteLength);
   }
   size(file: string): Promise<number> {

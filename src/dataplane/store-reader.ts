@@ -85,13 +85,17 @@ export class SnapshotReader {
     }
   }
 
-  /** Read and validate one chunk (and, once the manifest exists, check it against the manifest). */
-  async readChunk(name: string): Promise<Chunk> {
+  /**
+   * Read and validate one chunk (and, once the manifest exists, check it against the manifest).
+   * With `into`, the chunk is read into that shared buffer when it fits: its pages are views of
+   * it, valid until the caller reads another chunk into the same buffer.
+   */
+  async readChunk(name: string, into?: SharedArrayBuffer): Promise<Chunk> {
     const seq = parseSeq(name);
     const file = path.join(this.dir, name);
     let raw: Buffer;
     try {
-      raw = await this.ctx.io.readFile(file);
+      raw = await this.ctx.io.readFile(file, into);
     } catch (e) {
       if (isErrno(e, 'ENOENT')) throw new StorageCorruptError(file, 'chunk is missing');
       throw e;

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Bitmap } from '../../src/dataplane/bitmap';
-import { loadPbData, mergeStatic, type MergeProgress } from '../../src/dataplane/merge';
+import { follow, loadPbData, mergeStatic, type MergeProgress } from '../../src/dataplane/merge';
 import type { PageSink, PageSource } from '../../src/dataplane/pages';
 import { SharedStore, StorageCorruptError, StorageTimeoutError } from '../../src/dataplane/store';
 
@@ -201,5 +201,50 @@ describe('loadPbData', () => {
   it('times out when PbData is never committed', async () => {
     const r = loadPbData({ reader: store.openReader('p2', 'pbdata'), install: () => true, pollMs: 2, timeoutMs: 40 });
     await expect(r).rejects.toBeInstanceOf(StorageTimeoutError);
+  });
+});
+
+describe('follow with reused read buffers', () => {
+  it('gives a chunk bigger than the buffers a buffer of its own', async () => {
+    const src = randomMemory(300);
+    const w = await store.openWriter('rb', 'static', { pageSize: PS, pageCount: 300, chunkPages: 40 });
+    await w.writePages(range(300), src);
+    await w.commit();
+    // 40 pages of 4 KiB: 160 KiB chunks, more than the 64 KiB buffers hold.
+    const buffers = [0, 1, 2].map(() => new SharedArrayBuffer(64 * 2 ** 10));
+    const dst = new Memory(300);
+    let sharedPages = 0;
+    const m = await follow(store.openReader('rb', 'static'), new Set(), { buffers }, async (chunk) => {
+      for (let i = 0; i < chunk.pfns.length; i++) {
+        if (buffers.some((b) => chunk.page(i).buffer === b)) sharedPages++;
+        dst.writePage(chunk.pfns[i]!, chunk.page(i));
+      }
+    }, () => undefined);
+    expect(m.chunks.length).toBe(8);
+    expect(sharedPages).toBe(0);
+    expect(Buffer.from(dst.mem).equals(Buffer.from(src.mem))).toBe(true);
+  });
+
+  it('uses the shared buffers when the chunks fit, and the pages read are the pages written', async () => {
+    const src = randomMemory(100);
+    const w = await store.openWriter('rb2', 'static', { pageSize: PS, pageCount: 100, chunkPages: 8 });
+    await w.writePages(range(100), src);
+    await w.commit();
+    const buffers = [0, 1, 2].map(() => new SharedArrayBuffer(64 * 2 ** 10));
+    const dst = new Memory(100);
+    const used = new Set<SharedArrayBuffer>();
+    await follow(store.openReader('rb2', 'static'), new Set(), { buffers }, async (chunk) => {
+      for (let i = 0; i < chunk.pfns.length; i++) {
+        if (!chunk.isZero(i)) used.add(chunk.page(i).buffer as SharedArrayBuffer);
+        dst.writePage(chunk.pfns[i]!, chunk.page(i));
+      }
+    }, () => undefined);
+    expect(Buffer.from(dst.mem).equals(Buffer.from(src.mem))).toBe(true);
+    expect([...used].every((b) => buffers.includes(b))).toBe(true);
+    expect(used.size).toBe(3);
+  });
+
+  it('refuses fewer than three buffers', async () => {
+    await expect(follow(store.openReader('none', 'static'), new Set(), { buffers: [new SharedArrayBuffer(8)] }, async () => undefined, () => undefined)).rejects.toThrow(/at least 3 read buffers/);
   });
 });

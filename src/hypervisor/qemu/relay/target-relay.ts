@@ -41,6 +41,8 @@ import { RamLayout } from './layout';
 const GATED_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
 /** Static pages per inserted PART section. */
 const INSERT_PAGES = 1024;
+/** StaticData chunks are read into buffers of this size: a chunk of 1024 pages and its index; a bigger one gets its own. */
+const READ_BUFFER_BYTES = 4 * 2 ** 20 + 64 * 2 ** 10;
 /** PART buffers kept for reuse. */
 const PART_POOL = 3;
 
@@ -489,7 +491,15 @@ export class TargetRelay {
     const manifest = await follow(
       reader,
       done,
-      { ...(opts.signal ? { signal: opts.signal } : {}), timeoutMs: opts.timeoutMs ?? 2 * 3600_000, onWaiting: (waiting) => this.setMergeFirst(!waiting) },
+      {
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        timeoutMs: opts.timeoutMs ?? 2 * 3600_000,
+        onWaiting: (waiting) => this.setMergeFirst(!waiting),
+        // Chunks are read into three buffers in turn (a fresh multi-MiB buffer per chunk costs a
+        // page fault per 4 KiB and the collector's time): a chunk's pages are written into the
+        // RAM file, or copied into PART sections, before the next chunk is applied.
+        buffers: [0, 1, 2].map(() => new SharedArrayBuffer(READ_BUFFER_BYTES)),
+      },
       async (chunk) => {
         if (chunk.pageSize !== layout.pageSize || chunk.memoryPages !== layout.pageCount) {
           throw new Error(`StaticData ${chunk.name} holds ${chunk.memoryPages} pages of ${chunk.pageSize} bytes; the stream's RAM has ${layout.pageCount} of ${layout.pageSize}`);
@@ -509,6 +519,8 @@ export class TargetRelay {
           this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(page.buffer, page.byteOffset, page.byteLength) });
           if (this.inject.length >= INSERT_PAGES) await this.injected(opts.signal);
         }
+        // The chunk's buffer is read into again: its pages go into the stream (copied) now.
+        if (this.inject.length) await this.injected(opts.signal);
         bytesRead += chunk.bytes;
         opts.onProgress?.(progress());
       },
