@@ -7,7 +7,7 @@
  * - source (qemuStart with `relay`): QEMU migrates into the agent's SourceRelay (a unix socket),
  *   which diverts the bulk pass to StaticData and forwards the rest to the target relay;
  * - qemuSaveStatic (source) waits for StaticData's commit; qemuMergeStatic (target) merges it
- *   into the target QEMU's stream; qemuRemoveStatic (either) deletes it from shared storage.
+ *   into the target QEMU (its RAM file, or its stream); qemuRemoveStatic (either) deletes it from shared storage.
  *
  * The relays live in the agent process: QEMU must run on the agent's own machine (an SSH-driven
  * host cannot reach the agent's unix sockets), which qemuPrepareTarget and qemuStart check.
@@ -205,7 +205,7 @@ export function createQemuRelayActivities(ctx: QemuContext, relays: Relays, sess
       }
     },
 
-    /** Target: merge the committed StaticData into the target QEMU's stream (the merge rule). */
+    /** Target: merge the committed StaticData into the target QEMU, its RAM file or its stream (the merge rule). */
     async qemuMergeStatic(ref: StepRef): Promise<StaticMergeResult> {
       sessions.of(ref);
       const target = relays.get(ref.migrationId)?.target;

@@ -10,7 +10,8 @@
  * - the guest checks its own memory and reports on the target's serial console;
  * - par-migrate and pa-hybrid: QEMU migrates into the source agent's relay, which sends the
  *   bulk pass to StaticData over the storage network and the rest to the target agent's relay,
- *   which merges StaticData into the target QEMU's stream (qemu-relay.ts, docs/design/qemu-stream.md).
+ *   which merges StaticData into the target QEMU — its RAM file, or its stream (qemu-relay.ts,
+ *   docs/design/qemu-stream.md).
  *
  * Activities: src/activities/qemu-source.ts and qemu-target.ts.
  */

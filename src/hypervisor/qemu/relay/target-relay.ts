@@ -23,16 +23,15 @@
  * Once post-copy runs (after QEMU's PACKAGED command) the rest of the stream is forwarded
  * untouched. The target QEMU's return path goes back to the source relay byte for byte.
  */
-import fs from 'node:fs';
 import net from 'node:net';
 import { Bitmap } from '../../../dataplane/bitmap';
 import { follow } from '../../../dataplane/merge';
 import type { SnapshotReader } from '../../../dataplane/store-reader';
-import type { Chunk } from '../../../dataplane/store-format';
 import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '../stream/format';
 import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
+import { RamFile } from './ram-file';
 
 /**
  * Commands that end pre-copy. POSTCOPY_RAM_DISCARD is one of them: it drops the target's copy of
@@ -56,14 +55,6 @@ export interface TargetRelayOptions {
   /** The target QEMU's RAM block `block` is this file (shared, on tmpfs): static pages of it are written there. */
   ramFile?: { block: string; path: string };
   log?: (line: string) => void;
-}
-
-/** An open RAM file and the page numbers it holds. */
-interface DirectRam {
-  fd: number;
-  base: number;
-  pages: number;
-  pageSize: number;
 }
 
 export interface StaticMerge {
@@ -114,7 +105,7 @@ export class TargetRelay {
   /** Of insertWaitMs: with the target QEMU's socket full (the rest: waiting for a record boundary). */
   private qemuWaitMs = 0;
   /** Static pages of the RAM file go there, not into the stream: the source's records never wait for them. */
-  private direct: DirectRam | null = null;
+  private direct: RamFile | null = null;
   /** Post-copy runs: the rest of the stream is forwarded untouched, not parsed. */
   private raw = false;
   private failure: Error | null = null;
@@ -418,65 +409,15 @@ export class TargetRelay {
       opts.signal?.throwIfAborted();
     }
     const layout = this.layout;
-    this.direct = this.openRamFile(layout);
+    const f = this.opts.ramFile;
+    const opened = f ? RamFile.open(f.path, f.block, layout) : null;
+    if (typeof opened === 'string') this.opts.log?.(`relay: static pages go through QEMU's stream: ${opened}`);
+    this.direct = opened instanceof RamFile ? opened : null;
     try {
       return await this.mergeChunks(reader, layout, opts, t0);
     } finally {
-      if (this.direct) fs.closeSync(this.direct.fd);
+      this.direct?.close();
     }
-  }
-
-  /** The target QEMU's RAM file, if it holds a block of this stream whole; null (with the reason logged) if not. */
-  private openRamFile(layout: RamLayout): DirectRam | null {
-    const f = this.opts.ramFile;
-    if (!f) return null;
-    const range = layout.range(f.block);
-    const why = (reason: string): null => {
-      this.opts.log?.(`relay: static pages go through QEMU's stream: ${reason}`);
-      return null;
-    };
-    if (!range) return why(`the stream has no RAM block "${f.block}"`);
-    let fd: number;
-    try {
-      fd = fs.openSync(f.path, 'r+');
-    } catch (e) {
-      return why(`the RAM file ${f.path} cannot be opened (${(e as Error).message})`);
-    }
-    const size = fs.fstatSync(fd).size;
-    if (size < range.pages * layout.pageSize) {
-      fs.closeSync(fd);
-      return why(`the RAM file ${f.path} holds ${size} bytes; block "${f.block}" has ${range.pages * layout.pageSize}`);
-    }
-    return { fd, base: range.base, pages: range.pages, pageSize: layout.pageSize };
-  }
-
-  /**
-   * Write the static pages [from, to) of a chunk that belong to the RAM file, each where no
-   * dynamic version was delivered; consecutive pages in one write. Synchronous on purpose: no
-   * record is forwarded to QEMU between the check and the write.
-   */
-  private writeDirect(d: DirectRam, chunk: Chunk, from: number, to: number): void {
-    const delivered = this.delivered!;
-    let run: Uint8Array[] = [];
-    let runStart = -1;
-    const flush = () => {
-      if (run.length) fs.writevSync(d.fd, run, (runStart - d.base) * d.pageSize);
-      run = [];
-    };
-    for (let i = from; i < to; i++) {
-      const pfn = chunk.pfns[i]!;
-      if (delivered.get(pfn)) {
-        this.s.skippedNewer++;
-        flush();
-        continue;
-      }
-      if (run.length && pfn !== runStart + run.length) flush();
-      if (!run.length) runStart = pfn;
-      run.push(chunk.page(i));
-      this.s.mergedPages++;
-      this.s.ramFilePages++;
-    }
-    flush();
   }
 
   private async mergeChunks(reader: SnapshotReader, layout: RamLayout, opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: StaticMerge) => void }, t0: number): Promise<StaticMerge> {
@@ -507,12 +448,13 @@ export class TargetRelay {
         for (let i = 0; i < chunk.pfns.length; i++) {
           const pfn = chunk.pfns[i]!;
           if (pfn >= layout.pageCount) throw new Error(`StaticData ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
-          if (direct && pfn >= direct.base && pfn < direct.base + direct.pages) {
+          if (direct?.holds(pfn)) {
             // The run of this chunk's pages in the RAM file, written at once.
-            let j = i + 1;
-            while (j < chunk.pfns.length && chunk.pfns[j]! >= direct.base && chunk.pfns[j]! < direct.base + direct.pages) j++;
-            this.writeDirect(direct, chunk, i, j);
-            i = j - 1;
+            const w = direct.write(chunk, i, this.delivered!);
+            this.s.mergedPages += w.written;
+            this.s.ramFilePages += w.written;
+            this.s.skippedNewer += w.skipped;
+            i = w.next - 1;
             continue;
           }
           const page = chunk.page(i); // a view of the chunk just read: no copy
