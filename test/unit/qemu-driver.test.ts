@@ -1,6 +1,6 @@
 /** The QEMU driver's pure parts: workloads of the test guest and attached command lines. */
 import { describe, expect, it } from 'vitest';
-import { ramFilePath, resolveWorkload, stripOwnOptions } from '../../src/hypervisor/qemu/driver';
+import { ramFilePath, resolveWorkload, shmRoom, stripOwnOptions } from '../../src/hypervisor/qemu/driver';
 import { qemuGuestArgs } from '../../src/hypervisor/qemu/guest-image';
 import { shellQuote } from '../../src/hypervisor/qemu/host';
 
@@ -45,6 +45,16 @@ describe("an incoming guest's RAM file", () => {
     const plain = qemuGuestArgs(img, base);
     expect(plain).not.toContain('-object');
     expect(plain[plain.indexOf('-machine') + 1]).toBe('q35');
+  });
+
+  it('is used only when tmpfs has room for it beside what the other RAM files will still take', () => {
+    const GiB = 2 ** 30;
+    // 8 GiB free, nothing promised: a 4 GiB guest fits, a 7.9 GiB one does not (256 MiB margin).
+    expect(shmRoom({ freeBytes: 8 * GiB, promisedBytes: 0, heldBytes: 0, wantBytes: 4 * GiB })).toBe(true);
+    expect(shmRoom({ freeBytes: 8 * GiB, promisedBytes: 0, heldBytes: 0, wantBytes: 7.9 * GiB })).toBe(false);
+    // A guest promised 6 GiB holds only 1 GiB yet (tmpfs allocates as pages are loaded): 5 GiB of the free space is taken.
+    expect(shmRoom({ freeBytes: 8 * GiB, promisedBytes: 6 * GiB, heldBytes: 1 * GiB, wantBytes: 4 * GiB })).toBe(false);
+    expect(shmRoom({ freeBytes: 8 * GiB, promisedBytes: 6 * GiB, heldBytes: 6 * GiB, wantBytes: 4 * GiB })).toBe(true);
   });
 
   it('is named after the VM directory, on tmpfs: one per VM and agent, found again after a restart', () => {

@@ -106,20 +106,24 @@ export function ramFilePath(vmDir: string): string {
   return `/dev/shm/ferry-ram-${createHash('sha256').update(path.resolve(vmDir)).digest('hex').slice(0, 20)}`;
 }
 
-/** tmpfs has room for a guest's RAM, with a margin (a full tmpfs would fault the guest, not fail QEMU's start). */
-function shmHasRoom(bytes: number): boolean {
-  try {
-    const st = fs.statfsSync('/dev/shm');
-    return st.bavail * st.bsize >= bytes + 256 * 2 ** 20;
-  } catch {
-    return false;
-  }
+/** What tmpfs keeps free beyond every RAM file's guest. */
+const SHM_MARGIN_BYTES = 256 * 2 ** 20;
+
+/**
+ * Whether tmpfs can take one more guest's RAM file. tmpfs allocates as pages are written, and a
+ * full one faults the guest instead of failing QEMU's start: so the free space, less what the
+ * RAM files already there will still take (promised − held), must cover the new guest and a margin.
+ */
+export function shmRoom(o: { freeBytes: number; promisedBytes: number; heldBytes: number; wantBytes: number }): boolean {
+  return o.freeBytes - Math.max(0, o.promisedBytes - o.heldBytes) >= o.wantBytes + SHM_MARGIN_BYTES;
 }
 
 export class QemuDriver implements HypervisorDriver {
   readonly kind = 'qemu' as const;
   private readonly vms = new Map<string, QemuVm>();
   private readonly qemu: string;
+  /** RAM-file bytes of launches in flight (not yet in `vms`). */
+  private shmPending = 0;
 
   constructor(readonly opts: QemuDriverOptions) {
     this.qemu = opts.qemuBinary ?? 'qemu-system-x86_64';
@@ -255,8 +259,44 @@ export class QemuDriver implements HypervisorDriver {
     const serialLog = path.posix.join(dir, 'serial.log');
     // An incoming guest ferry launches on this machine keeps its RAM in a tmpfs file, so that
     // par-migrate's merge writes StaticData pages into it directly instead of through QEMU's stream.
-    const ramFile = incoming && !spec.qemuArgs && this.opts.host.where === 'local' && shmHasRoom(spec.memoryBytes) ? ramFilePath(dir) : null;
-    if (ramFile) fs.rmSync(ramFile, { force: true });
+    const ramFile = incoming && !spec.qemuArgs && this.opts.host.where === 'local' && this.reserveShm(spec.memoryBytes) ? ramFilePath(dir) : null;
+    try {
+      if (ramFile) fs.rmSync(ramFile, { force: true });
+      return await this.start(spec, dir, serialLog, incoming, ramFile);
+    } catch (e) {
+      if (ramFile) fs.rmSync(ramFile, { force: true });
+      throw e;
+    } finally {
+      if (ramFile) this.shmPending -= spec.memoryBytes;
+    }
+  }
+
+  /** Room on tmpfs for one more RAM file (counting the files of this agent's guests and launches in flight); reserved if so. */
+  private reserveShm(bytes: number): boolean {
+    let promised = this.shmPending;
+    let held = 0;
+    for (const v of this.vms.values()) {
+      if (!v.ramFile) continue;
+      promised += v.spec.memoryBytes;
+      try {
+        held += fs.statSync(v.ramFile).blocks * 512;
+      } catch {
+        // gone with its QEMU
+      }
+    }
+    let free: number;
+    try {
+      const st = fs.statfsSync('/dev/shm');
+      free = st.bavail * st.bsize;
+    } catch {
+      return false;
+    }
+    if (!shmRoom({ freeBytes: free, promisedBytes: promised, heldBytes: held, wantBytes: bytes })) return false;
+    this.shmPending += bytes;
+    return true;
+  }
+
+  private async start(spec: VmSpec, dir: string, serialLog: string, incoming: boolean, ramFile: string | null): Promise<QemuVm> {
     const argv = [
       this.qemu,
       '-name',
