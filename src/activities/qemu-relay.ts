@@ -22,6 +22,7 @@ import type { QemuVm } from '../hypervisor/qemu/driver';
 import { connectRelay, listenRelay, newRelayToken, type RelayListener } from '../hypervisor/qemu/relay/link';
 import { SourceRelay } from '../hypervisor/qemu/relay/source-relay';
 import { TargetRelay } from '../hypervisor/qemu/relay/target-relay';
+import { RAM_FILE_BLOCK } from '../hypervisor/qemu/ram-files';
 import { ChannelGrantError, grantSecret, sourceSecret, type ChannelGrant } from '../security/channel-secret';
 import { userError } from './errors';
 import { heartbeat, type QemuContext, type QemuSessions } from './qemu-common';
@@ -112,7 +113,7 @@ export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: Qemu
     accepted: listener.accepted,
     connectQemu: () => connectUnix(sock),
     expectStatic: true,
-    ...(v.ramFile ? { ramFile: { block: 'pc.ram', path: v.ramFile } } : {}),
+    ...(v.ramFile ? { ramFile: { block: RAM_FILE_BLOCK, path: v.ramFile } } : {}),
     log: (l) => ctx.log?.(`${ref.vm} ${l}`),
   });
   relays.set(ref.migrationId, { target, listener });

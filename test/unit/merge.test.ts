@@ -205,13 +205,18 @@ describe('loadPbData', () => {
 });
 
 describe('follow with reused read buffers', () => {
-  it('gives a chunk bigger than the buffers a buffer of its own', async () => {
-    const src = randomMemory(300);
-    const w = await store.openWriter('rb', 'static', { pageSize: PS, pageCount: 300, chunkPages: 40 });
-    await w.writePages(range(300), src);
+  /** A committed StaticData of random memory in chunks of `chunkPages`, and three 64 KiB read buffers. */
+  async function committedStatic(id: string, pages: number, chunkPages: number): Promise<{ src: Memory; buffers: SharedArrayBuffer[] }> {
+    const src = randomMemory(pages);
+    const w = await store.openWriter(id, 'static', { pageSize: PS, pageCount: pages, chunkPages });
+    await w.writePages(range(pages), src);
     await w.commit();
+    return { src, buffers: [0, 1, 2].map(() => new SharedArrayBuffer(64 * 2 ** 10)) };
+  }
+
+  it('gives a chunk bigger than the buffers a buffer of its own', async () => {
     // 40 pages of 4 KiB: 160 KiB chunks, more than the 64 KiB buffers hold.
-    const buffers = [0, 1, 2].map(() => new SharedArrayBuffer(64 * 2 ** 10));
+    const { src, buffers } = await committedStatic('rb', 300, 40);
     const dst = new Memory(300);
     let sharedPages = 0;
     const m = await follow(store.openReader('rb', 'static'), new Set(), { buffers }, async (chunk) => {
@@ -226,11 +231,7 @@ describe('follow with reused read buffers', () => {
   });
 
   it('uses the shared buffers when the chunks fit, and the pages read are the pages written', async () => {
-    const src = randomMemory(100);
-    const w = await store.openWriter('rb2', 'static', { pageSize: PS, pageCount: 100, chunkPages: 8 });
-    await w.writePages(range(100), src);
-    await w.commit();
-    const buffers = [0, 1, 2].map(() => new SharedArrayBuffer(64 * 2 ** 10));
+    const { src, buffers } = await committedStatic('rb2', 100, 8);
     const dst = new Memory(100);
     const used = new Set<SharedArrayBuffer>();
     await follow(store.openReader('rb2', 'static'), new Set(), { buffers }, async (chunk) => {

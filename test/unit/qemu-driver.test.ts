@@ -1,6 +1,7 @@
 /** The QEMU driver's pure parts: workloads of the test guest and attached command lines. */
 import { describe, expect, it } from 'vitest';
-import { ramFilePath, resolveWorkload, shmRoom, stripOwnOptions } from '../../src/hypervisor/qemu/driver';
+import { resolveWorkload, stripOwnOptions } from '../../src/hypervisor/qemu/driver';
+import { ramFilePath, shmRoom } from '../../src/hypervisor/qemu/ram-files';
 import { qemuGuestArgs } from '../../src/hypervisor/qemu/guest-image';
 import { shellQuote } from '../../src/hypervisor/qemu/host';
 

@@ -8,12 +8,12 @@
  * pages; the driver reads its verdicts from the serial log.
  */
 import type { GrowthSample } from './dirty-sampler';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { HypervisorDriver, VmInfo, VmSpec, VmState } from '../driver';
 import type { QemuHost } from './host';
 import { qemuGuestArgs, parseSerial, type SerialState } from './guest-image';
+import { ramFilePath, ShmReservations } from './ram-files';
 import { parseMigrateInfo, type MigrateInfo, type QmpClient, type QmpEvent } from './qmp';
 
 export interface QemuDriverOptions {
@@ -95,35 +95,17 @@ export interface QemuVm {
   lastStopAtMs: number | null;
   lastResumeAtMs: number | null;
   /**
-   * An incoming guest's RAM (block `pc.ram`) as a file on tmpfs, shared with QEMU: the agent's
+   * An incoming guest's RAM (block RAM_FILE_BLOCK) as a file on tmpfs, shared with QEMU: the agent's
    * relay writes StaticData pages straight into it (target-relay.ts). Null: anonymous RAM.
    */
   ramFile: string | null;
-}
-
-/** The tmpfs file an incoming guest's RAM lives in, named after its state directory (one per VM and agent). */
-export function ramFilePath(vmDir: string): string {
-  return `/dev/shm/ferry-ram-${createHash('sha256').update(path.resolve(vmDir)).digest('hex').slice(0, 20)}`;
-}
-
-/** What tmpfs keeps free beyond every RAM file's guest. */
-const SHM_MARGIN_BYTES = 256 * 2 ** 20;
-
-/**
- * Whether tmpfs can take one more guest's RAM file. tmpfs allocates as pages are written, and a
- * full one faults the guest instead of failing QEMU's start: so the free space, less what the
- * RAM files already there will still take (promised − held), must cover the new guest and a margin.
- */
-export function shmRoom(o: { freeBytes: number; promisedBytes: number; heldBytes: number; wantBytes: number }): boolean {
-  return o.freeBytes - Math.max(0, o.promisedBytes - o.heldBytes) >= o.wantBytes + SHM_MARGIN_BYTES;
 }
 
 export class QemuDriver implements HypervisorDriver {
   readonly kind = 'qemu' as const;
   private readonly vms = new Map<string, QemuVm>();
   private readonly qemu: string;
-  /** RAM-file bytes of launches in flight (not yet in `vms`). */
-  private shmPending = 0;
+  private readonly shm = new ShmReservations();
 
   constructor(readonly opts: QemuDriverOptions) {
     this.qemu = opts.qemuBinary ?? 'qemu-system-x86_64';
@@ -267,33 +249,14 @@ export class QemuDriver implements HypervisorDriver {
       if (ramFile) fs.rmSync(ramFile, { force: true });
       throw e;
     } finally {
-      if (ramFile) this.shmPending -= spec.memoryBytes;
+      if (ramFile) this.shm.release(spec.memoryBytes);
     }
   }
 
-  /** Room on tmpfs for one more RAM file (counting the files of this agent's guests and launches in flight); reserved if so. */
+  /** Room on tmpfs for one more RAM file, beside this agent's guests' files; reserved if so. */
   private reserveShm(bytes: number): boolean {
-    let promised = this.shmPending;
-    let held = 0;
-    for (const v of this.vms.values()) {
-      if (!v.ramFile) continue;
-      promised += v.spec.memoryBytes;
-      try {
-        held += fs.statSync(v.ramFile).blocks * 512;
-      } catch {
-        // gone with its QEMU
-      }
-    }
-    let free: number;
-    try {
-      const st = fs.statfsSync('/dev/shm');
-      free = st.bavail * st.bsize;
-    } catch {
-      return false;
-    }
-    if (!shmRoom({ freeBytes: free, promisedBytes: promised, heldBytes: held, wantBytes: bytes })) return false;
-    this.shmPending += bytes;
-    return true;
+    const files = [...this.vms.values()].flatMap((v) => (v.ramFile ? [{ path: v.ramFile, bytes: v.spec.memoryBytes }] : []));
+    return this.shm.reserve(bytes, files);
   }
 
   private async start(spec: VmSpec, dir: string, serialLog: string, incoming: boolean, ramFile: string | null): Promise<QemuVm> {

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { REPO_ROOT } from '../../common/paths';
+import { RAM_FILE_BLOCK } from './ram-files';
 
 const execFileP = promisify(execFile);
 
@@ -215,8 +216,8 @@ export function qemuGuestArgs(img: Pick<TestGuest, 'kernel' | 'initrd'>, o: Gues
     ...(o.growKiBps ? [`ferry.grow=${o.growKiBps}`, `ferry.wss0=${o.wss0 ?? Math.max(1, Math.floor(o.wss / 8))}`] : []),
   ].join(' ');
   return [
-    '-machine', o.ramFile ? 'q35,memory-backend=pc.ram' : 'q35',
-    ...(o.ramFile ? ['-object', `memory-backend-file,id=pc.ram,size=${o.memoryMiB}M,mem-path=${o.ramFile},share=on`] : []),
+    '-machine', o.ramFile ? `q35,memory-backend=${RAM_FILE_BLOCK}` : 'q35',
+    ...(o.ramFile ? ['-object', `memory-backend-file,id=${RAM_FILE_BLOCK},size=${o.memoryMiB}M,mem-path=${o.ramFile},share=on`] : []),
     '-accel', 'tcg',
     '-cpu', o.cpu ?? 'qemu64',
     '-smp', '1',

@@ -372,7 +372,7 @@ export class TargetRelay {
   /**
    * Wait until the pages handed over were written into the stream (or the relay ended), and
    * with `drain`, until QEMU's socket took them (the merge's backpressure between batches).
-   * The last batch needs no drain: whatever ends pre-copy is written after it, in order.
+   * A chunk's last pages need no drain: whatever follows is written after them, in order.
    */
   private async injected(signal?: AbortSignal, drain = true): Promise<void> {
     for (;;) {
@@ -461,15 +461,15 @@ export class TargetRelay {
           this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(page.buffer, page.byteOffset, page.byteLength) });
           if (this.inject.length >= INSERT_PAGES) await this.injected(opts.signal);
         }
-        // The chunk's buffer is read into again: its pages go into the stream (copied) now.
-        if (this.inject.length) await this.injected(opts.signal);
+        // The chunk's buffer is read into again: its pages go into the stream (copied) now, with
+        // no wait for QEMU's socket after them (the next batch waits for it at INSERT_PAGES).
+        if (this.inject.length) await this.injected(opts.signal, false);
         bytesRead += chunk.bytes;
         opts.onProgress?.(progress());
       },
       (name) => done.add(name),
     );
     if (manifest.pageCount !== layout.pageCount) throw new Error(`StaticData's manifest says ${manifest.pageCount} pages; the stream's RAM has ${layout.pageCount}`);
-    await this.injected(opts.signal, false);
     this.mergeDone = true;
     this.mergeFirst = false;
     const m = progress();
