@@ -110,17 +110,23 @@ describe('mergeStatic', () => {
     const reader = store.openReader('m2', 'static');
     const seenBeforeCommit: number[] = [];
     let committed = false;
+    let firstProgress!: () => void;
+    const progressed = new Promise<void>((resolve) => { firstProgress = resolve; });
     const merge = mergeStatic({
       reader, sink: dst, hasDynamic: () => false, pollMs: 2,
-      onProgress: (p) => { if (!committed) seenBeforeCommit.push(p.chunks.length); },
+      onProgress: (p) => { if (!committed) { seenBeforeCommit.push(p.chunks.length); firstProgress(); } },
     });
-    const w = await store.openWriter('m2', 'static', { pageSize: PS, pageCount: 256, chunkPages: 32, rateBytesPerSec: 8 * 1024 * 1024 });
-    await w.writePages(range(256), src); // ~125 ms
+    const w = await store.openWriter('m2', 'static', { pageSize: PS, pageCount: 256, chunkPages: 32 });
+    // Half the save, then hold it until the merge has applied a chunk: no clock decides this.
+    await w.writePages(range(128), src);
+    await progressed;
+    await w.writePages(range(256).slice(128), src);
     committed = true;
     await w.commit();
     const r = await merge;
     expect(r.pages).toBe(256);
     expect(seenBeforeCommit.length).toBeGreaterThan(0);
+    expect(Math.max(...seenBeforeCommit)).toBeLessThanOrEqual(8);
     expect(Buffer.compare(dst.mem, src.mem)).toBe(0);
   });
 
@@ -177,7 +183,7 @@ describe('loadPbData', () => {
     }
     const reader = store.openReader('p1', 'pbdata');
     const load = loadPbData({
-      reader, pollMs: 2, timeoutMs: 5000,
+      reader, pollMs: 2, timeoutMs: 60_000,
       install: (pfn, data) => {
         if (!missing.get(pfn)) return false;
         dst.writePage(pfn, data);
@@ -188,7 +194,7 @@ describe('loadPbData', () => {
     const w = await store.openWriter('p1', 'pbdata', { pageSize: PS, pageCount: 128, chunkPages: 8 });
     await w.writePages(dirtyAtSwitch, src);
     // Committed chunks are installed before the commit: wait for the first (no time window).
-    for (let i = 0; i < 500 && missing.count() >= 33; i++) await new Promise((r) => setTimeout(r, 10));
+    while (missing.count() >= 33) await new Promise((r) => setTimeout(r, 10));
     expect(missing.count()).toBeLessThan(33);
     await w.commit();
     const r = await load;
