@@ -7,6 +7,7 @@
  */
 import { Context } from '@temporalio/activity';
 import { Bitmap } from '../dataplane/bitmap';
+import { countNonZeroPages } from '../dataplane/pages';
 import { sampleGrowth } from './dirty-growth';
 import { PageChannel } from '../dataplane/channel';
 import { tlsCreateConnection } from '../dataplane/tls';
@@ -14,6 +15,7 @@ import { ChannelGrantError, sourceSecret } from '../security/channel-secret';
 import { userError } from './errors';
 import { digestOf, EmulatedSessions, heartbeatEvery, StepRecord, storageFailure, untilWorthARound, verifyPaused, type EmulatedContext, type SourceSession } from './emulated-sessions';
 import type {
+  DescribeVmInput,
   IterationInput,
   IterationResult,
   PbDataResult,
@@ -106,11 +108,14 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
   };
 
   return {
-    async describeVm(input: { vm: string }): Promise<VmDescription> {
+    async describeVm(input: DescribeVmInput): Promise<VmDescription> {
       const info = ctx.driver.describe(input?.vm);
       const guest = ctx.driver.guest(input?.vm);
       if (!info || !guest || info.state === 'incoming') throw userError('NotFound', `vm ${String(input?.vm)} is not on host ${ctx.hostId}`);
+      const limit = input.countNonZeroUpToBytes;
+      if (limit !== undefined && !(Number.isFinite(limit) && limit >= 0)) throw userError('InvalidInput', `countNonZeroUpToBytes must be a byte count >= 0, got ${String(limit)}`);
       return {
+        ...(limit !== undefined ? { nonZeroPages: countNonZeroPages(guest.memory, Math.ceil(limit / guest.memory.pageSize)) } : {}),
         vm: info.name,
         host: ctx.hostId,
         memoryBytes: info.memoryBytes,

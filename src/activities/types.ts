@@ -45,6 +45,17 @@ export interface VmDescription {
   vcpus: number;
   workload: string;
   state: string;
+  /**
+   * Non-zero pages of the guest's memory, counted when the caller asked (`countNonZeroUpToBytes`);
+   * the count stops once that many bytes of them were found.
+   */
+  nonZeroPages?: number;
+}
+
+export interface DescribeVmInput {
+  vm: string;
+  /** Count the guest's non-zero pages, stopping at this many bytes of them (par-migrate's worth test). */
+  countNonZeroUpToBytes?: number;
 }
 
 export interface PrepareTargetInput extends StepRef {

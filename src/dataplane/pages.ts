@@ -34,3 +34,13 @@ export function isZeroPage(page: Uint8Array): boolean {
 }
 
 let ZEROS = Buffer.alloc(64 * 1024);
+
+/**
+ * The non-zero pages of a memory, counted from the first page until `upTo` of them were found
+ * (the answer is then `upTo`: "at least"). Reads page views in place, copies nothing.
+ */
+export function countNonZeroPages(memory: { readonly pageCount: number; page(pfn: number): Uint8Array }, upTo: number): number {
+  let n = 0;
+  for (let pfn = 0; pfn < memory.pageCount && n < upTo; pfn++) if (!isZeroPage(memory.page(pfn))) n++;
+  return n;
+}

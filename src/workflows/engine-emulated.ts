@@ -8,7 +8,7 @@ import type { EmulatedActivities } from '../activities/emulated';
 import type { DrainResult, MigrationOptions, PbDataResult, PrepareTargetResult, StaticMergeResult, StaticSaveResult, StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
 import type { StrategyName } from '../policy/types';
-import { ENGINE_CAPS, type Engine, type EngineReport, type PostcopyEnd, type VmFacts } from './engine';
+import { ENGINE_CAPS, type DescribeOptions, type Engine, type EngineReport, type PostcopyEnd, type VmFacts } from './engine';
 import { agentWaits, type AgentWaits } from './agent-waits';
 import { failureMessage } from './saga';
 import type { ReportIteration } from './report';
@@ -101,9 +101,9 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
     name: 'emulated',
     caps: ENGINE_CAPS.emulated,
 
-    async describe(): Promise<VmFacts> {
-      const d = await src.describeVm({ vm: ref.vm });
-      return { workload: d.workload, memoryBytes: d.memoryBytes, pageCount: d.pageCount, pageSize: d.pageSize, vcpus: d.vcpus };
+    async describe(opts?: DescribeOptions): Promise<VmFacts> {
+      const d = await src.describeVm({ vm: ref.vm, ...(opts?.countNonZeroUpToBytes ? { countNonZeroUpToBytes: opts.countNonZeroUpToBytes } : {}) });
+      return { workload: d.workload, memoryBytes: d.memoryBytes, pageCount: d.pageCount, pageSize: d.pageSize, vcpus: d.vcpus, ...(d.nonZeroPages !== undefined ? { nonZeroPages: d.nonZeroPages } : {}) };
     },
     async prepareTarget(vm: VmFacts): Promise<void> {
       prep = await tgt.prepareTarget({ ...ref, source, memoryBytes: vm.memoryBytes, pageSize: vm.pageSize, pageCount: vm.pageCount, vcpus: vm.vcpus, workload: vm.workload });

@@ -46,6 +46,13 @@ export interface VmFacts {
   pageCount: number;
   pageSize: number;
   vcpus: number;
+  /** Non-zero pages, when asked for and the engine can count them (counting may stop at the asked limit). */
+  nonZeroPages?: number;
+}
+
+export interface DescribeOptions {
+  /** par-migrate's worth test: count the guest's non-zero pages up to this many bytes of them. */
+  countNonZeroUpToBytes?: number;
 }
 
 /** One pre-copy round as the engine measured it, or the engine's word that nothing is left. */
@@ -73,7 +80,7 @@ export type EngineReport = Pick<MigrationReport, 'downtimeMs' | 'postcopyDuratio
 export interface Engine {
   readonly name: EngineName;
   readonly caps: EngineCaps;
-  describe(): Promise<VmFacts>;
+  describe(opts?: DescribeOptions): Promise<VmFacts>;
   prepareTarget(vm: VmFacts): Promise<void>;
   abortTarget(): Promise<unknown>;
   /** Connect the source to the prepared target and start tracking dirty pages. */

@@ -20,7 +20,7 @@ import { ApplicationFailure, CancellationScope, allHandlersFinished, condition, 
 import type { HostActivities } from '../activities/host';
 import type { StepRef, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
-import { armOnMerge, decide, holdForMerge, lambdaOf } from '../policy';
+import { armOnMerge, decide, holdForMerge, lambdaOf, staticDataDecision, staticWorthBytes } from '../policy';
 import { mayPostcopy, usesParMigrate, type Decision, type IterationStat, type PolicyConfig, type PolicyState, type SwitchRule } from '../policy/types';
 import { ArmedSwitch } from './armed-switch';
 import { audited } from './audit';
@@ -54,6 +54,8 @@ export const DECIDE_ON_MERGE_PATCH = 'ferry-decide-on-merge';
 export const ARMED_SWITCH_PATCH = 'ferry-armed-switch';
 /** Marks runs whose stop-and-copy test also counts the pages dirtied between the round's end and the pause. */
 export const PAUSE_LEAD_PATCH = 'ferry-pause-lead';
+/** Marks runs where par-migrate counts the guest's non-zero pages first and skips StaticData when the bulk pass is shorter than a round worth sending. */
+export const STATIC_WORTH_PATCH = 'ferry-static-worth';
 const facts = (host: string, agentTimeoutMs: number | undefined) =>
   proxyActivities<HostActivities>({
     taskQueue: hostQueue(host),
@@ -112,6 +114,8 @@ class Runbook {
 
   // ---- par-migrate's channel-1 ------------------------------------------------------------
   private readonly staticData: StaticSnapshot;
+  /** Why par-migrate went without StaticData for this guest (staticDataDecision), if it did. */
+  private staticSkipped: string | null = null;
   /** The switch armed on the source for the merge's completion (engines with caps.armedSwitch). */
   private readonly arm = new ArmedSwitch();
 
@@ -176,7 +180,9 @@ class Runbook {
   }
 
   private async describeVm(): Promise<void> {
-    this.vmFacts = await this.engine!.describe();
+    // par-migrate: whether StaticData is worth it depends on how much of the guest is not zero.
+    const countUpTo = this.par && this.engine!.caps.staticSnapshot && patched(STATIC_WORTH_PATCH) ? staticWorthBytes(this.bandwidth) : 0;
+    this.vmFacts = await this.engine!.describe(countUpTo > 0 ? { countNonZeroUpToBytes: countUpTo } : undefined);
     this.sourceHasGuest = true;
     this.remainingPages = this.vmFacts.pageCount;
   }
@@ -207,6 +213,16 @@ class Runbook {
   private startStaticSnapshot(): void {
     const engine = this.engine!;
     if (!this.par || !engine.caps.staticSnapshot) return;
+    const f = this.vmFacts!;
+    if (f.nonZeroPages !== undefined) {
+      const worth = staticDataDecision({ nonZeroPages: f.nonZeroPages, pageCount: f.pageCount, pageSize: f.pageSize, bandwidthBytesPerSec: this.bandwidth, zeroElision: this.input.options.zeroElision });
+      if (!worth.save) {
+        this.staticData.skip();
+        this.staticSkipped = worth.reason;
+        this.journal.record({ action: 'continue', reason: `continue at iteration 1: ${worth.reason}` });
+        return;
+      }
+    }
     this.undos.push({ what: 'remove StaticData/PbData', run: () => engine.removeStaticData() });
     this.staticData.start(engine, this.input.target);
   }
@@ -242,7 +258,7 @@ class Runbook {
       }
       // The valve bounds the rounds even while StaticData is still being merged: no more
       // rounds; wait for the merge (or the save's failure), then decide.
-      if (this.par && !this.staticData.merged && !bulkNext && journal.iterations.length >= options.maxIterations) {
+      if (this.staticData.merged === false && !bulkNext && journal.iterations.length >= options.maxIterations) {
         await this.staticData.settled();
         statsStale = false;
         if (!this.staticData.merged) {
@@ -280,7 +296,7 @@ class Runbook {
         }
       }
       journal.roundInFlight = true;
-      const bulk = (i === 1 && !this.par) || bulkNext;
+      const bulk = (i === 1 && this.staticData.merged === null) || bulkNext;
       const r = await this.awaitRound(i, bulk, bulk ? undefined : this.parRounds.startWhen()).finally(() => (journal.roundInFlight = false));
       if (r.kind === 'decided') return r.action;
       if (r.kind === 'converged') {
@@ -445,6 +461,7 @@ class Runbook {
       return this.end('failed', `${this.input.vm} runs on ${this.input.target} but verification found ${v.mismatches} bad page(s): ${v.firstMismatches.slice(0, 3).join('; ')}${kept}`);
     }
     if (this.staticData.abandoned) notes.unshift(`${this.staticData.abandoned}, every page went over channel-2`);
+    if (this.staticSkipped) notes.unshift(this.staticSkipped);
     const how = `${this.ending === 'stop-and-copy' ? 'stop-and-copy' : 'post-copy'} after ${this.journal.iterations.length} iteration(s)`;
     const by = engine.caps.guestSelfCheck ? ' by the guest' : '';
     return this.end('completed', `${this.input.vm} runs on ${this.input.target}: ${how}, verified${by}${notes.map((n) => `; ${n}`).join('')}`);

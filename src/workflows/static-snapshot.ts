@@ -46,6 +46,12 @@ export class StaticSnapshot {
     return this.mergePromise !== null;
   }
 
+  /** par-migrate without channel-1 for this guest (not worth it): every page goes over channel-2. */
+  skip(): void {
+    if (this.mergePromise) throw new Error('StaticData already started');
+    this.merged = null;
+  }
+
   /** Start the save on the source and the merge on the target. */
   start(engine: Engine, target: string): void {
     this.saveScope = new CancellationScope();

@@ -44,6 +44,36 @@ describe('emulated: par-migrate (pa-hybrid)', () => {
     });
   });
 
+  it('a guest whose bulk pass is shorter than a round worth sending goes without StaticData: a bulk first round, the reason recorded', async () => {
+    await withCluster(h, { rounds: converging }, async (c) => {
+      c.on('describeVm', async (_input, ctx) => ({ ...((await ctx.answer()) as object), nonZeroPages: 5 }));
+      const r = await report(await c.migrate('pa-hybrid'));
+      expect(r.outcome).toBe('completed');
+      // The source was asked to count up to 100 ms of the 32 MiB/s link.
+      expect(c.called('describeVm')[0]!.input.countNonZeroUpToBytes).toBe(Math.ceil(0.1 * 32 * 2 ** 20));
+      expect(c.called('saveStatic')).toEqual([]);
+      expect(c.called('mergeStatic')).toEqual([]);
+      expect(r.static).toBeNull();
+      const first = c.called('runIteration')[0]!;
+      expect(first.input).toMatchObject({ index: 1, bulk: true });
+      expect(first.input.startWhen).toBeUndefined();
+      expect(r.decisions[0]).toMatchObject({ iteration: 1, action: 'continue' });
+      expect(r.decisions[0]!.reason).toMatch(/StaticData not started: the bulk pass holds 5 non-zero page\(s\) of \d+, 1 ms at 32\.00 MiB\/s < 100 ms/);
+      expect(r.reason).toMatch(/verified; StaticData not started/);
+    });
+  });
+
+  it('a guest with more than a round worth of non-zero pages keeps StaticData', async () => {
+    await withCluster(h, { rounds: converging }, async (c) => {
+      c.on('describeVm', async (_input, ctx) => ({ ...((await ctx.answer()) as object), nonZeroPages: 820 }));
+      const r = await report(await c.migrate('pa-hybrid'));
+      expect(r.outcome).toBe('completed');
+      expect(c.called('saveStatic')).toHaveLength(1);
+      expect(c.called('runIteration').map((x) => x.input.bulk)).not.toContain(true);
+      expect(r.decisions.some((d) => d.reason.includes('StaticData not started'))).toBe(false);
+    });
+  });
+
   it('the static save fails during the rounds: StaticData abandoned, a bulk round instead, completed', async () => {
     await withCluster(h, { rounds: converging }, async (c) => {
       c.fail('saveStatic', 'nonRetryable', 'storage full (stub)');
