@@ -158,10 +158,14 @@ describe('channel-2 transfer', () => {
     const N = 64;
     const src = new Mem(N).fill(12);
     const lanes: Lane[] = [];
+    let allThree!: () => void;
+    const answered = new Promise<void>((resolve) => (allThree = resolve));
     const controls: unknown[] = [];
     let device: Buffer | undefined;
     const t = target(N, {
-      onPages: (_pfn, _d, lane) => lanes.push(lane),
+      onPages: (_pfn, _d, lane) => {
+        if (lanes.push(lane) === 3) allThree();
+      },
       onControl: (m) => controls.push(m),
       onDeviceState: (d) => (device = d),
     });
@@ -180,7 +184,7 @@ describe('channel-2 transfer', () => {
     await tch.requestPages([5, 9, 63]);
     await ch.sendControl({ op: 'resume', at: 3 });
     await ch.sendDeviceState(Buffer.from('cpu-regs'));
-    for (let i = 0; i < 100 && lanes.length < 3; i++) await new Promise((r) => setTimeout(r, 5));
+    await answered; // the answer to the fault request arrived (no time window)
     await ch.barrier();
     expect(asked).toEqual([[5, 9, 63]]);
     expect(lanes).toEqual(['priority', 'priority', 'priority']);

@@ -13,6 +13,11 @@ import { parseMigrateInfo, QmpClient, QmpError } from '../../src/hypervisor/qemu
 const servers: net.Server[] = [];
 const clients: QmpClient[] = [];
 
+/** Resolves once `cond` holds: polled, no time window (the test timeout catches a hang). */
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 5));
+}
+
 afterEach(() => {
   for (const c of clients.splice(0)) c.close();
   for (const s of servers.splice(0)) s.close();
@@ -92,13 +97,13 @@ describe('QmpClient', () => {
     const events: Array<{ event: string; atMs: number; data: Record<string, unknown> }> = [];
     c.onEvent((e) => events.push(e));
     await c.execute('migrate', { uri: 'tcp:x:1' });
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => events.length >= 2);
     expect(events).toEqual([
       { event: 'MIGRATION', data: { status: 'active' }, atMs: 1700000000250 },
       { event: 'MIGRATION_PASS', data: { pass: 2 }, atMs: 1700000001000 },
     ]);
     const hanging = c.execute('hang');
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => conn !== null); // the monitor has the command (and never answers it)
     expect(conn).not.toBeNull();
     for (const s of servers) s.close();
     // Closing the server does not close accepted sockets: end the client's side instead.

@@ -92,7 +92,7 @@ describe('SharedStore write/commit/read', () => {
     const c = await reader.readChunk(early[1] ?? '');
     expect(Array.from(c.pfns)).toEqual(range(32).map((i) => 32 + i));
     await expect(reader.waitForCommit(30)).rejects.toBeInstanceOf(StorageTimeoutError);
-    const waiting = reader.waitForCommit(5000, undefined, 5);
+    const waiting = reader.waitForCommit(60_000, undefined, 5); // must not time out: the commit comes below
     await w.writePages(range(100).map((i) => 100 + i), src);
     expect(await reader.manifest()).toBeNull();
     await w.commit();
@@ -101,19 +101,28 @@ describe('SharedStore write/commit/read', () => {
   });
 
   it('a reader polling during a capped save sees chunks before the save ends, never a manifest', async () => {
+    // The cap's time is virtual (ManualClock): the reader looks while the writer is held on
+    // the cap before each chunk, so "before the save ends" is a sequence, not a race between
+    // a 125 ms save and a 5 ms poller.
+    const clock = new ManualClock();
     const src = fakeMemory(512, 0);
-    const w = await store.openWriter('m4', 'static', { pageSize: PS, pageCount: 512, chunkPages: 64, rateBytesPerSec: 16 * 1024 * 1024 });
+    const w = await store.openWriter('m4', 'static', { pageSize: PS, pageCount: 512, chunkPages: 64, rateBytesPerSec: 16 * 1024 * 1024, clock });
     const reader = store.openReader('m4', 'static');
     let finished = false;
     const save = w.writePages(range(512), src).then(() => { finished = true; });
-    let seenEarly = 0;
-    while (!finished) {
-      const n = (await reader.committedChunks()).length;
-      if (n > 0 && !finished) seenEarly = Math.max(seenEarly, n);
+    const seen: number[] = []; // committed chunks the reader saw at each wait on the cap
+    for (;;) {
+      await Promise.race([clock.sleeping(), save]);
+      if (finished) break;
+      seen.push((await reader.committedChunks()).length);
       expect(await reader.manifest()).toBeNull();
-      await new Promise((r) => setTimeout(r, 5));
+      clock.advance();
     }
     await save;
+    // One wait per chunk; at the wait for chunk k, chunks 0..k-2 are in place (k-1 may still be written).
+    expect(seen.length).toBe(8);
+    seen.forEach((n, k) => expect(n).toBeGreaterThanOrEqual(k - 1));
+    const seenEarly = Math.max(...seen);
     expect(seenEarly).toBeGreaterThan(0);
     expect(seenEarly).toBeLessThan(8);
     expect(await reader.manifest()).toBeNull();
