@@ -91,8 +91,9 @@ export async function query(v: QemuVm): Promise<MigrateInfo> {
 
 /**
  * The migration capabilities ferry sets. `relayed`: the stream runs through the agents' relays
- * (qemu-relay.ts), which cannot carry pages on other connections, encoded pages or a file
- * layout, so those capabilities are turned off.
+ * (qemu-relay.ts), which parse pages of one stream: multifd's connections, encoded pages and a
+ * file layout are turned off. Post-copy's preempt channel is on either way: it opens only once
+ * post-copy runs, when the relays carry everything untouched (a second link, link.ts).
  */
 export async function setCaps(v: QemuVm, postcopy: boolean, role: 'source' | 'target', relayed = false): Promise<void> {
   const caps = [
@@ -100,7 +101,11 @@ export async function setCaps(v: QemuVm, postcopy: boolean, role: 'source' | 'ta
     { capability: 'postcopy-ram', state: postcopy },
     // The target measures how long its vCPUs wait for missing pages in post-copy.
     ...(role === 'target' ? [{ capability: 'postcopy-blocktime', state: postcopy }] : []),
-    ...(relayed ? ['multifd', 'xbzrle', 'postcopy-preempt', 'mapped-ram', 'x-ignore-shared'].map((capability) => ({ capability, state: false })) : []),
+    // Post-copy's requested pages on their own channel, sent by the return-path thread the
+    // moment the target asks: on the main channel they wait until QEMU's rate-limit window
+    // ends (savevm.c checks the limit before the RAM iterator serves a request), ~50 ms a fault.
+    { capability: 'postcopy-preempt', state: postcopy },
+    ...(relayed ? ['multifd', 'xbzrle', 'mapped-ram', 'x-ignore-shared'].map((capability) => ({ capability, state: false })) : []),
   ];
   await v.qmp.execute('migrate-set-capabilities', { capabilities: caps });
 }

@@ -19,7 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import type { QemuVm } from '../hypervisor/qemu/driver';
-import { connectRelay, listenRelay, newRelayToken, type RelayListener } from '../hypervisor/qemu/relay/link';
+import { connectRelay, listenRelay, newRelayToken, type RelayChannel, type RelayListener } from '../hypervisor/qemu/relay/link';
 import { SourceRelay } from '../hypervisor/qemu/relay/source-relay';
 import { TargetRelay } from '../hypervisor/qemu/relay/target-relay';
 import { RAM_FILE_BLOCK } from '../hypervisor/qemu/ram-files';
@@ -111,6 +111,7 @@ export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: Qemu
   const listener = await listenRelay({ host: ctx.migrationAddress, migrationId: ref.migrationId, token, ...(ctx.tls ? { tls: ctx.tls } : {}) });
   const target = new TargetRelay({
     accepted: listener.accepted,
+    preempt: listener.preempt,
     connectQemu: () => connectUnix(sock),
     expectStatic: true,
     ...(v.ramFile ? { ramFile: { block: RAM_FILE_BLOCK, path: v.ramFile } } : {}),
@@ -151,10 +152,11 @@ export async function startSourceRelay(
     throw e;
   }
   const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, input.vm), 'relay-out.sock');
+  const link = (channel: RelayChannel) => ({ host: input.relay.host, port: input.relay.port, token, migrationId: input.migrationId, targetHostId: input.target, channel, ...(ctx.tls ? { tls: ctx.tls } : {}) });
   const source = await SourceRelay.listen({
     listenPath: sock,
-    connect: () =>
-      connectRelay({ host: input.relay.host, port: input.relay.port, token, migrationId: input.migrationId, targetHostId: input.target, ...(ctx.tls ? { tls: ctx.tls } : {}) }),
+    connect: () => connectRelay(link('main')),
+    connectPreempt: () => connectRelay(link('preempt')),
     openStatic: (pageCount) => ctx.store.openWriter(input.migrationId, 'static', { pageSize: 4096, pageCount, rateBytesPerSec: input.storageBandwidthBytesPerSec }),
     bandwidthBytesPerSec: input.bandwidthBytesPerSec,
     log: (l) => ctx.log?.(`${input.vm} ${l}`),

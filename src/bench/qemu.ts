@@ -76,6 +76,8 @@ export interface QemuBenchRun {
   postcopyDurationMs: number | null;
   /** The target's postcopy-blocktime: ms all vCPUs at once waited for missing pages. */
   stallMs: number | null;
+  /** Post-copy: the page requests the target's faults sent to the source (null: no post-copy). */
+  faults?: number | null;
   /** Bytes over the migration network (par-migrate's StaticData is in storageBytes). */
   bytes: number;
   storageBytes?: number;
@@ -153,6 +155,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
         downtimeMs: r.downtimeMs,
         postcopyDurationMs: r.postcopyDurationMs,
         stallMs: r.postcopy?.blocktimeMs?.allVcpusMs ?? null,
+        faults: r.postcopy?.faults ?? null,
         bytes: r.bytes.migrationNetwork,
         storageBytes: r.bytes.storageWrite,
         passes: r.iterations.length,
@@ -167,7 +170,7 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
         },
       };
       runs.push(run);
-      o.log(`bench qemu: ${variant.id} #${rep}: ${r.outcome}${run.verified ? ' (verified)' : ''}, total ${(r.totalTimeMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs ?? '–'} ms, post-copy ${r.postcopyDurationMs ?? '–'} ms (guest stalled ${run.stallMs ?? '–'} ms), ${formatBytes(run.bytes)}, ${run.passes} pass(es) — ${run.ending}`);
+      o.log(`bench qemu: ${variant.id} #${rep}: ${r.outcome}${run.verified ? ' (verified)' : ''}, total ${(r.totalTimeMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs ?? '–'} ms, post-copy ${r.postcopyDurationMs ?? '–'} ms (guest stalled ${run.stallMs ?? '–'} ms, ${run.faults ?? '–'} fault(s)), ${formatBytes(run.bytes)}, ${run.passes} pass(es) — ${run.ending}`);
       // The guest now runs on whichever host the migration left it on.
       for (const host of [o.target, o.source]) await vmCommand(o.client, host, { op: 'destroy', name: vm }).catch(() => undefined);
     }
@@ -232,9 +235,9 @@ export function qemuMarkdown(res: QemuBenchResult, command: string): string {
     '',
     '## Runs',
     '',
-    '| strategy | # | outcome | total | downtime | post-copy | guest stalled | data | λ per pass |',
-    '|---|---|---|---|---|---|---|---|---|',
-    ...res.runs.map((r) => `| ${r.strategy} | ${r.repeat} | ${r.outcome}${r.verified ? ', verified' : ''} | ${ms(r.totalTimeMs)} | ${ms(r.downtimeMs)} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${formatBytes(r.bytes)} | ${r.lambdas.join(' ')} |`),
+    '| strategy | # | outcome | total | downtime | post-copy | guest stalled | faults | data | λ per pass |',
+    '|---|---|---|---|---|---|---|---|---|---|',
+    ...res.runs.map((r) => `| ${r.strategy} | ${r.repeat} | ${r.outcome}${r.verified ? ', verified' : ''} | ${ms(r.totalTimeMs)} | ${ms(r.downtimeMs)} | ${ms(r.postcopyDurationMs)} | ${ms(r.stallMs ?? null)} | ${r.faults ?? '–'} | ${formatBytes(r.bytes)} | ${r.lambdas.join(' ')} |`),
     '',
   ].join('\n');
 }

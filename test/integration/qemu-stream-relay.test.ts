@@ -199,25 +199,29 @@ async function syncs(q: QmpClient): Promise<number> {
 
 describe("ferry's relays (real source and target QEMU 10.0): the bulk pass through StaticData, merged at the target", () => {
   const cases = [
-    { downtimeMs: 300, ramFile: false },
-    { downtimeMs: 1, ramFile: false },
-    { downtimeMs: 300, ramFile: true },
+    { downtimeMs: 300, ramFile: false, postcopy: false },
+    { downtimeMs: 1, ramFile: false, postcopy: false },
+    { downtimeMs: 300, ramFile: true, postcopy: false },
+    // Post-copy asked for during the bulk pass: its preempt channel goes over a second link.
+    { downtimeMs: 1, ramFile: true, postcopy: true },
   ];
-  for (const { downtimeMs, ramFile } of cases) {
+  for (const { downtimeMs, ramFile, postcopy } of cases) {
     const into = ramFile ? "into the target's RAM file (tmpfs, shared with QEMU)" : "into the target QEMU's stream";
-    it(`source relay → StaticData + link → target relay → target QEMU, StaticData merged ${into}: the target's RAM equals the source's (downtime-limit ${downtimeMs} ms)`, async () => {
+    const then = postcopy ? ', then post-copy with its preempt channel carried over a second link' : '';
+    it(`source relay → StaticData + link → target relay → target QEMU, StaticData merged ${into}${then}: the target's RAM equals the source's (downtime-limit ${downtimeMs} ms)`, async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-qrelay-'));
       cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
       const targetSock = path.join(dir, 'target.sock');
       const relaySock = path.join(dir, 'relay.sock');
       const store = new SharedStore(path.join(dir, 'storage'));
-      const migrationId = `relay-test-${downtimeMs}-${ramFile}`;
+      const migrationId = `relay-test-${downtimeMs}-${ramFile}-${postcopy}`;
       // /dev/shm: QEMU's post-copy needs a RAM file on tmpfs (or hugetlbfs); the file is removed with the test's cleanups.
-      const shm = ramFile ? path.join('/dev/shm', `ferry-relay-test-${process.pid}-${downtimeMs}`) : null;
+      const shm = ramFile ? path.join('/dev/shm', `ferry-relay-test-${process.pid}-${downtimeMs}-${postcopy}`) : null;
       if (shm) cleanups.push(() => fs.rmSync(shm, { force: true }));
       const backend = shm ? ['-machine', 'memory-backend=pc.ram', '-object', `memory-backend-file,id=pc.ram,size=${MEM_MIB}M,mem-path=${shm},share=on`] : [];
       const [src, dst] = await Promise.all([startQemu(dir, 'source', []), startQemu(dir, 'target', [...backend, '-incoming', 'defer', '-S'])]);
-      const capabilities = [{ capability: 'return-path', state: true }];
+      const capabilities = ['return-path', ...(postcopy ? ['postcopy-ram', 'postcopy-preempt'] : [])].map((capability) => ({ capability, state: true }));
+      const logs: string[] = [];
       await src.qmp.execute('migrate-set-capabilities', { capabilities });
       await dst.qmp.execute('migrate-set-capabilities', { capabilities });
       await src.qmp.execute('migrate-set-parameters', { 'downtime-limit': downtimeMs });
@@ -228,14 +232,18 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
       cleanups.push(() => listener.close());
       const target = new TargetRelay({
         accepted: listener.accepted,
+        preempt: listener.preempt,
         connectQemu: () => Promise.resolve(net.createConnection(targetSock)),
         expectStatic: true,
         ...(shm ? { ramFile: { block: 'pc.ram', path: shm } } : {}),
+        log: (l) => logs.push(`target ${l}`),
       });
       cleanups.push(() => target.close());
       const source = await SourceRelay.listen({
         listenPath: relaySock,
         connect: () => connectRelay({ host: '127.0.0.1', port: listener.address.port, migrationId, token, targetHostId: 'target' }),
+        connectPreempt: () => connectRelay({ host: '127.0.0.1', port: listener.address.port, migrationId, token, targetHostId: 'target', channel: 'preempt' }),
+        log: (l) => logs.push(`source ${l}`),
         openStatic: (pageCount) => store.openWriter(migrationId, 'static', { pageSize: 4096, pageCount, fsync: false }),
         bandwidthBytesPerSec: 0,
         batchPages: 256,
@@ -243,7 +251,14 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
       cleanups.push(() => source.close());
       await new Promise((r) => setTimeout(r, 300)); // SeaBIOS runs: the guest dirties pages during the migration
 
+      // Post-copy: the switch is asked for during the (capped) bulk pass, once a page went to StaticData,
+      // whatever the idle firmware guest dirties; the target relay holds post-copy's commands until the merge is done.
+      if (postcopy) await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 256 << 10 });
       await src.qmp.execute('migrate', { uri: `unix:${relaySock}` });
+      if (postcopy) {
+        while (source.stats().divertedPages === 0) await new Promise((r) => setTimeout(r, 5));
+        await src.qmp.execute('migrate-start-postcopy');
+      }
       const merged = target.merge(store.openReader(migrationId, 'static'));
       // The bulk pass ends at QEMU's second dirty-bitmap sync (or at its completion).
       const watch = setInterval(() => {
@@ -268,6 +283,10 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
       expect(st.linkBytes).toBeLessThan(MEM_MIB << 20);
       // Only guest RAM (pc.ram) goes to StaticData; with the RAM file, none of it through QEMU's stream.
       expect(target.stats().ramFilePages).toBe(ramFile ? m.pages : 0);
+      // Each relay carried the preempt channel exactly when post-copy ran.
+      const preempt = logs.filter((l) => l.endsWith('post-copy preempt channel connected'));
+      expect(preempt.sort()).toEqual(postcopy ? ['source relay: post-copy preempt channel connected', 'target relay: post-copy preempt channel connected'] : []);
+      if (postcopy) expect(logs.filter((l) => /preempt channel (failed|could not)/.test(l))).toEqual([]);
 
       const ram = (MEM_MIB << 20) >>> 0;
       const [a, b] = [await pmem(src.qmp, path.join(dir, 'src.ram'), 0, ram), await pmem(dst.qmp, path.join(dir, 'dst.ram'), 0, ram)];

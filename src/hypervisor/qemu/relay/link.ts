@@ -7,6 +7,9 @@
  *     source → "FERRY-RELAY 1 <migrationId> <token>\n"      target → "OK\n" | "ERR <why>\n"
  *
  * After that the connection carries QEMU's stream one way and its return path the other.
+ * With post-copy's preempt channel (QEMU's postcopy-preempt: pages the target faulted on, on
+ * their own connection), a second connection says the same with " preempt" at the end and
+ * carries that channel, untouched, both ways.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
@@ -58,38 +61,53 @@ export interface RelayListener {
   readonly address: { host: string; port: number };
   /** The source's authenticated connection (once). */
   readonly accepted: Promise<net.Socket>;
+  /** The source's authenticated connection for QEMU's post-copy preempt channel (once; never, without one). */
+  readonly preempt: Promise<net.Socket>;
   /** Why connections were refused (wrong token, wrong migration, TLS), newest last. */
   readonly refusals: string[];
   close(): void;
 }
 
-/** Listen on `host` (port 0) for the relay connection of `migrationId`. */
+export type RelayChannel = 'main' | 'preempt';
+
+/** Listen on `host` (port 0) for the relay connections of `migrationId`: the stream's, then the preempt channel's. */
 export async function listenRelay(opts: { host: string; migrationId: string; token: string; tls?: ChannelTls; helloTimeoutMs?: number }): Promise<RelayListener> {
   const refusals: string[] = [];
-  let resolveAccepted: (s: net.Socket) => void = () => undefined;
-  const accepted = new Promise<net.Socket>((r) => (resolveAccepted = r));
-  let taken = false;
-  const expected = Buffer.from(`${HELLO} ${opts.migrationId} ${opts.token}`);
+  const resolvers: Record<RelayChannel, (s: net.Socket) => void> = { main: () => undefined, preempt: () => undefined };
+  const accepted = new Promise<net.Socket>((r) => (resolvers.main = r));
+  const preempt = new Promise<net.Socket>((r) => (resolvers.preempt = r));
+  const taken: Record<RelayChannel, boolean> = { main: false, preempt: false };
+  const expected: Record<RelayChannel, Buffer> = {
+    main: Buffer.from(`${HELLO} ${opts.migrationId} ${opts.token}`),
+    preempt: Buffer.from(`${HELLO} ${opts.migrationId} ${opts.token} preempt`),
+  };
+  const channelOf = (got: Buffer): RelayChannel | null => {
+    for (const c of ['main', 'preempt'] as const) if (got.length === expected[c].length && timingSafeEqual(got, expected[c])) return c;
+    return null;
+  };
   const onConnection = (socket: net.Socket) => {
     socket.on('error', () => undefined);
-    if (taken) {
+    if (taken.main && taken.preempt) {
       socket.end('ERR this migration is already connected\n');
       return;
     }
     void readLine(socket, opts.helloTimeoutMs ?? 10_000, 'relay hello').then(
       (line) => {
-        const got = Buffer.from(line);
-        if (taken || got.length !== expected.length || !timingSafeEqual(got, expected)) {
-          const why = line.startsWith(HELLO) ? `a relay hello for another migration or with a wrong token` : `not a ferry relay hello`;
+        const channel = channelOf(Buffer.from(line));
+        if (channel === null || taken[channel] || (channel === 'preempt' && !taken.main)) {
+          const why =
+            channel === null
+              ? line.startsWith(HELLO) ? `a relay hello for another migration or with a wrong token` : `not a ferry relay hello`
+              : channel === 'preempt' && !taken.main ? 'a preempt channel before the stream' : `this migration's ${channel} channel is already connected`;
           refusals.push(`${socket.remoteAddress ?? '?'}: ${why}`);
           socket.end(`ERR ${why}\n`);
           return;
         }
-        taken = true;
-        server.close();
+        taken[channel] = true;
+        if (taken.main && taken.preempt) server.close();
         socket.setNoDelay(true);
         socket.write('OK\n');
-        resolveAccepted(socket);
+        resolvers[channel](socket);
       },
       (err: Error) => {
         refusals.push(`${socket.remoteAddress ?? '?'}: ${err.message}`);
@@ -107,6 +125,7 @@ export async function listenRelay(opts: { host: string; migrationId: string; tok
   return {
     address: { host: opts.host, port: a.port },
     accepted,
+    preempt,
     refusals,
     close: () => {
       server.close();
@@ -124,9 +143,12 @@ export async function connectRelay(opts: {
   tls?: ChannelTls;
   targetHostId: string;
   timeoutMs?: number;
+  /** Default main: QEMU's stream. */
+  channel?: RelayChannel;
 }): Promise<net.Socket> {
   const timeoutMs = opts.timeoutMs ?? 10_000;
-  const where = `relay link to ${opts.targetHostId} (${opts.host}:${opts.port})`;
+  const preempt = opts.channel === 'preempt';
+  const where = `relay ${preempt ? 'preempt ' : ''}link to ${opts.targetHostId} (${opts.host}:${opts.port})`;
   const socket: net.Socket = opts.tls
     ? await tlsCreateConnection(opts.tls, opts.targetHostId, { timeoutMs })({ host: opts.host, port: opts.port }).catch((e: Error) => {
         throw new Error(`${where}: ${e.message}`);
@@ -147,7 +169,7 @@ export async function connectRelay(opts: {
         });
       });
   socket.setNoDelay(true);
-  socket.write(`${HELLO} ${opts.migrationId} ${opts.token}\n`);
+  socket.write(`${HELLO} ${opts.migrationId} ${opts.token}${preempt ? ' preempt' : ''}\n`);
   const answer = await readLine(socket, timeoutMs, where).catch((e: Error) => {
     socket.destroy();
     throw e;
@@ -157,4 +179,28 @@ export async function connectRelay(opts: {
     throw new Error(`${where}: the target refused: ${answer.replace(/^ERR /, '')}`);
   }
   return socket;
+}
+
+/**
+ * Carry a QEMU socket and a relay link both ways, untouched and with backpressure (QEMU's
+ * post-copy preempt channel). Either end closing ends the other; either failing destroys both
+ * and is reported once.
+ */
+export function splice(qemu: net.Socket, link: net.Socket, o: { toLink?: (bytes: number) => void; fromLink?: (bytes: number) => void; onError: (e: Error) => void }): void {
+  let failed = false;
+  const fail = (where: string) => (e: Error) => {
+    if (failed) return;
+    failed = true;
+    qemu.destroy();
+    link.destroy();
+    o.onError(new Error(`${where}: ${e.message}`));
+  };
+  qemu.on('error', fail('the QEMU side'));
+  link.on('error', fail('the link'));
+  if (o.toLink) qemu.on('data', (d: Buffer) => o.toLink!(d.length));
+  if (o.fromLink) link.on('data', (d: Buffer) => o.fromLink!(d.length));
+  qemu.pipe(link);
+  link.pipe(qemu);
+  qemu.resume();
+  link.resume();
 }

@@ -28,6 +28,7 @@ import { QemuStreamError, VmCommand, type StreamEvent } from '../stream/format';
 import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
+import { splice } from './link';
 
 /** Commands after which the target needs every page it will ever get before post-copy: stop diverting. */
 const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
@@ -47,6 +48,11 @@ export interface SourceRelayOptions {
   listenPath: string;
   /** Open the link to the target's relay (see link.ts). */
   connect: () => Promise<net.Socket>;
+  /**
+   * Open the link for QEMU's post-copy preempt channel (its second connection to this relay,
+   * made when post-copy starts); without it a second connection is refused.
+   */
+  connectPreempt?: () => Promise<net.Socket>;
   /** Open the StaticData writer once the guest's page count is known (from MEM_SIZE). */
   openStatic: (pageCount: number) => Promise<SnapshotWriter>;
   /** Migration-network pace in bytes/s (0: uncapped). */
@@ -87,6 +93,9 @@ export class SourceRelay {
   private readonly server: net.Server;
   private qemu: net.Socket | null = null;
   private link: net.Socket | null = null;
+  /** QEMU's post-copy preempt channel and its link: carried untouched. */
+  private preemptQemu: net.Socket | null = null;
+  private preemptLink: net.Socket | null = null;
   private readonly reader = new StreamReader();
   private readonly writer = new StreamWriter();
   private readonly bucket: TokenBucket;
@@ -195,17 +204,20 @@ export class SourceRelay {
     this.server.close();
     this.qemu?.destroy();
     this.link?.destroy();
+    this.preemptQemu?.destroy();
+    this.preemptLink?.destroy();
     fs.rmSync(this.opts.listenPath, { force: true });
     if (!this.ended) this.finish();
   }
 
   private accept(socket: net.Socket): void {
     if (this.qemu) {
-      socket.destroy(); // one stream per relay
+      if (this.opts.connectPreempt && !this.preemptQemu && !this.failure) this.acceptPreempt(socket, this.opts.connectPreempt);
+      else socket.destroy(); // one stream (and one preempt channel) per relay
       return;
     }
     this.qemu = socket;
-    this.server.close();
+    if (!this.opts.connectPreempt) this.server.close();
     socket.pause();
     socket.on('error', (e) => this.fail(new Error(`the QEMU side of the relay failed: ${e.message}`)));
     this.opts.connect().then(
@@ -244,6 +256,39 @@ export class SourceRelay {
     );
   }
 
+  /**
+   * QEMU's second connection: post-copy's preempt channel (the pages the target faulted on,
+   * sent the moment it asks). Its bytes cross the link untouched, unpaced: QEMU sends only
+   * requested pages there. A failure here is QEMU's to see (its post-copy pauses and can be
+   * recovered); the stream's relay goes on.
+   */
+  private acceptPreempt(socket: net.Socket, connect: () => Promise<net.Socket>): void {
+    this.preemptQemu = socket;
+    this.server.close();
+    socket.pause();
+    socket.on('error', () => undefined);
+    connect().then(
+      (link) => {
+        this.preemptLink = link;
+        if (this.failure) {
+          link.destroy();
+          socket.destroy();
+          return;
+        }
+        this.opts.log?.('relay: post-copy preempt channel connected');
+        splice(socket, link, {
+          toLink: (n) => (this.s.linkBytes += n),
+          fromLink: (n) => (this.s.returnBytes += n),
+          onError: (e) => this.opts.log?.(`relay: the preempt channel failed: ${e.message}`),
+        });
+      },
+      (e: Error) => {
+        this.opts.log?.(`relay: the preempt channel could not be connected: ${e.message}`);
+        socket.destroy();
+      },
+    );
+  }
+
   private onQemuEnd(): void {
     try {
       this.reader.end();
@@ -271,6 +316,8 @@ export class SourceRelay {
     this.rejectStatic(e);
     this.qemu?.destroy();
     this.link?.destroy();
+    this.preemptQemu?.destroy();
+    this.preemptLink?.destroy();
     this.finish();
   }
 

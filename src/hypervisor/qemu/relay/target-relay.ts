@@ -31,6 +31,7 @@ import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '..
 import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
+import { splice } from './link';
 import { RamFile } from './ram-file';
 
 /**
@@ -50,6 +51,8 @@ export interface TargetRelayOptions {
   accepted: Promise<net.Socket>;
   /** Connect to the target QEMU's incoming unix socket. */
   connectQemu: () => Promise<net.Socket>;
+  /** The source relay's link for QEMU's post-copy preempt channel (link.ts), if it opens one: carried to QEMU untouched. */
+  preempt?: Promise<net.Socket>;
   /** par-migrate: a StaticData merge must happen before pre-copy ends. */
   expectStatic: boolean;
   /** The target QEMU's RAM block `block` is this file (shared, on tmpfs): static pages of it are written there. */
@@ -78,6 +81,8 @@ export interface TargetRelayStats {
 export class TargetRelay {
   private link: net.Socket | null = null;
   private qemu: net.Socket | null = null;
+  /** QEMU's post-copy preempt channel and its link, carried untouched. */
+  private preempt: { link: net.Socket; qemu: net.Socket } | null = null;
   private readonly reader = new StreamReader();
   private readonly writer = new StreamWriter();
   private layout: RamLayout | null = null;
@@ -130,6 +135,8 @@ export class TargetRelay {
   close(): void {
     this.link?.destroy();
     this.qemu?.destroy();
+    this.preempt?.link.destroy();
+    this.preempt?.qemu.destroy();
     this.finish();
   }
 
@@ -164,6 +171,7 @@ export class TargetRelay {
     }
     this.link = link;
     this.qemu = qemu;
+    if (this.opts.preempt) void this.carryPreempt(this.opts.preempt);
     qemu.on('data', (d: Buffer) => link.write(d)); // return path: verbatim
     // QEMU closes its side when it loaded the stream, or refused it (its migration status says which).
     let qemuEnded = false;
@@ -208,6 +216,32 @@ export class TargetRelay {
     link.resume();
   }
 
+  /**
+   * QEMU's post-copy preempt channel: its second connection, made only after the stream's
+   * (QEMU tells the two apart by their order), carried untouched both ways.
+   */
+  private async carryPreempt(accepted: Promise<net.Socket>): Promise<void> {
+    const link = await accepted;
+    if (this.failure || this.ended) {
+      link.destroy();
+      return;
+    }
+    let qemu: net.Socket;
+    try {
+      qemu = await this.opts.connectQemu();
+    } catch (e) {
+      this.opts.log?.(`relay: the preempt channel could not reach the target QEMU: ${(e as Error).message}`);
+      link.destroy();
+      return;
+    }
+    this.preempt = { link, qemu };
+    this.opts.log?.('relay: post-copy preempt channel connected');
+    splice(qemu, link, {
+      fromLink: (n) => (this.s.linkBytes += n),
+      onError: (e) => this.opts.log?.(`relay: the preempt channel failed: ${e.message}`),
+    });
+  }
+
   private finish(): void {
     this.ended = true;
     this.resolveFinished();
@@ -220,6 +254,8 @@ export class TargetRelay {
     this.opts.log?.(`relay: ${e.message}`);
     this.link?.destroy();
     this.qemu?.destroy();
+    this.preempt?.link.destroy();
+    this.preempt?.qemu.destroy();
     this.finish();
   }
 
