@@ -2,7 +2,8 @@
  * `ferry bench --suite regret`: how far ferry's default switch decision is from the best
  * fixed switch point, found in hindsight, per workload.
  *
- * Per workload and repeat (the same seed for every variant of a repeat), on one cluster:
+ * Per workload and repeat (the same seed for every variant of a repeat; the variants' order
+ * rotated from one repeat to the next), on one cluster:
  * - the sweep: the engine's default strategy (pa-hybrid on emulated hosts, as-hybrid on QEMU
  *   hosts) forced to post-copy after n rounds (n = 1…N, a fixed switch point; stop-and-copy
  *   still wins if the rest fits first), and the baselines hybrid-1, hybrid-2 and precopy;
@@ -82,11 +83,21 @@ function memoryFor(plan: RegretPlan, workload: string): number {
   return scaledMemory(s, paper);
 }
 
+/**
+ * The variants in the order repeat `r` runs them: rotated from one repeat to the next, so that
+ * no variant always runs right after the same others (a StaticData save meets the storage
+ * writeback the earlier variants left) — every variant takes the early and the late slots.
+ */
+export function variantOrder<T>(variants: readonly T[], r: number, repeats: number): T[] {
+  const k = repeats > 1 ? Math.round((r * variants.length) / repeats) % variants.length : 0;
+  return [...variants.slice(k), ...variants.slice(0, k)];
+}
+
 export function planRegretCells(plan: RegretPlan): CellSpec[] {
   const cells: CellSpec[] = [];
   for (let r = 0; r < plan.repeats; r++) {
     for (const w of plan.workloads) {
-      for (const v of variantsOf(plan.sweepRounds)) {
+      for (const v of variantOrder(variantsOf(plan.sweepRounds), r, plan.repeats)) {
         const options: MigrationOptions = {
           bandwidthBytesPerSec: plan.bandwidthBytesPerSec,
           storageBandwidthBytesPerSec: plan.storageBandwidthBytesPerSec,

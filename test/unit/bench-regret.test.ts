@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { defaultVariant, regretMarkdown, summarize, variantsOf, type RegretPlan, type RegretSample } from '../../src/bench/regret';
+import { defaultVariant, regretMarkdown, summarize, variantOrder, variantsOf, type RegretPlan, type RegretSample } from '../../src/bench/regret';
 import { parseQemuVariant } from '../../src/bench/qemu';
 import { downtimeViolated } from '../../src/bench/suite/metrics';
 import type { CellResult } from '../../src/bench/suite/types';
@@ -73,5 +73,18 @@ describe('downtime violations', () => {
     ['no downtime measured', 'stop-and-copy', 'stop-and-copy at iteration 2', null, false],
   ])('%s', (_name, action, reason, ms, violated) => {
     expect(downtimeViolated(cell(action, reason, ms))).toBe(violated);
+  });
+});
+
+describe('regret: run order', () => {
+  it('rotates the variants from one repeat to the next: each takes early and late slots, none is dropped', () => {
+    const vs = variantsOf(4).map((v) => v.id);
+    const orders = [0, 1, 2, 3, 4].map((r) => variantOrder(vs, r, 5));
+    for (const o of orders) expect([...o].sort()).toEqual([...vs].sort());
+    expect(new Set(orders.map((o) => o[0])).size).toBe(5);
+    const slots = orders.map((o) => o.indexOf('pa-hybrid/ferry'));
+    expect(Math.min(...slots)).toBeLessThan(vs.length / 2);
+    expect(Math.max(...slots)).toBeGreaterThanOrEqual(vs.length / 2);
+    expect(variantOrder(vs, 0, 1)).toEqual(vs);
   });
 });
