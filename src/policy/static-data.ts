@@ -10,8 +10,10 @@
  */
 import { fmt, transferMs } from './convergence';
 
-/** A bulk pass shorter than this at the migration link's rate is not worth StaticData (ParRounds' "round worth sending"). */
-export const STATIC_WORTH_MS = 100;
+/** A round is worth sending once its pages take this long at the link's rate (par-migrate's rounds during the save wait for it). */
+export const WORTH_ROUND_MS = 100;
+/** A bulk pass shorter than one round worth sending is not worth StaticData. */
+export const STATIC_WORTH_MS = WORTH_ROUND_MS;
 
 /**
  * How many bytes of non-zero pages the source needs to count before the answer is "worth it":

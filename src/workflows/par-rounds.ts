@@ -3,7 +3,7 @@
  * round starts, and whether a wait for the merge after a round leaves its dirty count stale.
  * Policy-free pacing (the decisions stay with `src/policy`); deterministic, no Node APIs.
  */
-import { transferMs } from '../policy';
+import { transferMs, WORTH_ROUND_MS } from '../policy';
 import type { StaticSnapshot } from './static-snapshot';
 
 /**
@@ -16,8 +16,6 @@ export const PAR_ROUND_START_PATCH = 'ferry-par-round-start';
 const STALE_PAUSE_MS = 50;
 /** A round during the save waits at most this long to be worth sending. */
 const WORTH_WAIT_MS = 10_000;
-/** A round is worth sending once its pages take this long at the link's rate. */
-const WORTH_ROUND_MS = 100;
 /** The longest wait for the merge after a small round. */
 const MERGE_PAUSE_MS = 200;
 

@@ -92,8 +92,7 @@ describe('trace replay', () => {
     await g.pause();
     // Access 4 is the first of the second loop: at (200 + 0) / 2 = 100 ms of run time.
     expect(took).toBeGreaterThanOrEqual(95);
-    const { ops, elapsedMs } = g.stats();
-    expect(elapsedMs).toBeGreaterThanOrEqual(100);
+    const { ops } = g.stats();
     // Page 1 is written by accesses 0, 3, 6, ...: looping wrote it again. The pause may land
     // after access 6 (200 ms) on a busy machine, so the count follows the accesses done.
     expect(ops).toBeGreaterThanOrEqual(4);
