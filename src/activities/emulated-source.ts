@@ -266,6 +266,7 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
         const missing = s.missing ?? (s.baselineSent ? Bitmap.fromPfns(s.memory.pageCount, pendingPages(s)) : Bitmap.full(s.memory.pageCount));
         s.memory.collectDirty();
         s.missing = missing;
+        const t0 = performance.now();
         const ch = await channelOf(s);
         const before = ch.stats().sent.wireBytes;
         await ch.sendControl({ type: 'device-state', state: s.guest.saveDeviceState() });
@@ -276,6 +277,7 @@ export function createEmulatedSourceActivities(ctx: EmulatedContext, sessions: E
           pausedAtMs: s.pausedAtMs,
           missingPages: missing.count(),
           bytes: ch.stats().sent.wireBytes - before,
+          durationMs: performance.now() - t0,
           digest: null,
         };
       });

@@ -14,6 +14,7 @@ import { grantSecret } from '../security/channel-secret';
 import { userError } from './errors';
 import { PostcopyPuller } from './postcopy-pull';
 import { digestOf, EmulatedSessions, heartbeatEvery, storageFailure, TargetSession, verifyPaused, zeroFilledPage, type EmulatedContext } from './emulated-sessions';
+import { PauseHistory } from './pause-history';
 import { latencyHistogram, type DrainResult, type PrepareTargetInput, type PrepareTargetResult, type ResumeResult, type StaticMergeResult, type StepRef, type VerifyResult } from './types';
 
 const DEFAULT_FAULT_TIMEOUT_MS = 2000;
@@ -37,10 +38,12 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
     const s = [...resumes].sort((a, b) => a - b);
     return s[Math.floor(s.length / 2)]!;
   };
+  /** This agent's last whole pauses, less the source's sending: what the stop-and-copy test must add. */
+  const pauses = new PauseHistory();
   return {
     async prepareTarget(input: PrepareTargetInput): Promise<PrepareTargetResult> {
       const existing = sessions.findTarget(input.migrationId);
-      if (existing) return { dataAddress: ctx.dataAddress, ...(existing.grant ? { grant: existing.grant } : { secret: existing.secret }), atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
+      if (existing) return { dataAddress: ctx.dataAddress, ...(existing.grant ? { grant: existing.grant } : { secret: existing.secret }), atMs: Date.now(), resumeEstimateMs: resumeEstimateMs(), pauseOverheadEstimateMs: pauses.estimateMs() };
       if (ctx.driver.describe(input.vm)) throw userError('Conflict', `host ${ctx.hostId} already has a vm named ${input.vm}`);
       const free = ctx.memoryCapacityBytes - ctx.driver.allocatedBytes();
       if (input.memoryBytes > free) {
@@ -63,7 +66,7 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
       sessions.addTarget(s);
       // What can be prepared before the pause is: a trace workload's file is parsed now.
       prepareWorkload(input.workload);
-      return { dataAddress: ctx.dataAddress, ...(granted ? { grant: granted.grant } : { secret }), atMs: Date.now(), resumeEstimateMs: resumeEstimateMs() };
+      return { dataAddress: ctx.dataAddress, ...(granted ? { grant: granted.grant } : { secret }), atMs: Date.now(), resumeEstimateMs: resumeEstimateMs(), pauseOverheadEstimateMs: pauses.estimateMs() };
     },
 
     async mergeStatic(ref: StepRef): Promise<StaticMergeResult> {
@@ -99,7 +102,11 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
       });
     },
 
-    async resumeTarget(input: StepRef & { postcopy: boolean; digest: boolean }): Promise<ResumeResult> {
+    /**
+     * `pausedAtMs` and `sentMs` (the source's pause instant and its own sending time) let this
+     * agent learn the rest of the pause for the next stop-and-copy test (PauseHistory).
+     */
+    async resumeTarget(input: StepRef & { postcopy: boolean; digest: boolean; pausedAtMs?: number; sentMs?: number }): Promise<ResumeResult> {
       const s = sessions.target(input);
       return s.steps.once('resume', async () => {
         if (!s.deviceState) throw new Error(`migration ${s.migrationId}: device state has not arrived on ${ctx.hostId}`);
@@ -124,7 +131,9 @@ export function createEmulatedTargetActivities(ctx: EmulatedContext, sessions: E
         await guest.resume();
         resumes.push(performance.now() - t0);
         if (resumes.length > 5) resumes.shift();
-        return { resumedAtMs: Date.now(), digest };
+        const resumedAtMs = Date.now();
+        if (input.pausedAtMs !== undefined && input.sentMs !== undefined) pauses.record({ pausedAtMs: input.pausedAtMs, sentMs: input.sentMs, resumedAtMs });
+        return { resumedAtMs, digest };
       });
     },
 

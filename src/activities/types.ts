@@ -70,6 +70,13 @@ export interface PrepareTargetInput extends StepRef {
 export interface PrepareTargetResult {
   /** How long this target's last resumes took (restore + vCPUs running), median ms; null before its first. */
   resumeEstimateMs?: number | null;
+  /**
+   * The largest whole-pause overhead of this target's last pauses (ms): each pause measured
+   * from the source's pause to the resume here, less the source's own send. It holds what no
+   * single part measures: the orchestration between the send and the resume, under load.
+   * null before its first pause.
+   */
+  pauseOverheadEstimateMs?: number | null;
   dataAddress: string;
   /** What the source derives channel-2's secret from (agents with a cluster key): no secret in history. */
   grant?: ChannelGrant;
@@ -137,6 +144,8 @@ export interface ResumeResult {
 
 export interface SwitchResult {
   pausedAtMs: number;
+  /** How long the switch's own sending took (device state, the missing set, the barrier). */
+  durationMs?: number;
   /** Pages not on the target at the pause: they will be missing there. */
   missingPages: number;
   bytes: number;

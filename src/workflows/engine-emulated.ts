@@ -90,8 +90,9 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
     digests: { source: null as string | null, target: null as string | null },
   };
 
-  const resume = async (postcopy: boolean, pausedAtMs: number): Promise<void> => {
-    const r = await tgt.resumeTarget({ ...ref, postcopy, digest: options.digest === true });
+  /** Resume on the target; the pause's instant and the source's sending let the target learn the rest of the pause. */
+  const resume = async (postcopy: boolean, pausedAtMs: number, sentMs: number | undefined): Promise<void> => {
+    const r = await tgt.resumeTarget({ ...ref, postcopy, digest: options.digest === true, pausedAtMs, ...(sentMs !== undefined ? { sentMs: Math.round(sentMs) } : {}) });
     m.digests.target = r.digest;
     m.pausedAtMs = pausedAtMs;
     m.resumedAtMs = r.resumedAtMs;
@@ -142,14 +143,15 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
     async stopAndCopy() {
       const sc = await src.stopAndCopy(ref);
       m.stopCopy = { pages: sc.pages, bytes: sc.bytes, sendMs: Math.round(sc.durationMs) };
-      await resume(false, sc.pausedAtMs);
+      await resume(false, sc.pausedAtMs, sc.durationMs);
     },
 
     async switchToPostcopy(pbdata) {
       m.pbdata = pbdata;
       const sw = await src.switchToPostcopy(ref);
       if (pbdata === 'sync') m.pb = await srcLong.writePbData(ref);
-      await resume(true, sw.pausedAtMs);
+      // A synchronous PbData write is inside this pause: the source's work, not overhead.
+      await resume(true, sw.pausedAtMs, sw.durationMs !== undefined ? sw.durationMs + (m.pb?.ms ?? 0) : undefined);
       return { missingPages: sw.missingPages };
     },
 
@@ -204,8 +206,13 @@ export function emulatedEngine({ ref, source, target, strategy, options }: Engin
     pauseTiming(iterations) {
       const trip = roundTripMs(iterations);
       const resume = prep?.resumeEstimateMs ?? null;
+      // The parts measured in this run (a round trip, a resume), or, when larger, the whole
+      // pauses this target has ended lately less their sending: the part no single step shows.
+      const parts = trip !== null || resume !== null ? Math.round((trip ?? 0) + (resume ?? 0)) : null;
+      const learned = prep?.pauseOverheadEstimateMs ?? null;
+      const overhead = parts !== null && learned !== null ? Math.max(parts, learned) : (parts ?? learned);
       return {
-        ...(trip !== null || resume !== null ? { overheadMs: Math.round((trip ?? 0) + (resume ?? 0)) } : {}),
+        ...(overhead !== null ? { overheadMs: overhead } : {}),
         ...(trip !== null ? { leadMs: Math.round(trip) } : {}),
       };
     },

@@ -79,4 +79,23 @@ describe('migration workflow on real agents', () => {
     // The target hashed its memory before resuming, the source the memory it paused with.
     expect(report.digests?.target).toBe(report.digests?.source);
   }, 120_000);
+
+  it("each pause teaches its target: the next stop-and-copy test counts the target's last pauses whole", async () => {
+    /** One pre-copy migration to hostB that the first decision ends with stop-and-copy (the budget fits the whole memory). */
+    const once = async (seed: number): Promise<MigrationReport> => {
+      const vm = `vm-pause-${seed}-${Date.now()}`;
+      await createVm(controller.client, hostA, { name: vm, memoryBytes: 32 * MiB, workload: 'memcached', seed });
+      const r = await migrate(controller.client, { vm, source: hostA, target: hostB, strategy: 'precopy', options: { maxDowntimeMs: 60_000 } });
+      expect(r.outcome, r.reason).toBe('completed');
+      expect(r.stopAndCopy).not.toBeNull();
+      return r;
+    };
+    const first = await once(21);
+    const second = await once(22);
+    // The first pause, less the source's sending in it: what hostB learned (ms, rounded on both sides).
+    const learned = first.downtimeMs! - first.stopAndCopy!.sendMs;
+    const test = second.decisions.find((d) => d.action === 'stop-and-copy')!;
+    const counted = Number(/\+ (\d+) ms pause overhead/.exec(test.reason)?.[1]);
+    expect(counted, test.reason).toBeGreaterThanOrEqual(learned - 1);
+  }, 120_000);
 });
