@@ -84,13 +84,20 @@ function memoryFor(plan: RegretPlan, workload: string): number {
 }
 
 /**
- * The variants in the order repeat `r` runs them: rotated from one repeat to the next, so that
- * no variant always runs right after the same others (a StaticData save meets the storage
- * writeback the earlier variants left) — every variant takes the early and the late slots.
+ * The variants in the order repeat `r` runs them. Each repeat starts elsewhere and steps
+ * through the list with its own stride (coprime to the count, so every variant runs once):
+ * every variant takes early and late slots, and follows a different variant in each repeat.
+ * A plain rotation kept each variant's predecessor, and what a run leaves behind (a 20 s
+ * pre-copy's garbage in the agents, storage writeback) met the same successor every time.
  */
 export function variantOrder<T>(variants: readonly T[], r: number, repeats: number): T[] {
-  const k = repeats > 1 ? Math.round((r * variants.length) / repeats) % variants.length : 0;
-  return [...variants.slice(k), ...variants.slice(0, k)];
+  const n = variants.length;
+  if (repeats <= 1 || n < 2) return [...variants];
+  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+  const strides = Array.from({ length: n - 1 }, (_, i) => i + 1).filter((s) => gcd(s, n) === 1);
+  const stride = strides[r % strides.length]!;
+  const start = Math.round((r * n) / repeats) % n;
+  return Array.from({ length: n }, (_, i) => variants[(start + i * stride) % n]!);
 }
 
 export function planRegretCells(plan: RegretPlan): CellSpec[] {

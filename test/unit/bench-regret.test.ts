@@ -87,4 +87,22 @@ describe('regret: run order', () => {
     expect(Math.max(...slots)).toBeGreaterThanOrEqual(vs.length / 2);
     expect(variantOrder(vs, 0, 1)).toEqual(vs);
   });
+
+  it('puts each variant after a different one in every repeat', () => {
+    // 11 variants (the emulated suite at --sweep 4), 7 (QEMU at --sweep 2): every stride differs.
+    for (const n of [7, 11]) {
+      const vs = Array.from({ length: n }, (_, i) => `v${i}`);
+      const orders = Array.from({ length: 5 }, (_, r) => variantOrder(vs, r, 5));
+      for (const o of orders) expect([...o].sort()).toEqual([...vs].sort());
+      for (const v of vs) {
+        const before = orders.map((o) => o[o.indexOf(v) - 1]).filter((p) => p !== undefined);
+        expect(new Set(before).size, `${v} of ${n}: after ${before.join(', ')}`).toBe(before.length);
+      }
+    }
+    // Any count: each repeat runs every variant once.
+    for (const n of [2, 4, 12]) {
+      const vs = Array.from({ length: n }, (_, i) => `v${i}`);
+      for (let r = 0; r < 5; r++) expect([...variantOrder(vs, r, 5)].sort()).toEqual([...vs].sort());
+    }
+  });
 });
