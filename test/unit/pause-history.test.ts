@@ -6,14 +6,18 @@ describe('PauseHistory: the part of a pause that is not the sending', () => {
     expect(new PauseHistory().estimateMs()).toBeNull();
   });
 
-  it('learns each pause less the source sending, and promises the largest of the last five', () => {
+  it('learns each pause less the source sending, and promises the largest of the last twenty', () => {
     const h = new PauseHistory();
     // Paused at 1000 (source clock), sent for 170 ms, resumed at 1300 (target clock): 130 ms of overhead.
     expect(h.record({ pausedAtMs: 1000, sentMs: 170, resumedAtMs: 1300 })).toBe(130);
     expect(h.record({ pausedAtMs: 2000, sentMs: 100, resumedAtMs: 2190.4 })).toBeCloseTo(90.4);
     expect(h.estimateMs()).toBe(130);
-    // Five more pauses of 90-95 ms: the 130 ms pause ages out, the largest recent one stays.
-    for (const [i, o] of [91, 92, 95, 93, 90].entries()) h.record({ pausedAtMs: 10_000 * (i + 1), sentMs: 50, resumedAtMs: 10_000 * (i + 1) + 50 + o });
+    // Eighteen more pauses of 90-95 ms: the 130 ms one is still among the last twenty.
+    const pause = (i: number, o: number) => h.record({ pausedAtMs: 10_000 * (i + 1), sentMs: 50, resumedAtMs: 10_000 * (i + 1) + 50 + o });
+    for (let i = 0; i < 18; i++) pause(i, 90 + (i % 6));
+    expect(h.estimateMs()).toBe(130);
+    // One more: it ages out, the largest recent one stays.
+    pause(18, 92);
     expect(h.estimateMs()).toBe(95);
   });
 
