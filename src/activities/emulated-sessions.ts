@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { Bitmap } from '../dataplane/bitmap';
+import { isZeroPage } from '../dataplane/pages';
 import type { PageChannel, PageChannelServer, Registration } from '../dataplane/channel';
 import type { ChannelTls } from '../dataplane/tls';
 import type { SharedStore } from '../dataplane/store';
@@ -184,7 +185,10 @@ export class TargetSession {
               this.wakeup.notify();
             }
           } else {
-            this.memory.writePage(pfn, data);
+            // A zero page onto memory that still holds its allocation's zeros: nothing to
+            // write, and no first touch of fresh memory (~12 µs a page on a 2-core VM: 50 ms
+            // for a 16 MiB guest's bulk round). It counts as delivered for the merge rule.
+            if (!(this.fresh && !this.hasDynamic.get(pfn) && !this.staticWritten.get(pfn) && isZeroPage(data))) this.memory.writePage(pfn, data);
             this.hasDynamic.set(pfn);
           }
         },
