@@ -188,7 +188,7 @@ export class TargetSession {
             // A zero page onto memory that still holds its allocation's zeros: nothing to
             // write, and no first touch of fresh memory (~12 µs a page on a 2-core VM: 50 ms
             // for a 16 MiB guest's bulk round). It counts as delivered for the merge rule.
-            if (!(this.fresh && !this.hasDynamic.get(pfn) && !this.staticWritten.get(pfn) && isZeroPage(data))) this.memory.writePage(pfn, data);
+            if (!(zeroFilledPage(this, pfn) && isZeroPage(data))) this.memory.writePage(pfn, data);
             this.hasDynamic.set(pfn);
           }
         },

@@ -2,8 +2,8 @@
  * `ferry bench --suite regret`: how far ferry's default switch decision is from the best
  * fixed switch point, found in hindsight, per workload.
  *
- * Per workload and repeat (the same seed for every variant of a repeat; the variants' order
- * rotated from one repeat to the next), on one cluster:
+ * Per workload and repeat (the same seed for every variant of a repeat; each repeat steps
+ * through the variants in its own order, variantOrder), on one cluster:
  * - the sweep: the engine's default strategy (pa-hybrid on emulated hosts, as-hybrid on QEMU
  *   hosts) forced to post-copy after n rounds (n = 1…N, a fixed switch point; stop-and-copy
  *   still wins if the rest fits first), and the baselines hybrid-1, hybrid-2 and precopy;
