@@ -186,8 +186,10 @@ export function createQemuSharedActivities(ctx: QemuContext) {
       const v = vmOf(ctx, input.vm);
       const st = (await query(v)).status;
       if (st === 'postcopy-paused' || st === 'postcopy-recover-setup' || st === 'completed') return { status: st };
-      await v.qmp.execute('migrate-pause').catch((e: Error) => {
-        if (!/paused|not.*postcopy/i.test(e.message)) throw e;
+      await v.qmp.execute('migrate-pause').catch(async (e: Error) => {
+        if (/paused|not.*postcopy/i.test(e.message)) return;
+        const now = (await query(v).catch(() => null))?.status ?? 'unknown';
+        throw new Error(`${e.message} (migration status ${now}, ${st} before)`);
       });
       for (let i = 0; i < 100; i++) {
         const now = (await query(v)).status;

@@ -67,6 +67,26 @@ export class Relays {
   }
 }
 
+/**
+ * Pages per PbData chunk: 1 MiB, on storage within a few ms at a storage cap of hundreds of MiB/s.
+ * PbData on QEMU is not fsynced: the target's relay reads each chunk the moment it is renamed
+ * into place and puts it into its QEMU's stream at once; a chunk storage then loses is no longer
+ * needed, and one it loses before is a read error, which pauses post-copy for a recovery over
+ * the second network (QEMU resends what the target has not received).
+ */
+const PBDATA_CHUNK_PAGES = 256;
+
+/**
+ * How far PbData may run ahead of the target's acknowledgements: 50 ms at the storage cap, at
+ * least 512 pages (2 MiB). Enough to keep the storage path busy across the acknowledgement's
+ * round trip; small enough that QEMU still has pages to send (and can pause) when the
+ * migration link dies.
+ */
+function pbdataAheadPages(storageBytesPerSec: number): number {
+  if (!(storageBytesPerSec > 0)) return 8192;
+  return Math.max(512, Math.min(8192, Math.round((storageBytesPerSec * 0.05) / 4096)));
+}
+
 /** A unix socket path short enough for sun_path (108 bytes): in the VM's directory, else in the temp dir. */
 export function relaySocketPath(vmDir: string, name: string): string {
   const p = path.join(vmDir, name);
@@ -102,7 +122,7 @@ function connectUnix(p: string, timeoutMs = 10_000): Promise<net.Socket> {
 }
 
 /** Target: the incoming QEMU listens on a unix socket, the agent's relay on the migration network. */
-export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: QemuVm, ref: StepRef): Promise<RelayAddress> {
+export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: QemuVm, ref: StepRef & { pbdata?: boolean }): Promise<RelayAddress> {
   relays.close(ref.migrationId);
   const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, ref.vm), 'relay-in.sock');
   await v.qmp.execute('migrate-incoming', { uri: `unix:${sock}` });
@@ -115,6 +135,7 @@ export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: Qemu
     connectQemu: () => connectUnix(sock),
     expectStatic: true,
     ...(v.ramFile ? { ramFile: { block: RAM_FILE_BLOCK, path: v.ramFile } } : {}),
+    ...(ref.pbdata ? { pbdata: () => ctx.store.openReader(ref.migrationId, 'pbdata'), acks: listener.acks } : {}),
     log: (l) => ctx.log?.(`${ref.vm} ${l}`),
   });
   relays.set(ref.migrationId, { target, listener });
@@ -134,7 +155,7 @@ export async function startSourceRelay(
   ctx: QemuContext,
   relays: Relays,
   v: QemuVm,
-  input: StepRef & { relay: RelayAddress; target: string; bandwidthBytesPerSec: number; storageBandwidthBytesPerSec: number; passBase: number },
+  input: StepRef & { relay: RelayAddress; target: string; bandwidthBytesPerSec: number; storageBandwidthBytesPerSec: number; passBase: number; pbdata: boolean },
 ): Promise<string> {
   relays.close(input.migrationId);
   const probe = sharedProbe(ctx, input.migrationId);
@@ -158,6 +179,11 @@ export async function startSourceRelay(
     connect: () => connectRelay(link('main')),
     connectPreempt: () => connectRelay(link('preempt')),
     openStatic: (pageCount) => ctx.store.openWriter(input.migrationId, 'static', { pageSize: 4096, pageCount, rateBytesPerSec: input.storageBandwidthBytesPerSec }),
+    ...(input.pbdata
+      ? { openPbData: (pageCount: number) => ctx.store.openWriter(input.migrationId, 'pbdata', { pageSize: 4096, pageCount, rateBytesPerSec: input.storageBandwidthBytesPerSec, chunkPages: PBDATA_CHUNK_PAGES, fsync: false }) }
+      : {}),
+    pbdataBatchPages: PBDATA_CHUNK_PAGES,
+    ...(input.pbdata ? { connectAcks: () => connectRelay(link('ack')), pbdataAheadPages: pbdataAheadPages(input.storageBandwidthBytesPerSec) } : {}),
     bandwidthBytesPerSec: input.bandwidthBytesPerSec,
     log: (l) => ctx.log?.(`${input.vm} ${l}`),
   });

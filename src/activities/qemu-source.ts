@@ -19,6 +19,10 @@ const FORCE_COMPLETE_DOWNTIME_MS = 2_000_000;
 /** ferry's policy decides stop-and-copy, not QEMU's own estimate: keep QEMU's limit tiny. */
 const POLICY_DRIVEN_DOWNTIME_MS = 1;
 const UNCAPPED = 64 * 2 ** 30;
+/** Relayed post-copy sends its background pages through PbData unless PbData is off (engine-qemu.ts decides the same). */
+function relayedPbData(strategy: StrategyName, options: MigrationOptions): boolean {
+  return mayPostcopy(strategy) && options.pbdata !== 'off';
+}
 const NO_RAM_YET = { transferred: 0, remaining: 0, total: 0, dirtySyncCount: 0, pageSize: 4096, normal: 0, duplicate: 0, postcopyRequests: 0, precopyBytes: 0, postcopyBytes: 0, downtimeBytes: 0, mbps: 0 };
 
 export interface QemuIteration {
@@ -50,6 +54,8 @@ export interface QemuOutcome {
   postcopyBytes: number;
   downtimeBytes: number;
   postcopyRequests: number;
+  /** Relayed post-copy with PbData: its background pages, what they took in QEMU's stream, PbData's bytes on storage. */
+  pbdata?: { pages: number; wireBytes: number; bytesWritten: number };
 }
 
 export type QemuCompletion = { kind: 'completed' | 'failed' | 'paused' | 'stalled'; why: string; outcome: QemuOutcome };
@@ -122,12 +128,21 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       }
       await setCaps(v, mayPostcopy(input.strategy), 'source', !!input.relay);
       const cap = input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : 0;
+      const pbdata = !!input.relay && relayedPbData(input.strategy, input.options);
       if (input.relay) {
         // QEMU ↔ relay is a local unix socket. Pre-copy into it is unpaced: the relay paces each
         // network itself (the bulk pass at the storage cap, the rest at the migration cap).
         // Post-copy is paced by QEMU, as without the relay: QEMU sends a faulting page ahead of
-        // its background pages, which a relay behind a full socket could not.
-        await v.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'max-bandwidth': UNCAPPED, 'max-postcopy-bandwidth': cap, 'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS });
+        // its background pages (on the preempt channel). With PbData the background pages go to
+        // shared storage, so QEMU paces them at the storage cap.
+        const storageCap = input.options.storageBandwidthBytesPerSec > 0 ? input.options.storageBandwidthBytesPerSec : 0;
+        await v.qmp.execute('migrate-set-parameters', {
+          'tls-creds': '',
+          'tls-hostname': '',
+          'max-bandwidth': UNCAPPED,
+          'max-postcopy-bandwidth': pbdata ? storageCap : cap,
+          'downtime-limit': POLICY_DRIVEN_DOWNTIME_MS,
+        });
       } else {
         // QEMU checks that the target's certificate names the host ferry meant to reach.
         await setTls(d, v, 'client', { hostname: input.target ?? null });
@@ -149,6 +164,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
           bandwidthBytesPerSec: cap,
           storageBandwidthBytesPerSec: input.options.storageBandwidthBytesPerSec,
           passBase,
+          pbdata,
         });
       }
       sessions.set(input.migrationId, { vm: input.vm, passBase, uri, startedAtMs, strategy: input.strategy, relayed: !!input.relay });
@@ -343,7 +359,9 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
               : kind === 'failed'
                 ? `QEMU failed the migration: ${out.error ?? 'no error given'}`
                 : 'completed';
-        return { kind: kind ?? 'failed', why, outcome: out };
+        const relay = relays.get(input.migrationId)?.source;
+        const pb = relay?.pbdataActive ? relay.stats() : null;
+        return { kind: kind ?? 'failed', why, outcome: pb ? { ...out, pbdata: { pages: pb.pbdataPages, wireBytes: pb.pbdataWireBytes, bytesWritten: pb.pbdataBytesWritten } } : out };
       } finally {
         clearInterval(timer);
       }
@@ -354,9 +372,10 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       const v = vmOf(ctx, input.vm);
       await v.qmp.execute('migrate', { uri: input.uri, resume: true });
       for (let i = 0; i < 300; i++) {
-        const st = (await query(v)).status;
+        const info = await query(v);
+        const st = info.status;
         if (st === 'postcopy-active' || st === 'completed') return { status: st };
-        if (st === 'postcopy-paused' && i > 20) throw new Error(`${input.vm}: resume towards ${input.uri} did not take (still postcopy-paused)`);
+        if (st === 'postcopy-paused' && i > 20) throw new Error(`${input.vm}: resume towards ${input.uri} did not take (still postcopy-paused${info.error ? `: ${info.error}` : ''})`);
         await new Promise((res) => setTimeout(res, 100));
         heartbeat();
       }
@@ -399,8 +418,10 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       const v = vmOf(ctx, input.vm);
       const relay = relays.get(input.migrationId)?.source;
       if (relay) {
-        // Pre-copy: the relay paces, QEMU stays unpaced into it; post-copy: QEMU paces.
+        // Pre-copy: the relay paces, QEMU stays unpaced into it; post-copy: QEMU paces (with
+        // PbData at the storage cap: its background pages do not cross the migration network).
         relay.setBandwidth(input.bandwidthBytesPerSec);
+        if (relay.pbdataEnabled) return;
         await v.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': input.bandwidthBytesPerSec > 0 ? input.bandwidthBytesPerSec : 0 });
         return;
       }

@@ -25,6 +25,8 @@ export interface QemuPrepareTargetInput extends StepRef {
   sourceTlsCommonName?: string | null;
   /** par-migrate: the stream comes through the agents' relays (qemu-relay.ts), not straight from the source QEMU. */
   relay?: boolean;
+  /** With the relay: post-copy's background pages come from PbData on shared storage. */
+  pbdata?: boolean;
   /** For messages: the strategy that asked for the relay. */
   strategy?: string;
 }
@@ -107,14 +109,22 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
     /** Target: the guest's own check, read from its serial console after it resumed here. */
     async qemuVerifyTarget(
       input: StepRef & { passes?: number; timeoutMs?: number },
-    ): Promise<VerifyResult & { resumedAtMs: number | null; blocktime: { allVcpusMs: number; perVcpuMs: number[] } | null }> {
+    ): Promise<
+      VerifyResult & { resumedAtMs: number | null; blocktime: { allVcpusMs: number; perVcpuMs: number[] } | null; pbdataRead?: { pages: number; bytesRead: number } }
+    > {
       const v = vmOf(ctx, input.vm);
       const verified = await verifyOn(ctx, input.vm, input.passes ?? 2, input.timeoutMs ?? 120_000, 0);
       const info = await query(v);
+      const relayStats = relays.get(input.migrationId)?.target?.stats();
       relays.close(input.migrationId); // the stream is over: the relay (if any) has nothing left to carry
       const blocktime =
         info.postcopyBlocktimeMs !== null && info.postcopyVcpuBlocktimeMs !== null ? { allVcpusMs: info.postcopyBlocktimeMs, perVcpuMs: info.postcopyVcpuBlocktimeMs } : null;
-      return { ...verified, resumedAtMs: v.lastResumeAtMs, blocktime };
+      return {
+        ...verified,
+        resumedAtMs: v.lastResumeAtMs,
+        blocktime,
+        ...(relayStats && relayStats.pbdataPages > 0 ? { pbdataRead: { pages: relayStats.pbdataPages, bytesRead: relayStats.pbdataBytesRead } } : {}),
+      };
     },
 
     async qemuAbortTarget(input: StepRef): Promise<{ removed: boolean }> {

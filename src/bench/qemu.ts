@@ -17,7 +17,7 @@ import type { Client } from '@temporalio/client';
 import type { MigrationOptions } from '../activities/types';
 import { CONTROL_QUEUE, migrationWorkflowId } from '../common/names';
 import { formatBytes } from '../common/units';
-import { SWITCH_RULES, isStrategy, mayPostcopy, usesParMigrate, type StrategyName, type SwitchRule } from '../policy/types';
+import { SWITCH_RULES, defaultPbData, isStrategy, mayPostcopy, usesParMigrate, type StrategyName, type SwitchRule } from '../policy/types';
 import type { MigrationInput } from '../workflows/migration';
 import type { MigrationReport } from '../workflows/report';
 
@@ -143,7 +143,8 @@ export async function runQemuBench(o: QemuBenchOptions, qemuVersion: string): Pr
       const vm = `qbench-${strategy}-${rep}-${randomUUID().slice(0, 6)}`;
       await vmCommand(o.client, o.source, { op: 'create', spec: { name: vm, memoryBytes: o.memoryBytes, workload: o.workload, seed: rep } });
       await new Promise((r) => setTimeout(r, o.warmupMs));
-      const input: MigrationInput = { vm, source: o.source, target: o.target, strategy, options: { ...options, ...(variant.switchRule ? { switchRule: variant.switchRule } : {}), ...(variant.switchAfterRounds ? { switchAfterRounds: variant.switchAfterRounds } : {}) }, driver: 'qemu' };
+      // Each strategy with its own PbData default, as `ferry migrate` gives it (relayed post-copy sends its background pages through PbData).
+      const input: MigrationInput = { vm, source: o.source, target: o.target, strategy, options: { ...options, pbdata: defaultPbData(strategy), ...(variant.switchRule ? { switchRule: variant.switchRule } : {}), ...(variant.switchAfterRounds ? { switchAfterRounds: variant.switchAfterRounds } : {}) }, driver: 'qemu' };
       const r = (await o.client.workflow.execute('migrationWorkflow', { taskQueue: CONTROL_QUEUE, workflowId: migrationWorkflowId(vm), args: [input] })) as MigrationReport;
       const ender = [...r.decisions].reverse().find((d) => d.action !== 'continue');
       const run: QemuBenchRun = {

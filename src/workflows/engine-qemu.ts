@@ -75,6 +75,8 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
   const stallMs = options.faultTimeoutMs && options.faultTimeoutMs > 0 ? options.faultTimeoutMs : DEFAULT_STALL_MS;
   const pageSize = 4096;
   const relayed = usesParMigrate(strategy);
+  /** Relayed post-copy sends its background pages through PbData on shared storage (relay/source-relay.ts). */
+  const pbdata = relayed && mayPostcopy(strategy) && options.pbdata !== 'off';
 
   let desc: Described | null = null;
   let prep: { uri: string; tls: boolean; relay?: { host: string; port: number; grant?: { keyId: string; nonce: string }; token?: string } } | null = null;
@@ -105,6 +107,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
         rate: d.rate,
         postcopy: mayPostcopy(strategy),
         ...(relayed ? { relay: true, strategy } : {}),
+        ...(pbdata ? { pbdata: true } : {}),
         ...(d.qemuArgs ? { qemuArgs: d.qemuArgs } : {}),
         ...(d.tlsCommonName ? { sourceTlsCommonName: d.tlsCommonName } : {}),
       });
@@ -209,9 +212,11 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
 
     report(sentInRounds: number): EngineReport {
       // Relayed: QEMU counted the bulk pass it wrote into the relay; StaticData carried it instead.
-      const net = Math.max(0, (outcome?.transferredBytes ?? sentInRounds) - (save?.divertedWireBytes ?? 0));
-      const storageWrite = save?.bytesWritten ?? 0;
-      const storageRead = merge?.bytesRead ?? 0;
+      // With PbData, post-copy's background pages went to shared storage too.
+      const pb = outcome?.pbdata ?? null;
+      const net = Math.max(0, (outcome?.transferredBytes ?? sentInRounds) - (save?.divertedWireBytes ?? 0) - (pb?.wireBytes ?? 0));
+      const storageWrite = (save?.bytesWritten ?? 0) + (pb?.bytesWritten ?? 0);
+      const storageRead = (merge?.bytesRead ?? 0) + (verified?.pbdataRead?.bytesRead ?? 0);
       const resumedAtMs = verified?.resumedAtMs ?? null;
       return {
         // The guest's pause as its two QEMUs saw it: the source's STOP to the target's RESUME
@@ -227,9 +232,9 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
                 faults: outcome.postcopyRequests,
                 faultLatencyMs: null,
                 pushedPages: Math.round(outcome.postcopyBytes / pageSize),
-                pbdataPages: 0,
+                pbdataPages: pb?.pages ?? 0,
                 fellBackToPbData: false,
-                pbdata: 'off',
+                pbdata: pbdata ? 'async' : 'off',
                 ...(verified?.blocktime ? { blocktimeMs: verified.blocktime } : {}),
               }
             : null,

@@ -108,6 +108,9 @@ describe('par-migrate on QEMU through the agents’ relays', () => {
     const sw = r.decisions.find((d) => d.action === 'switch-to-postcopy');
     expect(sw?.reason).toMatch(/λ=\[.*\], \d of 3 > 1, mean|no progress: next round sends \d+ pages|not worth another round/);
     expect(r.postcopy).not.toBeNull();
+    // Post-copy's background pages went through PbData on shared storage.
+    expect(r.postcopy!.pbdata).toBe('async');
+    expect(r.postcopy!.pbdataPages).toBeGreaterThan(0);
     // A write-intensive guest dirties more than its RAM while it migrates: no bound on the total here.
     expectStaticData(r, null);
   }, 300_000);

@@ -204,19 +204,23 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
     { downtimeMs: 300, ramFile: true, postcopy: false },
     // Post-copy asked for during the bulk pass: its preempt channel goes over a second link.
     { downtimeMs: 1, ramFile: true, postcopy: true },
+    // The same with PbData: post-copy's background pages through shared storage, put back into the target QEMU's stream.
+    { downtimeMs: 1, ramFile: true, postcopy: true, pbdata: true },
   ];
-  for (const { downtimeMs, ramFile, postcopy } of cases) {
+  for (const { downtimeMs, ramFile, postcopy, pbdata = false } of cases) {
     const into = ramFile ? "into the target's RAM file (tmpfs, shared with QEMU)" : "into the target QEMU's stream";
-    const then = postcopy ? ', then post-copy with its preempt channel carried over a second link' : '';
+    const then = postcopy
+      ? `, then post-copy with its preempt channel carried over a second link${pbdata ? ' and its background pages through PbData on shared storage' : ''}`
+      : '';
     it(`source relay → StaticData + link → target relay → target QEMU, StaticData merged ${into}${then}: the target's RAM equals the source's (downtime-limit ${downtimeMs} ms)`, async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-qrelay-'));
       cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
       const targetSock = path.join(dir, 'target.sock');
       const relaySock = path.join(dir, 'relay.sock');
       const store = new SharedStore(path.join(dir, 'storage'));
-      const migrationId = `relay-test-${downtimeMs}-${ramFile}-${postcopy}`;
+      const migrationId = `relay-test-${downtimeMs}-${ramFile}-${postcopy}-${pbdata}`;
       // /dev/shm: QEMU's post-copy needs a RAM file on tmpfs (or hugetlbfs); the file is removed with the test's cleanups.
-      const shm = ramFile ? path.join('/dev/shm', `ferry-relay-test-${process.pid}-${downtimeMs}-${postcopy}`) : null;
+      const shm = ramFile ? path.join('/dev/shm', `ferry-relay-test-${process.pid}-${downtimeMs}-${postcopy}-${pbdata}`) : null;
       if (shm) cleanups.push(() => fs.rmSync(shm, { force: true }));
       const backend = shm ? ['-machine', 'memory-backend=pc.ram', '-object', `memory-backend-file,id=pc.ram,size=${MEM_MIB}M,mem-path=${shm},share=on`] : [];
       const [src, dst] = await Promise.all([startQemu(dir, 'source', []), startQemu(dir, 'target', [...backend, '-incoming', 'defer', '-S'])]);
@@ -236,6 +240,7 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
         connectQemu: () => Promise.resolve(net.createConnection(targetSock)),
         expectStatic: true,
         ...(shm ? { ramFile: { block: 'pc.ram', path: shm } } : {}),
+        ...(pbdata ? { pbdata: () => store.openReader(migrationId, 'pbdata'), acks: listener.acks } : {}),
         log: (l) => logs.push(`target ${l}`),
       });
       cleanups.push(() => target.close());
@@ -245,6 +250,15 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
         connectPreempt: () => connectRelay({ host: '127.0.0.1', port: listener.address.port, migrationId, token, targetHostId: 'target', channel: 'preempt' }),
         log: (l) => logs.push(`source ${l}`),
         openStatic: (pageCount) => store.openWriter(migrationId, 'static', { pageSize: 4096, pageCount, fsync: false }),
+        ...(pbdata
+          ? {
+              openPbData: (pageCount: number) => store.openWriter(migrationId, 'pbdata', { pageSize: 4096, pageCount, fsync: false, chunkPages: 64 }),
+              pbdataBatchPages: 64,
+              // Acknowledged by the target relay; QEMU is read at most 256 pages ahead of them.
+              connectAcks: () => connectRelay({ host: '127.0.0.1', port: listener.address.port, migrationId, token, targetHostId: 'target', channel: 'ack' }),
+              pbdataAheadPages: 256,
+            }
+          : {}),
         bandwidthBytesPerSec: 0,
         batchPages: 256,
       });
@@ -287,6 +301,12 @@ describe("ferry's relays (real source and target QEMU 10.0): the bulk pass throu
       const preempt = logs.filter((l) => l.endsWith('post-copy preempt channel connected'));
       expect(preempt.sort()).toEqual(postcopy ? ['source relay: post-copy preempt channel connected', 'target relay: post-copy preempt channel connected'] : []);
       if (postcopy) expect(logs.filter((l) => /preempt channel (failed|could not)/.test(l))).toEqual([]);
+      if (pbdata) {
+        // Every page post-copy sent in the background went through PbData, and all of it reached the target QEMU's stream.
+        expect(st.pbdataPages).toBeGreaterThan(0);
+        expect(target.stats().pbdataPages).toBe(st.pbdataPages);
+        expect(target.stats().pbdataBytesRead).toBe(st.pbdataBytesWritten);
+      } else expect(st.pbdataPages).toBe(0);
 
       const ram = (MEM_MIB << 20) >>> 0;
       const [a, b] = [await pmem(src.qmp, path.join(dir, 'src.ram'), 0, ram), await pmem(dst.qmp, path.join(dir, 'dst.ram'), 0, ram)];

@@ -1,18 +1,18 @@
-/** The relays' link (loopback TCP): the stream's connection, then the preempt channel's, each once. */
+/** The relays' link (loopback TCP): the stream's connection, then the preempt channel's and PbData's acknowledgements', each once. */
 import type net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connectRelay, listenRelay, newRelayToken, splice, type RelayListener } from '../../src/hypervisor/qemu/relay/link';
+import { connectRelay, listenRelay, newRelayToken, splice, type RelayChannel, type RelayListener } from '../../src/hypervisor/qemu/relay/link';
 
 const opened: (RelayListener | net.Socket)[] = [];
 afterEach(() => {
   for (const x of opened.splice(0)) 'destroy' in x ? x.destroy() : x.close();
 });
 
-async function setUp(): Promise<{ listener: RelayListener; connect: (channel?: 'main' | 'preempt', token?: string) => Promise<net.Socket> }> {
+async function setUp(): Promise<{ listener: RelayListener; connect: (channel?: RelayChannel, token?: string) => Promise<net.Socket> }> {
   const token = newRelayToken();
   const listener = await listenRelay({ host: '127.0.0.1', migrationId: 'm-link', token });
   opened.push(listener);
-  const connect = async (channel: 'main' | 'preempt' = 'main', t = token) => {
+  const connect = async (channel: RelayChannel = 'main', t = token) => {
     const s = await connectRelay({ host: '127.0.0.1', port: listener.address.port, migrationId: 'm-link', token: t, targetHostId: 'target', channel });
     opened.push(s);
     return s;
@@ -43,6 +43,27 @@ describe('relay link: main and preempt channels', () => {
     expect(listener.refusals).toHaveLength(3);
     await connect('preempt'); // the right one still gets in
     opened.push(await listener.preempt);
+  });
+
+  it("PbData's acknowledgement channel: refused before the stream and a second time; the target's counts reach the source", async () => {
+    const { listener, connect } = await setUp();
+    await expect(connect('ack')).rejects.toThrow(/refused: an ack channel before the stream/);
+    await connect('main');
+    const ack = await connect('ack');
+    await expect(connect('ack')).rejects.toThrow(/refused: this migration's ack channel is already connected/);
+    const a = await listener.acks;
+    opened.push(a);
+    a.write('256\n512\n');
+    let got = '';
+    await new Promise<void>((r) => {
+      ack.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (got.endsWith('512\n')) r();
+      });
+      ack.resume();
+    });
+    expect(got).toBe('256\n512\n');
+    expect(listener.refusals).toHaveLength(2);
   });
 
   it('splice carries bytes both ways untouched and counts them; a failure on one side closes the other', async () => {

@@ -9,7 +9,11 @@
  * After that the connection carries QEMU's stream one way and its return path the other.
  * With post-copy's preempt channel (QEMU's postcopy-preempt: pages the target faulted on, on
  * their own connection), a second connection says the same with " preempt" at the end and
- * carries that channel, untouched, both ways.
+ * carries that channel, untouched, both ways. With PbData (post-copy's background pages through
+ * shared storage), a third says " ack" and carries the target relay's acknowledgements of the
+ * PbData pages it put into its QEMU's stream (one decimal count a line): the source relay reads
+ * QEMU only so far ahead of them, so a link that dies stops QEMU's post-copy where it can still
+ * pause and recover (source-relay.ts).
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
@@ -63,48 +67,54 @@ export interface RelayListener {
   readonly accepted: Promise<net.Socket>;
   /** The source's authenticated connection for QEMU's post-copy preempt channel (once; never, without one). */
   readonly preempt: Promise<net.Socket>;
+  /** The source's authenticated connection for PbData's acknowledgements (once; never, without PbData). */
+  readonly acks: Promise<net.Socket>;
   /** Why connections were refused (wrong token, wrong migration, TLS), newest last. */
   readonly refusals: string[];
   close(): void;
 }
 
-export type RelayChannel = 'main' | 'preempt';
+export type RelayChannel = 'main' | 'preempt' | 'ack';
+const CHANNELS: readonly RelayChannel[] = ['main', 'preempt', 'ack'];
 
 /** Listen on `host` (port 0) for the relay connections of `migrationId`: the stream's, then the preempt channel's. */
 export async function listenRelay(opts: { host: string; migrationId: string; token: string; tls?: ChannelTls; helloTimeoutMs?: number }): Promise<RelayListener> {
   const refusals: string[] = [];
-  const resolvers: Record<RelayChannel, (s: net.Socket) => void> = { main: () => undefined, preempt: () => undefined };
+  const resolvers: Record<RelayChannel, (s: net.Socket) => void> = { main: () => undefined, preempt: () => undefined, ack: () => undefined };
   const accepted = new Promise<net.Socket>((r) => (resolvers.main = r));
   const preempt = new Promise<net.Socket>((r) => (resolvers.preempt = r));
-  const taken: Record<RelayChannel, boolean> = { main: false, preempt: false };
+  const acks = new Promise<net.Socket>((r) => (resolvers.ack = r));
+  const taken: Record<RelayChannel, boolean> = { main: false, preempt: false, ack: false };
   const expected: Record<RelayChannel, Buffer> = {
     main: Buffer.from(`${HELLO} ${opts.migrationId} ${opts.token}`),
     preempt: Buffer.from(`${HELLO} ${opts.migrationId} ${opts.token} preempt`),
+    ack: Buffer.from(`${HELLO} ${opts.migrationId} ${opts.token} ack`),
   };
   const channelOf = (got: Buffer): RelayChannel | null => {
-    for (const c of ['main', 'preempt'] as const) if (got.length === expected[c].length && timingSafeEqual(got, expected[c])) return c;
+    for (const c of CHANNELS) if (got.length === expected[c].length && timingSafeEqual(got, expected[c])) return c;
     return null;
   };
+  const allTaken = () => CHANNELS.every((c) => taken[c]);
   const onConnection = (socket: net.Socket) => {
     socket.on('error', () => undefined);
-    if (taken.main && taken.preempt) {
+    if (allTaken()) {
       socket.end('ERR this migration is already connected\n');
       return;
     }
     void readLine(socket, opts.helloTimeoutMs ?? 10_000, 'relay hello').then(
       (line) => {
         const channel = channelOf(Buffer.from(line));
-        if (channel === null || taken[channel] || (channel === 'preempt' && !taken.main)) {
+        if (channel === null || taken[channel] || (channel !== 'main' && !taken.main)) {
           const why =
             channel === null
               ? line.startsWith(HELLO) ? `a relay hello for another migration or with a wrong token` : `not a ferry relay hello`
-              : channel === 'preempt' && !taken.main ? 'a preempt channel before the stream' : `this migration's ${channel} channel is already connected`;
+              : channel !== 'main' && !taken.main ? `${channel === "ack" ? "an" : "a"} ${channel} channel before the stream` : `this migration's ${channel} channel is already connected`;
           refusals.push(`${socket.remoteAddress ?? '?'}: ${why}`);
           socket.end(`ERR ${why}\n`);
           return;
         }
         taken[channel] = true;
-        if (taken.main && taken.preempt) server.close();
+        if (allTaken()) server.close();
         socket.setNoDelay(true);
         socket.write('OK\n');
         resolvers[channel](socket);
@@ -126,6 +136,7 @@ export async function listenRelay(opts: { host: string; migrationId: string; tok
     address: { host: opts.host, port: a.port },
     accepted,
     preempt,
+    acks,
     refusals,
     close: () => {
       server.close();
@@ -147,8 +158,8 @@ export async function connectRelay(opts: {
   channel?: RelayChannel;
 }): Promise<net.Socket> {
   const timeoutMs = opts.timeoutMs ?? 10_000;
-  const preempt = opts.channel === 'preempt';
-  const where = `relay ${preempt ? 'preempt ' : ''}link to ${opts.targetHostId} (${opts.host}:${opts.port})`;
+  const channel = opts.channel ?? 'main';
+  const where = `relay ${channel === 'main' ? '' : `${channel} `}link to ${opts.targetHostId} (${opts.host}:${opts.port})`;
   const socket: net.Socket = opts.tls
     ? await tlsCreateConnection(opts.tls, opts.targetHostId, { timeoutMs })({ host: opts.host, port: opts.port }).catch((e: Error) => {
         throw new Error(`${where}: ${e.message}`);
@@ -169,7 +180,7 @@ export async function connectRelay(opts: {
         });
       });
   socket.setNoDelay(true);
-  socket.write(`${HELLO} ${opts.migrationId} ${opts.token}${preempt ? ' preempt' : ''}\n`);
+  socket.write(`${HELLO} ${opts.migrationId} ${opts.token}${channel === 'main' ? '' : ` ${channel}`}\n`);
   const answer = await readLine(socket, timeoutMs, where).catch((e: Error) => {
     socket.destroy();
     throw e;

@@ -10,7 +10,13 @@
  * - passes the target's return path back to QEMU byte for byte;
  * - paces pre-copy's records at the migration cap, but not the switchover (the guest is paused
  *   and QEMU lifts its own rate limit there); forwards post-copy (after QEMU's PACKAGED command)
- *   untouched, paced by QEMU's max-postcopy-bandwidth, which lets a faulting page jump the queue.
+ *   untouched, paced by QEMU's max-postcopy-bandwidth, which lets a faulting page jump the queue;
+ * - with PbData (`openPbData`), post-copy's background pages go to PbData on shared storage
+ *   instead, over the storage network, at the storage cap, and the rest of post-copy's main
+ *   stream (section headers, EOS, the end) to the target's relay, which puts PbData's pages
+ *   back into its QEMU's stream (target-relay.ts). The pages the target faults on keep their own
+ *   connection over the migration network (the preempt channel, carried untouched). QEMU sends
+ *   every page once after the switch, so a page goes one way or the other, never both.
  *
  * Diverting stops (and StaticData is committed) when QEMU starts its second pass (the first
  * page sent again, or QEMU's pass event: the agent calls stopDiverting), or at the latest when
@@ -24,7 +30,7 @@ import net from 'node:net';
 import type { SnapshotWriter } from '../../../dataplane/store-writer';
 import { TokenBucket } from '../../../dataplane/rate';
 import { Bitmap } from '../../../dataplane/bitmap';
-import { QemuStreamError, VmCommand, type StreamEvent } from '../stream/format';
+import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '../stream/format';
 import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
@@ -33,7 +39,7 @@ import { splice } from './link';
 /** Commands after which the target needs every page it will ever get before post-copy: stop diverting. */
 const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
 /** Why the relay stopped reading QEMU: StaticData writes behind, the link's buffer full, the migration cap. */
-type HoldReason = 'storage' | 'link' | 'pace';
+type HoldReason = 'storage' | 'link' | 'pace' | 'acks';
 /** Diverted-page batches being written before the relay stops reading QEMU. */
 const MAX_PENDING_BATCHES = 4;
 /**
@@ -42,6 +48,8 @@ const MAX_PENDING_BATCHES = 4;
  * guest's memory, which the target can take in without QEMU's stream (target-relay.ts).
  */
 export const STATIC_MIN_BLOCK_BYTES = 2 ** 20;
+/** What a ZERO record stands for in a PbData batch. */
+const ZERO_PAGE = Buffer.alloc(4096);
 
 export interface SourceRelayOptions {
   /** The unix socket QEMU migrates into (`migrate uri=unix:<path>`). */
@@ -59,6 +67,26 @@ export interface SourceRelayOptions {
   bandwidthBytesPerSec: number;
   /** Pages per StaticData batch (default 1024: one 4 MiB chunk, so the target can merge it while the next is read from QEMU). */
   batchPages?: number;
+  /**
+   * PbData: open its writer when post-copy starts (QEMU's PACKAGED command). Post-copy's
+   * background pages then go to PbData, not over the migration link (see the header). Without
+   * it, post-copy is forwarded untouched over the link.
+   */
+  openPbData?: (pageCount: number) => Promise<SnapshotWriter>;
+  /** Pages per PbData chunk (default 256: 1 MiB, so the target gets them while the next is sent). */
+  pbdataBatchPages?: number;
+  /**
+   * With PbData: open the link on which the target relay acknowledges the PbData pages it put
+   * into its QEMU's stream. QEMU is read at most `pbdataAheadPages` ahead of them.
+   */
+  connectAcks?: () => Promise<net.Socket>;
+  /**
+   * How far PbData may run ahead of the target's acknowledgements (pages; default 512). While
+   * post-copy has pages left, QEMU can pause and be recovered over the second network; once it
+   * has sent its last page it waits for the target's word over the migration link and cannot.
+   * Holding QEMU here when the acknowledgements stop (the link died) keeps it pausable.
+   */
+  pbdataAheadPages?: number;
   /**
    * The migration link made no progress this long while bytes waited to go (default 8000 ms):
    * the link is cut. Without it a dead link would hold QEMU forever (its socket to the relay is
@@ -87,6 +115,10 @@ export interface SourceRelayStats {
   /** Bytes the return path carried back. */
   returnBytes: number;
   diverting: boolean;
+  /** Post-copy's background pages written to PbData, what they took in QEMU's stream, and PbData's bytes on storage. */
+  pbdataPages: number;
+  pbdataWireBytes: number;
+  pbdataBytesWritten: number;
 }
 
 export class SourceRelay {
@@ -116,15 +148,17 @@ export class SourceRelay {
   private saving: Promise<void> = Promise.resolve();
   private pendingBatches = 0;
   private holds = 0;
-  private readonly holding: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0 };
-  private readonly holdSince: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0 };
-  private readonly heldMs: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0 };
+  private readonly holding: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0, acks: 0 };
+  private readonly holdSince: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0, acks: 0 };
+  private readonly heldMs: Record<HoldReason, number> = { storage: 0, link: 0, pace: 0, acks: 0 };
   private parseMs = 0;
   private qemuBytes = 0;
   private readonly startedAt = Date.now();
   private failure: Error | null = null;
   private ended = false;
-  private readonly s: SourceRelayStats = { divertedPages: 0, divertedWireBytes: 0, forwardedPages: 0, linkBytes: 0, returnBytes: 0, diverting: true };
+  private readonly s: SourceRelayStats = { divertedPages: 0, divertedWireBytes: 0, forwardedPages: 0, linkBytes: 0, returnBytes: 0, diverting: true, pbdataPages: 0, pbdataWireBytes: 0, pbdataBytesWritten: 0 };
+  /** PbData: post-copy's background pages, once post-copy runs (null: not used, or not yet). */
+  private pb: { writer: Promise<SnapshotWriter>; batch: { pfns: number[]; data: Buffer[] }; flushTimer: ReturnType<typeof setTimeout> | null; committing: boolean } | null = null;
   private resolveStatic: (r: StaticSave) => void = () => undefined;
   private rejectStatic: (e: Error) => void = () => undefined;
   /** Resolves when StaticData is committed; rejects when it cannot be. */
@@ -168,6 +202,16 @@ export class SourceRelay {
     return { ...this.s, diverting: this.diverting };
   }
 
+  /** Post-copy's background pages will go to PbData (a writer opener was given). */
+  get pbdataEnabled(): boolean {
+    return this.opts.openPbData !== undefined;
+  }
+
+  /** Whether post-copy's background pages go to PbData (post-copy began with a PbData writer). */
+  get pbdataActive(): boolean {
+    return this.pb !== null;
+  }
+
   setBandwidth(bytesPerSec: number): void {
     this.bucket.setRate(bytesPerSec);
   }
@@ -202,6 +246,7 @@ export class SourceRelay {
 
   close(): void {
     this.server.close();
+    this.acks?.destroy();
     this.qemu?.destroy();
     this.link?.destroy();
     this.preemptQemu?.destroy();
@@ -238,6 +283,7 @@ export class SourceRelay {
           if (!this.ended && !targetEnded) this.fail(new Error('the relay link to the target broke before the stream ended'));
         });
         link.resume();
+        if (this.opts.connectAcks && this.opts.openPbData) this.openAcks(this.opts.connectAcks);
         socket.on('data', (chunk: Buffer) => {
           if (this.raw) {
             this.send(chunk);
@@ -254,6 +300,71 @@ export class SourceRelay {
       },
       (e: Error) => this.fail(e),
     );
+  }
+
+  /** The target relay's acknowledgements of PbData: a count a line. */
+  private openAcks(connect: () => Promise<net.Socket>): void {
+    const lost = (why: string) => {
+      if (this.acksLost || this.ended) return;
+      this.acksLost = true;
+      this.opts.log?.(`relay: PbData's acknowledgements stopped (${why}): post-copy waits here`);
+      this.checkAhead();
+    };
+    connect().then(
+      (s) => {
+        this.acks = s;
+        if (this.failure || this.ended) {
+          s.destroy();
+          return;
+        }
+        let buf = '';
+        s.setEncoding('latin1');
+        s.on('data', (d: string) => {
+          buf += d;
+          let nl: number;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const line = buf.slice(0, nl);
+            const n = /^\d{1,15}$/.test(line) ? Number(line) : NaN;
+            buf = buf.slice(nl + 1);
+            if (Number.isNaN(n)) {
+              lost(`the target sent ${JSON.stringify(line.slice(0, 40))}, not a page count`);
+              s.destroy();
+              return;
+            }
+            if (n > this.ackedPages) this.ackedPages = n;
+          }
+          if (buf.length > 64) {
+            lost('a line longer than 64 bytes');
+            s.destroy();
+            return;
+          }
+          this.checkAhead();
+        });
+        s.on('error', (e) => lost(e.message));
+        s.on('close', () => lost('the connection closed'));
+        s.resume(); // the hello's reader left it paused
+      },
+      (e: Error) => lost(e.message),
+    );
+  }
+
+  /** Hold QEMU while PbData runs too far ahead of the target (or the acknowledgements stopped). */
+  private checkAhead(): void {
+    if (!this.pb || this.pb.committing) {
+      if (this.ackHeld) {
+        this.ackHeld = false;
+        this.release('acks');
+      }
+      return;
+    }
+    const ahead = this.acksLost || this.s.pbdataPages - this.ackedPages >= (this.opts.pbdataAheadPages ?? 512);
+    if (ahead && !this.ackHeld) {
+      this.ackHeld = true;
+      this.hold('acks');
+    } else if (!ahead && this.ackHeld) {
+      this.ackHeld = false;
+      this.release('acks');
+    }
   }
 
   /**
@@ -318,6 +429,7 @@ export class SourceRelay {
     this.link?.destroy();
     this.preemptQemu?.destroy();
     this.preemptLink?.destroy();
+    this.acks?.destroy();
     this.finish();
   }
 
@@ -328,6 +440,11 @@ export class SourceRelay {
       for (let e = this.reader.next(); e; e = this.reader.next()) {
         this.handle(e, out);
         if (e.kind === 'opaque' && e.what === 'command' && e.command === VmCommand.PACKAGED) {
+          if (this.pbWriter) {
+            // Post-copy runs after the package: its background pages go to PbData (handle()).
+            this.startPbData(this.pbWriter);
+            continue;
+          }
           // Post-copy runs after the package: both directions are forwarded untouched from here.
           this.raw = true;
           out.push(this.reader.detach());
@@ -339,6 +456,65 @@ export class SourceRelay {
       return;
     }
     if (out.length) this.send(Buffer.concat(out));
+    this.schedulePbFlush();
+  }
+
+  private startPbData(writer: Promise<SnapshotWriter>): void {
+    writer.catch((err: Error) => this.fail(new Error(`PbData could not be opened: ${err.message}`)));
+    this.pb = { writer, batch: { pfns: [], data: [] }, flushTimer: null, committing: false };
+    this.opts.log?.('relay: post-copy runs; its background pages go to PbData over the storage network');
+  }
+
+  /** A post-copy page: into PbData's batch; a full batch is written at once. */
+  private divertToPbData(e: PageEvent, pfn: number): void {
+    const pb = this.pb!;
+    pb.batch.pfns.push(pfn);
+    // A ZERO record is stored as a zero page (PbData elides it: a flag, no bytes).
+    pb.batch.data.push(e.data ?? ZERO_PAGE);
+    this.s.pbdataPages++;
+    this.s.pbdataWireBytes += 8 + (e.continued ? 0 : 1 + Buffer.byteLength(e.block, 'latin1')) + (e.data ? e.data.length : 1);
+    if (pb.batch.pfns.length >= (this.opts.pbdataBatchPages ?? 256)) this.flushPbData();
+    this.checkAhead();
+  }
+
+  /**
+   * What QEMU sent stays in a partial batch only until its socket goes quiet: a page the target
+   * faults on may be one of them (QEMU does not send a page twice), so it must not wait long.
+   */
+  private schedulePbFlush(): void {
+    const pb = this.pb;
+    if (!pb || pb.flushTimer || pb.batch.pfns.length === 0) return;
+    pb.flushTimer = setTimeout(() => {
+      pb.flushTimer = null;
+      this.flushPbData();
+    }, 1);
+  }
+
+  private flushPbData(): void {
+    const pb = this.pb;
+    if (!pb || pb.batch.pfns.length === 0) return;
+    const b = pb.batch;
+    pb.batch = { pfns: [], data: [] };
+    this.queueWrite(pb.writer, b, 'PbData');
+  }
+
+  /** The end of post-copy's RAM: PbData is committed (the target lets QEMU's stream end only after it merged all of it). */
+  private commitPbData(): void {
+    const pb = this.pb;
+    if (!pb || pb.committing) return;
+    pb.committing = true;
+    this.checkAhead(); // QEMU sent its last page: nothing left to hold it for
+    if (pb.flushTimer) clearTimeout(pb.flushTimer);
+    pb.flushTimer = null;
+    this.flushPbData();
+    this.saving = this.saving
+      .then(async () => {
+        const w = await pb.writer;
+        await w.commit();
+        this.s.pbdataBytesWritten = w.stats().bytesWritten;
+        this.opts.log?.(`relay: PbData committed: ${this.s.pbdataPages} pages, ${(this.s.pbdataBytesWritten / 2 ** 20).toFixed(1)} MiB`);
+      })
+      .catch((e: unknown) => this.fail(new Error(`PbData could not be committed: ${(e as Error).message}`)));
   }
 
   private handle(e: StreamEvent, out: Buffer[]): void {
@@ -352,14 +528,21 @@ export class SourceRelay {
           this.staticWriter = this.opts.openStatic(n);
           this.staticWriter.catch((err: Error) => this.fail(new Error(`StaticData could not be opened: ${err.message}`)));
         }
+        // Opened now, not in the switch's pause: post-copy's first pages then go straight out.
+        if (this.opts.openPbData) {
+          this.pbWriter = this.opts.openPbData(this.layout.pageCount);
+          this.pbWriter.catch(() => undefined); // reported if post-copy comes (startPbData)
+        }
         break;
       case 'section':
+        this.inEndSection = e.type === 'end';
         if (e.type === 'end') {
           this.stopDiverting('QEMU reached stop-and-copy');
           if (!this.postcopy) this.unpaced = true;
         }
         break;
       case 'opaque':
+        if (e.what === 'tail' && this.pb) this.commitPbData(); // QEMU_VM_EOF (normally after the END's footer)
         if (e.what === 'command' && e.command !== undefined && SWITCH_COMMANDS.has(e.command)) {
           this.stopDiverting(e.command === VmCommand.SWITCHOVER_START ? 'QEMU began its switchover' : 'QEMU switched to post-copy');
           if (e.command !== VmCommand.SWITCHOVER_START) this.postcopy = true;
@@ -369,10 +552,17 @@ export class SourceRelay {
           this.unpaced = e.command !== VmCommand.PACKAGED;
         }
         break;
+      case 'footer':
+        if (this.pb && this.inEndSection) this.commitPbData();
+        break;
       case 'page': {
         const layout = this.layout;
         if (!layout || !this.seen) throw new QemuStreamError('BAD_RAM_RECORD', e.offset, 'RAM page', 'a page before MEM_SIZE');
         const pfn = layout.pfn(e.block, e.addr, e.offset);
+        if (this.pb) {
+          this.divertToPbData(e, pfn);
+          return;
+        }
         const first = !this.seen.get(pfn);
         this.seen.set(pfn);
         // QEMU's bulk pass sends each page once: a page sent again is its second pass
@@ -397,6 +587,16 @@ export class SourceRelay {
     out.push(this.writer.write(e));
   }
 
+  /** PbData's writer, opened when QEMU described its RAM; used if post-copy comes. */
+  private pbWriter: Promise<SnapshotWriter> | null = null;
+  /** PbData pages the target relay acknowledged; holding QEMU until it catches up; its link is gone. */
+  private ackedPages = 0;
+  private ackHeld = false;
+  private acksLost = false;
+  private acks: net.Socket | null = null;
+  /** The current ram section is its END (post-copy's last pages, then PbData's commit). */
+  private inEndSection = false;
+
   private takeBatch(): { pfns: number[]; data: Buffer[] } | null {
     if (this.batch.pfns.length === 0) return null;
     const b = this.batch;
@@ -408,6 +608,11 @@ export class SourceRelay {
     const b = this.takeBatch();
     const writer = this.staticWriter;
     if (!b || !writer) return;
+    this.queueWrite(writer, b, 'StaticData');
+  }
+
+  /** Write a batch behind the ones before it; with too many behind, stop reading QEMU. */
+  private queueWrite(writer: Promise<SnapshotWriter>, b: { pfns: number[]; data: Buffer[] }, what: string): void {
     const held = ++this.pendingBatches >= MAX_PENDING_BATCHES;
     if (held) this.hold('storage');
     this.saving = this.saving
@@ -416,7 +621,7 @@ export class SourceRelay {
         this.pendingBatches--;
         if (held) this.release('storage');
       })
-      .catch((err: unknown) => this.fail(new Error(`StaticData could not be written: ${(err as Error).message}`)));
+      .catch((err: unknown) => this.fail(new Error(`${what} could not be written: ${(err as Error).message}`)));
   }
 
   private async writeBatch(w: SnapshotWriter, b: { pfns: number[]; data: Buffer[] }): Promise<void> {
@@ -437,8 +642,9 @@ export class SourceRelay {
     const link = this.link;
     if (!link) return;
     this.s.linkBytes += buf.length;
-    // Paced in pre-copy only: the switchover is unpaced in QEMU too, and post-copy QEMU paces itself.
-    const waitMs = this.unpaced || this.raw ? 0 : this.bucket.reserve(buf.length);
+    // Paced in pre-copy only: the switchover is unpaced in QEMU too, and post-copy QEMU paces
+    // itself (with PbData only headers and the end cross the link: StaticData's writer paces the pages).
+    const waitMs = this.unpaced || this.raw || this.pb ? 0 : this.bucket.reserve(buf.length);
     if (!link.write(buf)) {
       this.hold('link');
       const stallMs = this.opts.stallMs ?? 8000;

@@ -22,6 +22,14 @@
  *
  * Once post-copy runs (after QEMU's PACKAGED command) the rest of the stream is forwarded
  * untouched. The target QEMU's return path goes back to the source relay byte for byte.
+ *
+ * With PbData (`pbdata`), post-copy's background pages come from PbData on shared storage
+ * instead (the source relay writes them there): the relay goes on parsing after the package,
+ * follows PbData's chunks as they are committed and writes their pages into QEMU's stream in
+ * PART sections of their own, between two records, with no merge rule (QEMU sends a page once
+ * after the switch: it is in PbData or on the preempt channel, never both). The end of the
+ * `ram` section (and QEMU_VM_EOF) waits until PbData is committed and all of it written, so the
+ * target QEMU ends its incoming migration with every page.
  */
 import net from 'node:net';
 import { Bitmap } from '../../../dataplane/bitmap';
@@ -45,6 +53,10 @@ const INSERT_PAGES = 1024;
 const READ_BUFFER_BYTES = 4 * 2 ** 20 + 64 * 2 ** 10;
 /** PART buffers kept for reuse. */
 const PART_POOL = 3;
+/** PbData chunks (256 pages) are read into buffers of this size. */
+const PBDATA_READ_BUFFER_BYTES = 2 ** 20 + 16 * 2 ** 10;
+/** How often to look for PbData's next chunk: a faulting vCPU may wait for it. */
+const PBDATA_POLL_MS = 3;
 
 export interface TargetRelayOptions {
   /** The source relay's authenticated connection (link.ts). */
@@ -57,6 +69,10 @@ export interface TargetRelayOptions {
   expectStatic: boolean;
   /** The target QEMU's RAM block `block` is this file (shared, on tmpfs): static pages of it are written there. */
   ramFile?: { block: string; path: string };
+  /** PbData: post-copy's background pages come from this snapshot (see the header). */
+  pbdata?: () => SnapshotReader;
+  /** The source relay's link for PbData's acknowledgements (link.ts): a count of pages put into QEMU's stream, a line each chunk. */
+  acks?: Promise<net.Socket>;
   log?: (line: string) => void;
 }
 
@@ -76,6 +92,9 @@ export interface TargetRelayStats {
   skippedNewer: number;
   /** Of mergedPages: written into the target QEMU's RAM file, not its stream. */
   ramFilePages: number;
+  /** Post-copy's background pages written into QEMU's stream from PbData, and PbData's bytes read. */
+  pbdataPages: number;
+  pbdataBytesRead: number;
 }
 
 export class TargetRelay {
@@ -115,7 +134,12 @@ export class TargetRelay {
   private raw = false;
   private failure: Error | null = null;
   private ended = false;
-  private readonly s: TargetRelayStats = { deliveredPages: 0, linkBytes: 0, mergedPages: 0, skippedNewer: 0, ramFilePages: 0 };
+  private readonly s: TargetRelayStats = { deliveredPages: 0, linkBytes: 0, mergedPages: 0, skippedNewer: 0, ramFilePages: 0, pbdataPages: 0, pbdataBytesRead: 0 };
+  /** Post-copy runs and its background pages come from PbData; pbDone: all of PbData is in QEMU's stream. */
+  private pbActive = false;
+  private pbDone = false;
+  private readonly pbAbort = new AbortController();
+  private ackSocket: net.Socket | null = null;
   private resolveFinished: () => void = () => undefined;
   readonly finished: Promise<void>;
 
@@ -133,6 +157,8 @@ export class TargetRelay {
   }
 
   close(): void {
+    this.pbAbort.abort();
+    this.ackSocket?.destroy();
     this.link?.destroy();
     this.qemu?.destroy();
     this.preempt?.link.destroy();
@@ -172,6 +198,15 @@ export class TargetRelay {
     this.link = link;
     this.qemu = qemu;
     if (this.opts.preempt) void this.carryPreempt(this.opts.preempt);
+    if (this.opts.acks) {
+      void this.opts.acks.then((s) => {
+        if (this.failure || this.ended) s.destroy();
+        else {
+          s.on('error', () => undefined);
+          this.ackSocket = s;
+        }
+      });
+    }
     qemu.on('data', (d: Buffer) => link.write(d)); // return path: verbatim
     // QEMU closes its side when it loaded the stream, or refused it (its migration status says which).
     let qemuEnded = false;
@@ -251,6 +286,8 @@ export class TargetRelay {
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
+    this.pbAbort.abort();
+    this.ackSocket?.destroy();
     this.opts.log?.(`relay: ${e.message}`);
     this.link?.destroy();
     this.qemu?.destroy();
@@ -298,8 +335,21 @@ export class TargetRelay {
   }
 
   private gated(e: StreamEvent): boolean {
+    const ends = (e.kind === 'section' && e.type === 'end') || (e.kind === 'opaque' && e.what === 'tail');
+    if (this.pbActive && !this.pbDone && ends) return true;
     if (!this.opts.expectStatic || this.mergeDone) return false;
-    return (e.kind === 'section' && e.type === 'end') || (e.kind === 'opaque' && ((e.what === 'command' && e.command !== undefined && GATED_COMMANDS.has(e.command)) || e.what === 'tail'));
+    return ends || (e.kind === 'opaque' && e.what === 'command' && e.command !== undefined && GATED_COMMANDS.has(e.command));
+  }
+
+  /**
+   * Pages may be inserted here: between two top-level records (a PART of their own), not inside
+   * PACKAGED's blob; PbData's also between two records of a ram section. The source relay holds
+   * QEMU wherever PbData runs ahead of the target's acknowledgements, often inside a section
+   * whose pages went to PbData: waiting for its end there would wait for ever.
+   */
+  private get atBoundary(): boolean {
+    if (this.reader.inPackage) return false;
+    return this.writer.atRecordBoundary || (this.pbActive && this.writer.inRamRecords);
   }
 
   private pump(): void {
@@ -317,18 +367,24 @@ export class TargetRelay {
         const e = this.held ?? this.reader.next();
         if (!e) break;
         if (this.gated(e)) {
-          if (this.abandoned) throw new Error(`pre-copy ended before StaticData was merged, and it never will be: ${this.abandoned}`);
+          if (this.abandoned && !this.mergeDone) throw new Error(`pre-copy ended before StaticData was merged, and it never will be: ${this.abandoned}`);
           this.held = e;
           this.link?.pause();
-          this.opts.log?.('relay: the end of pre-copy waits for the StaticData merge');
+          this.opts.log?.(this.pbActive ? 'relay: the end of post-copy waits for PbData' : 'relay: the end of pre-copy waits for the StaticData merge');
           break;
         }
         this.held = null;
         this.handle(e, out);
         if (this.writer.atRecordBoundary) this.recordsSinceInject++;
-        if (this.writer.atRecordBoundary && this.inject.length) {
+        if (this.atBoundary && this.inject.length) {
           this.flush(out);
           this.insertNow();
+        }
+        if (e.kind === 'opaque' && e.what === 'command' && e.command === VmCommand.PACKAGED && this.opts.pbdata && this.layout) {
+          // Post-copy runs after the package: its background pages come from PbData.
+          this.pbActive = true;
+          void this.followPbData(this.opts.pbdata, this.layout);
+          continue;
         }
         if (e.kind === 'opaque' && e.what === 'command' && e.command === VmCommand.PACKAGED) {
           // Post-copy runs after the package (the merge is done: it was gated): forward the rest untouched.
@@ -342,7 +398,7 @@ export class TargetRelay {
       return;
     }
     this.flush(out);
-    if (this.writer.atRecordBoundary && this.inject.length) this.insertNow();
+    if (this.atBoundary && this.inject.length) this.insertNow();
   }
 
   /** Write the records collected in `out` to QEMU, in one buffer, and empty it. */
@@ -385,18 +441,24 @@ export class TargetRelay {
     const delivered = this.delivered!;
     const pages: PageEvent[] = [];
     for (const p of this.inject) {
-      if (delivered.get(p.pfn)) {
+      // PbData's pages are post-copy's: newer than anything delivered before the switch.
+      if (!this.pbActive && delivered.get(p.pfn)) {
         this.s.skippedNewer++;
         continue;
       }
       const { block, addr } = layout.locate(p.pfn);
       pages.push({ kind: 'page', offset: 0, block, addr, data: p.data, fill: 0, continued: false });
-      this.s.mergedPages++;
+      if (!this.pbActive) this.s.mergedPages++;
     }
     this.inject = [];
     this.recordsSinceInject = 0;
     this.wake();
     if (pages.length === 0) return;
+    if (!this.writer.atRecordBoundary) {
+      // PbData's pages inside the current ram section: as records of it.
+      this.toQemu(Buffer.concat(pages.map((p) => this.writer.write(p))));
+      return;
+    }
     const pooled = this.partPool.pop();
     const part = this.writer.writeRamPart(this.reader.sectionId!, pages, pooled);
     const backing = pooled && part.buffer === pooled.buffer ? pooled : part;
@@ -418,7 +480,7 @@ export class TargetRelay {
       const busy = drain && this.qemuBusy;
       if (this.inject.length === 0 && !busy) return;
       // At a boundary with the link quiet (or held for the merge): write them now.
-      if (this.inject.length && this.writer.atRecordBoundary && this.qemu && !busy) {
+      if (this.inject.length && this.atBoundary && this.qemu && !busy) {
         this.insertNow();
         this.resumeLink(); // one of the source's records may pass before the next insertion
         continue;
@@ -431,6 +493,53 @@ export class TargetRelay {
       });
       this.insertWaitMs += performance.now() - t;
       if (qemuBehind) this.qemuWaitMs += performance.now() - t;
+    }
+  }
+
+  /**
+   * Post-copy with PbData: write PbData's pages into QEMU's stream as its chunks are committed
+   * (polled every few ms: a page the guest faults on may be in the next one), then let the
+   * `ram` section end. A PbData that cannot be read fails the relay: QEMU's post-copy then
+   * pauses and the workflow resumes it over the second network (QEMU resends what the target
+   * has not received).
+   */
+  private async followPbData(open: () => SnapshotReader, layout: RamLayout): Promise<void> {
+    const t0 = Date.now();
+    const signal = this.pbAbort.signal;
+    try {
+      const reader = open();
+      const done = new Set<string>();
+      const manifest = await follow(
+        reader,
+        done,
+        { signal, timeoutMs: 2 * 3600_000, pollMs: PBDATA_POLL_MS, buffers: [0, 1, 2].map(() => new SharedArrayBuffer(PBDATA_READ_BUFFER_BYTES)) },
+        async (chunk) => {
+          if (chunk.pageSize !== layout.pageSize || chunk.memoryPages !== layout.pageCount) {
+            throw new Error(`PbData ${chunk.name} holds ${chunk.memoryPages} pages of ${chunk.pageSize} bytes; the stream's RAM has ${layout.pageCount} of ${layout.pageSize}`);
+          }
+          for (let i = 0; i < chunk.pfns.length; i++) {
+            const pfn = chunk.pfns[i]!;
+            if (pfn >= layout.pageCount) throw new Error(`PbData ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
+            const page = chunk.page(i);
+            this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(page.buffer, page.byteOffset, page.byteLength) });
+            if (this.inject.length >= INSERT_PAGES) await this.injected(signal);
+          }
+          if (this.inject.length) await this.injected(signal, false);
+          this.s.pbdataPages += chunk.pfns.length;
+          this.s.pbdataBytesRead += chunk.bytes;
+          this.ackSocket?.write(`${this.s.pbdataPages}\n`);
+        },
+        (name) => done.add(name),
+      );
+      if (manifest.pageCount !== layout.pageCount) throw new Error(`PbData's manifest says ${manifest.pageCount} pages; the stream's RAM has ${layout.pageCount}`);
+      this.pbDone = true;
+      this.opts.log?.(`relay: PbData merged: ${this.s.pbdataPages} pages, ${(this.s.pbdataBytesRead / 2 ** 20).toFixed(1)} MiB read, ${Date.now() - t0} ms after post-copy began`);
+      if (this.held) {
+        this.link?.resume();
+        this.pump();
+      }
+    } catch (e) {
+      if (!this.failure && !this.ended) this.fail(new Error(`PbData could not be merged into post-copy: ${(e as Error).message}`));
     }
   }
 

@@ -97,6 +97,11 @@ export class StreamReader {
     return this.q.takeAll();
   }
 
+  /** Inside MIG_CMD_PACKAGED's blob: no record boundary of the outer stream until it ends. */
+  get inPackage(): boolean {
+    return this.state.s === 'package';
+  }
+
   /** detach() was called. */
   get isDetached(): boolean {
     return this.detached;

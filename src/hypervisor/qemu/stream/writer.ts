@@ -219,6 +219,11 @@ export class StreamWriter {
     return Buffer.concat(parts);
   }
 
+  /** Whether the output stands between two records inside a ram section (before its EOS), where a page record may go. */
+  get inRamRecords(): boolean {
+    return this.pos.at === 'records';
+  }
+
   /** Whether the output stands between top-level records, where a relay may insert a PART. */
   get atRecordBoundary(): boolean {
     return this.pos.at === 'top';
