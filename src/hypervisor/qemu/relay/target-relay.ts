@@ -204,6 +204,8 @@ export class TargetRelay {
         else {
           s.on('error', () => undefined);
           this.ackSocket = s;
+          // Cumulative: what was written before the link was up counts now.
+          if (this.s.pbdataPages > 0) s.write(`${this.s.pbdataPages}\n`);
         }
       });
     }
