@@ -34,6 +34,7 @@
 import net from 'node:net';
 import { Bitmap } from '../../../dataplane/bitmap';
 import { follow } from '../../../dataplane/merge';
+import type { Chunk } from '../../../dataplane/store-format';
 import type { SnapshotReader } from '../../../dataplane/store-reader';
 import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '../stream/format';
 import { StreamReader } from '../stream/reader';
@@ -516,12 +517,9 @@ export class TargetRelay {
         done,
         { signal, timeoutMs: 2 * 3600_000, pollMs: PBDATA_POLL_MS, buffers: [0, 1, 2].map(() => new SharedArrayBuffer(PBDATA_READ_BUFFER_BYTES)) },
         async (chunk) => {
-          if (chunk.pageSize !== layout.pageSize || chunk.memoryPages !== layout.pageCount) {
-            throw new Error(`PbData ${chunk.name} holds ${chunk.memoryPages} pages of ${chunk.pageSize} bytes; the stream's RAM has ${layout.pageCount} of ${layout.pageSize}`);
-          }
+          checkChunk('PbData', chunk, layout);
           for (let i = 0; i < chunk.pfns.length; i++) {
             const pfn = chunk.pfns[i]!;
-            if (pfn >= layout.pageCount) throw new Error(`PbData ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
             const page = chunk.page(i);
             this.inject.push({ pfn, data: chunk.isZero(i) ? null : Buffer.from(page.buffer, page.byteOffset, page.byteLength) });
             if (this.inject.length >= INSERT_PAGES) await this.injected(signal);
@@ -589,12 +587,9 @@ export class TargetRelay {
         buffers: [0, 1, 2].map(() => new SharedArrayBuffer(READ_BUFFER_BYTES)),
       },
       async (chunk) => {
-        if (chunk.pageSize !== layout.pageSize || chunk.memoryPages !== layout.pageCount) {
-          throw new Error(`StaticData ${chunk.name} holds ${chunk.memoryPages} pages of ${chunk.pageSize} bytes; the stream's RAM has ${layout.pageCount} of ${layout.pageSize}`);
-        }
+        checkChunk('StaticData', chunk, layout);
         for (let i = 0; i < chunk.pfns.length; i++) {
           const pfn = chunk.pfns[i]!;
-          if (pfn >= layout.pageCount) throw new Error(`StaticData ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
           if (direct?.holds(pfn)) {
             // The run of this chunk's pages in the RAM file, written at once.
             const w = direct.write(chunk, i, this.delivered!);
@@ -631,4 +626,12 @@ export class TargetRelay {
     } else this.resumeLink();
     return progress();
   }
+}
+
+/** A chunk of StaticData or PbData fits the stream's RAM: its page size and count, every page inside it. */
+function checkChunk(what: string, chunk: Chunk, layout: RamLayout): void {
+  if (chunk.pageSize !== layout.pageSize || chunk.memoryPages !== layout.pageCount) {
+    throw new Error(`${what} ${chunk.name} holds ${chunk.memoryPages} pages of ${chunk.pageSize} bytes; the stream's RAM has ${layout.pageCount} of ${layout.pageSize}`);
+  }
+  for (const pfn of chunk.pfns) if (pfn >= layout.pageCount) throw new Error(`${what} ${chunk.name}: page ${pfn} is outside the guest's ${layout.pageCount} pages`);
 }
