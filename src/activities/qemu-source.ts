@@ -19,10 +19,6 @@ const FORCE_COMPLETE_DOWNTIME_MS = 2_000_000;
 /** ferry's policy decides stop-and-copy, not QEMU's own estimate: keep QEMU's limit tiny. */
 const POLICY_DRIVEN_DOWNTIME_MS = 1;
 const UNCAPPED = 64 * 2 ** 30;
-/** Relayed post-copy sends its background pages through PbData unless PbData is off (engine-qemu.ts decides the same). */
-function relayedPbData(strategy: StrategyName, options: MigrationOptions): boolean {
-  return mayPostcopy(strategy) && options.pbdata !== 'off';
-}
 const NO_RAM_YET = { transferred: 0, remaining: 0, total: 0, dirtySyncCount: 0, pageSize: 4096, normal: 0, duplicate: 0, postcopyRequests: 0, precopyBytes: 0, postcopyBytes: 0, downtimeBytes: 0, mbps: 0 };
 
 export interface QemuIteration {
@@ -114,7 +110,16 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
     },
 
     async qemuStart(
-      input: StepRef & { uri: string; strategy: StrategyName; options: MigrationOptions; target?: string; targetTls?: boolean; relay?: RelayAddress },
+      input: StepRef & {
+        uri: string;
+        strategy: StrategyName;
+        options: MigrationOptions;
+        target?: string;
+        targetTls?: boolean;
+        relay?: RelayAddress;
+        /** With the relay: post-copy's background pages go through PbData (the engine decides, engine-qemu.ts). */
+        pbdata?: boolean;
+      },
     ): Promise<{ startedAtMs: number; pageSize: number }> {
       if (input.relay) requireLocalQemu(ctx, input.strategy);
       const v = vmOf(ctx, input.vm);
@@ -128,7 +133,7 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
       }
       await setCaps(v, mayPostcopy(input.strategy), 'source', !!input.relay);
       const cap = input.options.bandwidthBytesPerSec > 0 ? input.options.bandwidthBytesPerSec : 0;
-      const pbdata = !!input.relay && relayedPbData(input.strategy, input.options);
+      const pbdata = !!input.relay && !!input.pbdata;
       if (input.relay) {
         // QEMU ↔ relay is a local unix socket. Pre-copy into it is unpaced: the relay paces each
         // network itself (the bulk pass at the storage cap, the rest at the migration cap).

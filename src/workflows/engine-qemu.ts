@@ -124,6 +124,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
         // Both legs check it: QEMU's own TLS, or the relays' link with the same cluster certificates.
         ...(p.tls !== undefined ? { targetTls: p.tls } : {}),
         ...(p.relay ? { relay: p.relay } : {}),
+        ...(pbdata ? { pbdata: true } : {}),
       });
       return { startedAtMs: started.startedAtMs };
     },

@@ -48,8 +48,6 @@ const MAX_PENDING_BATCHES = 4;
  * guest's memory, which the target can take in without QEMU's stream (target-relay.ts).
  */
 export const STATIC_MIN_BLOCK_BYTES = 2 ** 20;
-/** What a ZERO record stands for in a PbData batch. */
-const ZERO_PAGE = Buffer.alloc(4096);
 
 export interface SourceRelayOptions {
   /** The unix socket QEMU migrates into (`migrate uri=unix:<path>`). */
@@ -158,7 +156,14 @@ export class SourceRelay {
   private ended = false;
   private readonly s: SourceRelayStats = { divertedPages: 0, divertedWireBytes: 0, forwardedPages: 0, linkBytes: 0, returnBytes: 0, diverting: true, pbdataPages: 0, pbdataWireBytes: 0, pbdataBytesWritten: 0 };
   /** PbData: post-copy's background pages, once post-copy runs (null: not used, or not yet). */
-  private pb: { writer: Promise<SnapshotWriter>; batch: { pfns: number[]; data: Buffer[] }; flushTimer: ReturnType<typeof setTimeout> | null; committing: boolean } | null = null;
+  private pb: {
+    writer: Promise<SnapshotWriter>;
+    batch: { pfns: number[]; data: Buffer[] };
+    flushTimer: ReturnType<typeof setTimeout> | null;
+    committing: boolean;
+    /** What a ZERO record stands for in a batch (PbData stores it as a flag). */
+    zeroPage: Buffer;
+  } | null = null;
   private resolveStatic: (r: StaticSave) => void = () => undefined;
   private rejectStatic: (e: Error) => void = () => undefined;
   /** Resolves when StaticData is committed; rejects when it cannot be. */
@@ -461,7 +466,7 @@ export class SourceRelay {
 
   private startPbData(writer: Promise<SnapshotWriter>): void {
     writer.catch((err: Error) => this.fail(new Error(`PbData could not be opened: ${err.message}`)));
-    this.pb = { writer, batch: { pfns: [], data: [] }, flushTimer: null, committing: false };
+    this.pb = { writer, batch: { pfns: [], data: [] }, flushTimer: null, committing: false, zeroPage: Buffer.alloc(this.layout!.pageSize) };
     this.opts.log?.('relay: post-copy runs; its background pages go to PbData over the storage network');
   }
 
@@ -470,7 +475,7 @@ export class SourceRelay {
     const pb = this.pb!;
     pb.batch.pfns.push(pfn);
     // A ZERO record is stored as a zero page (PbData elides it: a flag, no bytes).
-    pb.batch.data.push(e.data ?? ZERO_PAGE);
+    pb.batch.data.push(e.data ?? pb.zeroPage);
     this.s.pbdataPages++;
     this.s.pbdataWireBytes += 8 + (e.continued ? 0 : 1 + Buffer.byteLength(e.block, 'latin1')) + (e.data ? e.data.length : 1);
     if (pb.batch.pfns.length >= (this.opts.pbdataBatchPages ?? 256)) this.flushPbData();
