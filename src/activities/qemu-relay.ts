@@ -20,6 +20,7 @@ import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { connectRelay, listenRelay, newRelayToken, type RelayChannel, type RelayListener } from '../hypervisor/qemu/relay/link';
+import { RecoverySource, RecoveryTarget } from '../hypervisor/qemu/relay/recovery';
 import { SourceRelay } from '../hypervisor/qemu/relay/source-relay';
 import { TargetRelay } from '../hypervisor/qemu/relay/target-relay';
 import { RAM_FILE_BLOCK } from '../hypervisor/qemu/ram-files';
@@ -44,6 +45,12 @@ interface RelayEnds {
   target?: TargetRelay;
   listener?: RelayListener;
   passWatch?: ReturnType<typeof setInterval>;
+  /** Target: the token the source's relay presents (a recovery's listener asks for it too). */
+  token?: string;
+  /** Source: open a link of this migration to the target agent at host:port (a recovery's). */
+  linkTo?: (host: string, port: number, channel: RelayChannel) => Promise<net.Socket>;
+  /** The relays of the latest post-copy recovery (recovery.ts). */
+  recovery?: RecoveryTarget | RecoverySource;
 }
 
 /** The relays of one agent, by migration id. */
@@ -64,6 +71,7 @@ export class Relays {
     e.source?.close();
     e.target?.close();
     e.listener?.close();
+    e.recovery?.close();
   }
 }
 
@@ -138,7 +146,7 @@ export async function startTargetRelay(ctx: QemuContext, relays: Relays, v: Qemu
     ...(ref.pbdata ? { pbdata: () => ctx.store.openReader(ref.migrationId, 'pbdata'), acks: listener.acks } : {}),
     log: (l) => ctx.log?.(`${ref.vm} ${l}`),
   });
-  relays.set(ref.migrationId, { target, listener });
+  relays.set(ref.migrationId, { target, listener, token });
   // The source checks it can see this file: StaticData only works on storage both hosts share.
   const probe = sharedProbe(ctx, ref.migrationId);
   await fsp.mkdir(path.dirname(probe), { recursive: true, mode: 0o700 });
@@ -173,7 +181,8 @@ export async function startSourceRelay(
     throw e;
   }
   const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, input.vm), 'relay-out.sock');
-  const link = (channel: RelayChannel) => ({ host: input.relay.host, port: input.relay.port, token, migrationId: input.migrationId, targetHostId: input.target, channel, ...(ctx.tls ? { tls: ctx.tls } : {}) });
+  const linkAt = (host: string, port: number, channel: RelayChannel) => ({ host, port, token, migrationId: input.migrationId, targetHostId: input.target, channel, ...(ctx.tls ? { tls: ctx.tls } : {}) });
+  const link = (channel: RelayChannel) => linkAt(input.relay.host, input.relay.port, channel);
   const source = await SourceRelay.listen({
     listenPath: sock,
     connect: () => connectRelay(link('main')),
@@ -193,7 +202,56 @@ export async function startSourceRelay(
     if (!source.stats().diverting) clearInterval(passWatch);
   }, 20);
   void source.finished.then(() => clearInterval(passWatch));
-  relays.set(input.migrationId, { source, passWatch });
+  relays.set(input.migrationId, { source, passWatch, linkTo: (host, port, channel) => connectRelay(linkAt(host, port, channel)) });
+  return `unix:${sock}`;
+}
+
+/** The URI a relayed target hands out: `ferry-relay:<host>:<port>` (an IPv6 host in brackets or not). */
+export function relayUri(host: string, port: number): string {
+  return `ferry-relay:${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+export function parseRelayUri(uri: string): { host: string; port: number } | null {
+  const m = /^ferry-relay:(?:\[([^\]]+)\]|(.+)):(\d{1,5})$/.exec(uri);
+  if (!m) return null;
+  const port = Number(m[3]);
+  if (!(port > 0 && port < 65536)) return null;
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+/**
+ * Target, post-copy paused: the target QEMU listens for the recovered stream on a unix socket,
+ * the agent on the second network (`host`) for the source agent's links; returns the URI the
+ * source resumes towards.
+ */
+export async function startTargetRecovery(ctx: QemuContext, relays: Relays, v: QemuVm, ref: StepRef, host: string): Promise<string> {
+  const ends = relays.get(ref.migrationId);
+  if (!ends?.target || !ends.token) {
+    throw userError('NotFound', `no relay for migration ${ref.migrationId} on ${ctx.hostId} (the agent restarted?): a relayed post-copy cannot be recovered without the pages it wrote into the target's RAM file`);
+  }
+  ends.recovery?.close();
+  const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, ref.vm), 'relay-rec.sock');
+  await fsp.rm(sock, { force: true });
+  await v.qmp.execute('migrate-recover', { uri: `unix:${sock}` });
+  const listener = await listenRelay({ host, migrationId: ref.migrationId, token: ends.token, ...(ctx.tls ? { tls: ctx.tls } : {}) });
+  const target = ends.target;
+  ends.recovery = new RecoveryTarget({
+    listener,
+    connectQemu: () => connectUnix(sock),
+    resident: (block) => target.residentInRamFile(block),
+    log: (l) => ctx.log?.(`${ref.vm} ${l}`),
+  });
+  return relayUri(host, listener.address.port);
+}
+
+/** Source, post-copy paused: QEMU resumes into a unix socket of the agent's, carried to the target agent at `to`; returns QEMU's URI. */
+export async function startSourceRecovery(ctx: QemuContext, relays: Relays, ref: StepRef, to: { host: string; port: number }): Promise<string> {
+  const ends = relays.get(ref.migrationId);
+  const linkTo = ends?.linkTo;
+  if (!ends || !linkTo) throw userError('NotFound', `no relay for migration ${ref.migrationId} on ${ctx.hostId} (the agent restarted?): the relayed post-copy cannot be resumed`);
+  ends.recovery?.close();
+  const sock = relaySocketPath(path.join(ctx.driver.opts.stateDir, ref.vm), 'relay-rec-out.sock');
+  ends.recovery = await RecoverySource.listen({ listenPath: sock, connect: (channel) => linkTo(to.host, to.port, channel), log: (l) => ctx.log?.(`${ref.vm} ${l}`) });
   return `unix:${sock}`;
 }
 

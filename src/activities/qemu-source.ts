@@ -11,7 +11,7 @@ import type { QemuVm } from '../hypervisor/qemu/driver';
 import { mayPostcopy, type StrategyName } from '../policy/types';
 import { userError } from './errors';
 import { cancelled, createQemuSharedActivities, heartbeat, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
-import { isMerged, Relays, requireLocalQemu, startSourceRelay, type RelayAddress } from './qemu-relay';
+import { isMerged, parseRelayUri, Relays, requireLocalQemu, startSourceRecovery, startSourceRelay, type RelayAddress } from './qemu-relay';
 import type { MigrationOptions, StepRef, VerifyResult, VmDescription } from './types';
 
 /** QEMU's upper bound for downtime-limit (ms): raising it to this forces the completion. */
@@ -375,7 +375,11 @@ export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessi
     /** Source: resume the paused post-copy towards the target's recovery listener. */
     async qemuResume(input: StepRef & { uri: string }): Promise<{ status: string }> {
       const v = vmOf(ctx, input.vm);
-      await v.qmp.execute('migrate', { uri: input.uri, resume: true });
+      // A relayed migration resumes through the agents' relays, as it ran (recovery.ts).
+      const relayed = parseRelayUri(input.uri);
+      if (input.uri.startsWith('ferry-relay:') && !relayed) throw userError('InvalidInput', `recovery URI ${input.uri} is not ferry-relay:<host>:<port>`);
+      const uri = relayed ? await startSourceRecovery(ctx, relays, input, relayed) : input.uri;
+      await v.qmp.execute('migrate', { uri, resume: true });
       for (let i = 0; i < 300; i++) {
         const info = await query(v);
         const st = info.status;

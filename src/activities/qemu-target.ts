@@ -8,7 +8,7 @@
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { userError } from './errors';
 import { createQemuSharedActivities, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
-import { Relays, requireLocalQemu, startTargetRelay, type RelayAddress } from './qemu-relay';
+import { Relays, relayUri, requireLocalQemu, startTargetRecovery, startTargetRelay, type RelayAddress } from './qemu-relay';
 import type { StepRef, VerifyResult } from './types';
 
 export interface QemuPrepareTargetInput extends StepRef {
@@ -89,7 +89,7 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
         // QEMU ↔ relay is a local unix socket; the agents' link carries TLS when the cluster has it.
         await v.qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' });
         const relay = await startTargetRelay(ctx, relays, v, input);
-        const uri = `ferry-relay:${relay.host}:${relay.port}`;
+        const uri = relayUri(relay.host, relay.port);
         sessions.set(input.migrationId, { vm: input.vm, passBase: 0, uri, startedAtMs: Date.now(), strategy: 'precopy', relayed: true, relayAddress: relay });
         return { uri, atMs: Date.now(), tls: d.migrationTls, relay };
       }
@@ -99,10 +99,14 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
       return { uri, atMs: Date.now(), tls: d.migrationTls };
     },
 
-    /** Target: listen for the recovered stream on the second network. */
+    /**
+     * Target: listen for the recovered stream on the second network — QEMU itself, or, for a
+     * relayed migration, the agent's relay (recovery.ts), over the agents' mutual TLS.
+     */
     async qemuRecoverTarget(input: StepRef & { useFallback: boolean }): Promise<{ uri: string }> {
       const v = vmOf(ctx, input.vm);
       const host = input.useFallback && ctx.fallbackAddress ? ctx.fallbackAddress : ctx.migrationAddress;
+      if (sessions.find(input.migrationId)?.relayed) return { uri: await startTargetRecovery(ctx, relays, v, input, host) };
       return { uri: await listenOn(v, 'migrate-recover', host, portsOf(input.vm)) };
     },
 

@@ -77,4 +77,54 @@ describe('QEMU post-copy across two networks', () => {
     expect(r.recoveries![0]!.reason).toMatch(/no post-copy progress|paused/);
     expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
   }, 300_000);
+
+  // Relayed (pa-hybrid: the bulk pass through StaticData, merged into the target's RAM file), with
+  // post-copy's background pages over the migration link or through PbData. The recovered stream
+  // runs through both agents' relays over the storage link, and the target's relay adds the RAM
+  // file's pages to QEMU's RECV_BITMAP (without that, QEMU resends them and the target refuses them).
+  it.each(['off', 'async'] as const)('relayed pa-hybrid (PbData %s): the migration link is cut during post-copy, the relays carry the recovery, the guest verifies', async (pbdata) => {
+    const c = cluster!;
+    const net = c.net!;
+    const random = prng(seed + (pbdata === 'off' ? 1 : 2));
+    const vm = `qrec-relay-${pbdata}`;
+    await createVm(c.client, c.source, { name: vm, memoryBytes: 128 * MiB, workload: 'write-intensive', seed: 6 });
+    // Post-copy after one round past the merge; its background pages at 8 MiB/s over the link, or
+    // 16 MiB/s through PbData: seconds of post-copy, and the link is cut at most 1.2 s into it.
+    const handle = await startMigration(c.client, {
+      vm,
+      source: c.source,
+      target: c.target,
+      driver: 'qemu',
+      strategy: 'pa-hybrid',
+      options: { bandwidthBytesPerSec: 8 * MiB, storageBandwidthBytesPerSec: 16 * MiB, switchAfterRounds: 1, pbdata, faultTimeoutMs: 2000 },
+    });
+    await untilPhase(handle, 'postcopy');
+    const cutAfterMs = 200 + Math.floor(random() * 1000);
+    await new Promise((r) => setTimeout(r, cutAfterMs));
+    console.log(`qemu-recovery: relayed, PbData ${pbdata}: migration link down ${cutAfterMs} ms into post-copy (seed ${seed})`);
+    net.down('migration', 'target');
+    const r = (await handle.result()) as MigrationReport;
+    net.allUp();
+    console.log(`qemu-recovery: relayed, PbData ${pbdata}: ${r.outcome}: ${r.reason}; recoveries ${JSON.stringify(r.recoveries)}`);
+    expect(r.outcome, r.reason).toBe('completed');
+    expect(r.static?.pages).toBeGreaterThan(0);
+    expect(r.recoveries?.length).toBeGreaterThanOrEqual(1);
+    expect(r.recoveries![0]!.uri).toBe(`ferry-relay:${net.storage.target}:${r.recoveries![0]!.uri.split(':').pop()}`);
+    expect(r.verification).toMatchObject({ ok: true, mismatches: 0, where: 'target' });
+    // The target's relay added the RAM file's pages to the recovered stream's RECV_BITMAP.
+    const targetLog = c.agents.get(c.target)!.output();
+    const added = [...targetLog.matchAll(new RegExp(`${vm} relay recovery: RECV_BITMAP of "pc.ram": (\\d+) page`, 'g'))].map((m) => Number(m[1]));
+    console.log(`qemu-recovery: relayed, PbData ${pbdata}: the target relay added ${added.join(', ')} RAM-file page(s) to RECV_BITMAP; static ${r.static?.pages} pages, post-copy ${r.postcopyDurationMs ?? '?'} ms`);
+    expect(added.length).toBeGreaterThanOrEqual(1);
+    expect(added[0]).toBeGreaterThan(0);
+  }, 300_000);
 });
+
+async function untilPhase(handle: Awaited<ReturnType<typeof startMigration>>, phase: string): Promise<void> {
+  for (;;) {
+    const p = await handle.query(progressQuery).catch(() => null); // not registered before the first task
+    if (p?.phase === phase) return;
+    if (p && ['completed', 'failed', 'rolled-back'].includes(p.phase)) throw new Error(`migration ended ${p.phase} before ${phase}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

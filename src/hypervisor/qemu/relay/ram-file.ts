@@ -5,18 +5,26 @@
  * copy delivered" and writes in one step, with no record forwarded to QEMU in between.
  */
 import fs from 'node:fs';
-import type { Bitmap } from '../../../dataplane/bitmap';
+import { Bitmap } from '../../../dataplane/bitmap';
 import type { Chunk } from '../../../dataplane/store-format';
 import type { RamLayout } from './layout';
 
 export class RamFile {
+  /**
+   * The block's pages this file was written at (block-relative): QEMU never loaded them, so its
+   * `receivedmap` does not have them (recovery.ts).
+   */
+  readonly written: Bitmap;
+
   private constructor(
     private readonly fd: number,
     /** The block's page numbers: [base, base + pages). */
     readonly base: number,
     readonly pages: number,
     private readonly pageSize: number,
-  ) {}
+  ) {
+    this.written = new Bitmap(pages);
+  }
 
   /** Open `path` as block `block` of this stream's RAM; a reason (string) when it cannot be used. */
   static open(path: string, block: string, layout: RamLayout): RamFile | string {
@@ -66,6 +74,7 @@ export class RamFile {
       if (run.length && pfn !== runStart + run.length) flush();
       if (!run.length) runStart = pfn;
       run.push(chunk.page(i));
+      this.written.set(pfn - this.base);
       written++;
     }
     flush();

@@ -41,6 +41,7 @@ import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
 import { splice } from './link';
+import { parseRamDiscard, type RamDiscard } from './recovery';
 import { RamFile } from './ram-file';
 
 /**
@@ -131,6 +132,12 @@ export class TargetRelay {
   private qemuWaitMs = 0;
   /** Static pages of the RAM file go there, not into the stream: the source's records never wait for them. */
   private direct: RamFile | null = null;
+  /**
+   * The RAM file's pages this relay wrote (block-relative), less those QEMU discarded since
+   * (POSTCOPY_RAM_DISCARD punches them out of the file): present in QEMU's memory, absent from
+   * its `receivedmap`. A recovered post-copy must not be sent them again (recovery.ts).
+   */
+  private ramFileResident: { block: string; pages: Bitmap } | null = null;
   /** Post-copy runs: the rest of the stream is forwarded untouched, not parsed. */
   private raw = false;
   private failure: Error | null = null;
@@ -412,6 +419,7 @@ export class TargetRelay {
   }
 
   private handle(e: StreamEvent, out: Buffer[]): void {
+    if (e.kind === 'opaque' && e.what === 'command' && e.command === VmCommand.POSTCOPY_RAM_DISCARD) this.discarded(e.bytes, e.offset);
     if (e.kind === 'mem-size') {
       this.layout = new RamLayout(e.blocks);
       this.delivered = new Bitmap(this.layout.pageCount);
@@ -424,6 +432,33 @@ export class TargetRelay {
       return;
     }
     out.push(this.writer.write(e));
+  }
+
+  /** QEMU will discard these pages (before it loads anything later): they are no longer the RAM file's. */
+  private discarded(record: Buffer, at: number): void {
+    const r = this.ramFileResident;
+    if (!r) return;
+    let d: RamDiscard;
+    try {
+      d = parseRamDiscard(record);
+    } catch (e) {
+      throw new QemuStreamError('BAD_COMMAND', at, 'command POSTCOPY_RAM_DISCARD', (e as Error).message);
+    }
+    if (d.block !== r.block) return;
+    const ps = this.layout?.pageSize ?? 4096;
+    for (const { start, length } of d.ranges) {
+      const end = Math.min(r.pages.size, Math.ceil((start + length) / ps));
+      for (let p = Math.floor(start / ps); p < end; p++) r.pages.clear(p);
+    }
+  }
+
+  /**
+   * For a recovered post-copy: the pages of `block` this relay wrote into the RAM file that QEMU
+   * has not discarded since (block-relative page numbers), or null (none: not the RAM file's block).
+   */
+  residentInRamFile(block: string): Bitmap | null {
+    const r = this.ramFileResident;
+    return r && r.block === block ? r.pages : null;
   }
 
   private toQemu(buf: Buffer, written?: () => void): void {
@@ -558,6 +593,7 @@ export class TargetRelay {
     const opened = f ? RamFile.open(f.path, f.block, layout) : null;
     if (typeof opened === 'string') this.opts.log?.(`relay: static pages go through QEMU's stream: ${opened}`);
     this.direct = opened instanceof RamFile ? opened : null;
+    if (this.direct && f) this.ramFileResident = { block: f.block, pages: this.direct.written };
     try {
       return await this.mergeChunks(reader, layout, opts, t0);
     } finally {
