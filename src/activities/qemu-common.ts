@@ -179,13 +179,27 @@ export async function verifyOn(ctx: QemuContext, vm: string, passes: number, tim
 }
 
 /** Activities the workflow runs on both the source and the target. */
-export function createQemuSharedActivities(ctx: QemuContext) {
+/**
+ * `sentAll(migrationId)`: this host's relay saw the source QEMU send the end of its RAM (it then
+ * waits for the target's word and cannot be paused); false where nothing says so.
+ */
+export function createQemuSharedActivities(ctx: QemuContext, sentAll: (migrationId: string) => boolean = () => false) {
   return {
-    /** Pause a post-copy whose stream is broken (either side); no-op when already paused. */
-    async qemuPause(input: StepRef): Promise<{ status: string }> {
+    /**
+     * Pause a post-copy whose stream is broken (either side); no-op when already paused (or
+     * ended: `failed`, `completed`). A source that has sent everything is not paused
+     * (`completing`: see below).
+     */
+    async qemuPause(input: StepRef & { side?: 'source' | 'target' }): Promise<{ status: string }> {
       const v = vmOf(ctx, input.vm);
-      const st = (await query(v)).status;
-      if (st === 'postcopy-paused' || st === 'postcopy-recover-setup' || st === 'completed') return { status: st };
+      const info = await query(v);
+      const st = info.status;
+      if (st === 'postcopy-paused' || st === 'postcopy-recover-setup' || st === 'completed' || st === 'failed' || st === 'cancelled') return { status: st };
+      // A source whose relay saw the end of its RAM is in its completion, waiting for the
+      // target's last word; QEMU cannot pause there (migrate-pause would fail the migration), and
+      // the word may still come: say so, and leave it be. (Without that knowledge ferry pauses:
+      // QEMU blocked on a write with nothing left in its bitmap still pauses, and recovers.)
+      if (st === 'postcopy-active' && input.side === 'source' && sentAll(input.migrationId)) return { status: 'completing' };
       await v.qmp.execute('migrate-pause').catch(async (e: Error) => {
         if (/paused|not.*postcopy/i.test(e.message)) return;
         const now = (await query(v).catch(() => null))?.status ?? 'unknown';
@@ -193,7 +207,8 @@ export function createQemuSharedActivities(ctx: QemuContext) {
       });
       for (let i = 0; i < 100; i++) {
         const now = (await query(v)).status;
-        if (now === 'postcopy-paused' || now === 'completed') return { status: now };
+        // failed: QEMU was in its completion after all (the pause failed it); the workflow asks the target.
+        if (now === 'postcopy-paused' || now === 'completed' || now === 'failed') return { status: now };
         await new Promise((res) => setTimeout(res, 100));
       }
       throw new Error(`${input.vm} on ${ctx.hostId}: post-copy did not pause (status ${(await query(v)).status})`);

@@ -7,7 +7,7 @@
  */
 import type { QemuVm } from '../hypervisor/qemu/driver';
 import { userError } from './errors';
-import { createQemuSharedActivities, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
+import { createQemuSharedActivities, heartbeat, query, QemuSessions, setCaps, setTls, verifyOn, vmOf, type QemuContext } from './qemu-common';
 import { Relays, relayUri, requireLocalQemu, startTargetRecovery, startTargetRelay, type RelayAddress } from './qemu-relay';
 import type { StepRef, VerifyResult } from './types';
 
@@ -63,7 +63,7 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
     return known;
   };
   return {
-    ...createQemuSharedActivities(ctx),
+    ...createQemuSharedActivities(ctx, (id) => relays.get(id)?.source?.qemuSentAll ?? false),
 
     async qemuPrepareTarget(input: QemuPrepareTargetInput): Promise<{ uri: string; atMs: number; tls: boolean; relay?: RelayAddress }> {
       if (input.relay) requireLocalQemu(ctx, input.strategy ?? 'par-migrate');
@@ -108,6 +108,21 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
       const host = input.useFallback && ctx.fallbackAddress ? ctx.fallbackAddress : ctx.migrationAddress;
       if (sessions.find(input.migrationId)?.relayed) return { uri: await startTargetRecovery(ctx, relays, v, input, host) };
       return { uri: await listenOn(v, 'migrate-recover', host, portsOf(input.vm)) };
+    },
+
+    /**
+     * Target: its incoming migration's status, waiting up to `waitMs` for `completed` (a source
+     * whose link died after its last page cannot hear that the target finished: ask the target).
+     */
+    async qemuIncomingStatus(input: StepRef & { waitMs: number }): Promise<{ status: string }> {
+      const v = vmOf(ctx, input.vm);
+      const deadline = Date.now() + Math.max(0, Math.min(input.waitMs, 600_000));
+      for (;;) {
+        const st = (await query(v)).status;
+        if (st === 'completed' || st === 'failed' || Date.now() >= deadline) return { status: st };
+        heartbeat();
+        await new Promise((r) => setTimeout(r, 250));
+      }
     },
 
     /** Target: the guest's own check, read from its serial console after it resumed here. */

@@ -15,7 +15,7 @@
  *
  * Activities: src/activities/qemu-source.ts and qemu-target.ts.
  */
-import { ActivityCancellationType, ApplicationFailure, proxyActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, ApplicationFailure, patched, proxyActivities } from '@temporalio/workflow';
 import type { QemuActivities, QemuOutcome } from '../activities/qemu';
 import type { StaticMergeResult, StaticSaveResult, VerifyResult } from '../activities/types';
 import { hostQueue } from '../common/names';
@@ -30,6 +30,13 @@ import { failureMessage } from './saga';
 export const DEFAULT_STALL_MS = 3000;
 /** Recoveries per migration before ferry gives up and reports the guest split between hosts. */
 const MAX_RECOVERIES = 5;
+/**
+ * Workflows from this version on ask the target whether it completed when the source cannot be
+ * paused (it sent its last page and waits for the target's word) or failed after the switch.
+ */
+export const TARGET_FINISHED_PATCH = 'ferry-qemu-target-finished';
+/** How long to wait for the target to complete once the source has nothing left to send. */
+const TARGET_FINISH_WAIT_MS = 30_000;
 
 function steps(host: string, startToCloseTimeout: string, attempts: number, w: AgentWaits) {
   return proxyActivities<QemuActivities>({
@@ -86,6 +93,8 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
   let switched: 'stop-and-copy' | 'postcopy' | null = null;
   let verified: Verified | null = null;
   const recoveries: NonNullable<MigrationReport['recoveries']> = [];
+  /** The target completed while the source never heard so (its link died after its last page). */
+  let targetCompleted = false;
 
   return {
     name: 'qemu',
@@ -171,20 +180,38 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
 
     /** Wait for the end; when post-copy stalls or breaks, pause both ends and resume over the second network. */
     async postcopy(_pbdata, workflowStartedAt: number): Promise<PostcopyEnd> {
+      const asksTarget = patched(TARGET_FINISHED_PATCH);
+      /** The target completed its incoming migration (within waitMs): the guest is whole there. */
+      const targetFinished = async (why: string, waitMs: number): Promise<PostcopyEnd | null> => {
+        const t = await fwdT.qemuIncomingStatus({ ...ref, waitMs });
+        if (t.status !== 'completed') return null;
+        targetCompleted = true;
+        return { done: true, note: `the target completed the migration; the source never heard (${why})` };
+      };
       for (;;) {
         const c = await fwdS.qemuAwaitCompletion({ ...ref, stallMs });
         outcome = c.outcome;
         if (c.kind === 'completed') {
           return { done: true, note: recoveries.length ? `recovered ${recoveries.length}× over the second network` : null };
         }
-        if (c.kind === 'failed' || recoveries.length >= MAX_RECOVERIES) {
-          return {
-            done: false,
-            why: `post-copy of ${ref.vm} could not finish (${c.why}) after ${recoveries.length} recover${recoveries.length === 1 ? 'y' : 'ies'}: the guest is split between ${source} and ${target}; both QEMUs are kept for an operator`,
-          };
+        const split = (why: string): PostcopyEnd => ({
+          done: false,
+          why: `post-copy of ${ref.vm} could not finish (${why}) after ${recoveries.length} recover${recoveries.length === 1 ? 'y' : 'ies'}: the guest is split between ${source} and ${target}; both QEMUs are kept for an operator`,
+        });
+        if (!asksTarget && (c.kind === 'failed' || recoveries.length >= MAX_RECOVERIES)) return split(c.why);
+        if (asksTarget && c.kind === 'failed') {
+          // The source may have failed after its last page: the target can still have it all.
+          return (await targetFinished(c.why, 0)) ?? split(c.why);
         }
+        if (asksTarget && recoveries.length >= MAX_RECOVERIES) return split(c.why);
         const atMs = Date.now() - workflowStartedAt;
-        await fwdS.qemuPause(ref);
+        const paused = await fwdS.qemuPause(asksTarget ? { ...ref, side: 'source' } : ref);
+        if (asksTarget && paused.status !== 'postcopy-paused' && paused.status !== 'completed') {
+          // Nothing left to send (completing) or already failed: QEMU cannot resume it over another
+          // network. The guest is whole on the target if the end of the stream reached it.
+          const why = paused.status === 'completing' ? `${c.why}; the source had sent its last page and waits for the target's word, where QEMU cannot pause` : `${c.why}; the source QEMU's migration is ${paused.status}`;
+          return (await targetFinished(why, TARGET_FINISH_WAIT_MS)) ?? split(`${why}, and the target did not complete within ${TARGET_FINISH_WAIT_MS / 1000} s`);
+        }
         await fwdT.qemuPause(ref);
         const rec = await fwdT.qemuRecoverTarget({ ...ref, useFallback: true });
         await fwdS.qemuResume({ ...ref, uri: rec.uri });
@@ -199,7 +226,7 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
 
     async releaseSource() {
       try {
-        const r = await fwdS.qemuRelease(ref);
+        const r = await fwdS.qemuRelease(targetCompleted ? { ...ref, targetCompleted } : ref);
         return { releasedAtMs: outcome?.completedAtMs ?? r.releasedAtMs, problem: null };
       } catch (err) {
         return { releasedAtMs: outcome?.completedAtMs ?? Date.now(), problem: failureMessage(err) };

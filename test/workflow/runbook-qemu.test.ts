@@ -223,9 +223,47 @@ describe('qemu: after the switch only forward', () => {
       expect(r.reason).toBe(
         `post-copy of ${c.vm} could not finish (QEMU failed the migration: stub) after 0 recoveries: the guest is split between ${c.source} and ${c.target}; both QEMUs are kept for an operator`,
       );
-      expect(c.names().at(-1)).toBe('qemuAwaitCompletion');
+      // The target is asked once whether it completed anyway (it did not).
+      expect(c.names().slice(-2)).toEqual(['qemuAwaitCompletion', 'qemuIncomingStatus']);
+      expect(c.called('qemuIncomingStatus').map((x) => [x.side, x.input.waitMs])).toEqual([['target', 0]]);
       for (const n of ['qemuVerifyTarget', 'qemuRelease', 'qemuRollback', 'qemuAbortTarget', 'qemuPause']) expect(c.called(n)).toEqual([]);
       expect(r.verification).toBeNull();
+    });
+  });
+
+  it('post-copy failed on the source after its last page, but the target completed: completed, verified there, the source released', async () => {
+    await withCluster(h, qemu, async (c) => {
+      c.on('qemuAwaitCompletion', completions(['failed']));
+      c.on('qemuIncomingStatus', () => ({ status: 'completed' }));
+      const r = await report(await c.migrate('hybrid-1'));
+      expect(r.outcome, r.reason).toBe('completed');
+      expect(r.reason).toMatch(/the target completed the migration; the source never heard \(QEMU failed the migration: stub\)$/);
+      expect(c.called('qemuPause')).toEqual([]);
+      expect(c.called('qemuRelease').map((x) => x.input.targetCompleted)).toEqual([true]);
+      expect(c.called('qemuVerifyTarget')).toHaveLength(1);
+    });
+  });
+
+  it.each([
+    ['completing', 'completed', 'completed'],
+    ['completing', 'postcopy-active', 'failed'],
+    ['failed', 'postcopy-active', 'failed'],
+  ] as const)('post-copy stalls and the source cannot pause (%s): the target is asked (%s) → %s, no recovery', async (pause, targetStatus, outcome) => {
+    await withCluster(h, qemu, async (c) => {
+      c.on('qemuAwaitCompletion', completions(['stalled']));
+      c.on('qemuPause', () => ({ status: pause }));
+      c.on('qemuIncomingStatus', () => ({ status: targetStatus }));
+      const r = await report(await c.migrate('hybrid-1'));
+      expect(r.outcome, r.reason).toBe(outcome);
+      expect(c.called('qemuPause').map((x) => [x.side, x.input.side])).toEqual([['source', 'source']]);
+      expect(c.called('qemuIncomingStatus').map((x) => x.input.waitMs)).toEqual([30_000]);
+      expect(c.called('qemuRecoverTarget')).toEqual([]);
+      if (outcome === 'completed') {
+        expect(c.called('qemuRelease').map((x) => x.input.targetCompleted)).toEqual([true]);
+      } else {
+        expect(r.reason).toMatch(pause === 'completing' ? /the source had sent its last page and waits for the target's word, where QEMU cannot pause, and the target did not complete within 30 s\) after 0 recoveries: the guest is split/ : /the source QEMU's migration is failed, and the target did not complete/);
+        expect(c.called('qemuRelease')).toEqual([]);
+      }
     });
   });
 

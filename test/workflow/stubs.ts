@@ -111,6 +111,7 @@ export const QEMU_ACTIVITIES = [
   'qemuMergeStatic',
   'qemuRemoveStatic',
   'qemuSwitchWhenMerged',
+  'qemuIncomingStatus',
 ] as const;
 
 /** The same step under each engine's activity name. */
@@ -549,6 +550,8 @@ export class StubCluster {
         return { status: 'postcopy-paused' };
       case 'qemuRecoverTarget':
         return { uri: 'tcp:10.9.0.2:5555' };
+      case 'qemuIncomingStatus':
+        return { status: 'postcopy-active' };
       case 'qemuResume':
         return { status: 'postcopy-active' };
       case 'qemuVerifyTarget':

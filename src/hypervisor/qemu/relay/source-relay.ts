@@ -212,6 +212,15 @@ export class SourceRelay {
     return this.opts.openPbData !== undefined;
   }
 
+  /**
+   * Post-copy reached the end of QEMU's RAM: the relay read its `ram` END (known only while the
+   * relay parses, i.e. with PbData). QEMU then waits in its completion for the target's word,
+   * where it cannot be paused.
+   */
+  get qemuSentAll(): boolean {
+    return this.postcopy && (this.inEndSection || this.pb?.committing === true);
+  }
+
   /** Whether post-copy's background pages go to PbData (post-copy began with a PbData writer). */
   get pbdataActive(): boolean {
     return this.pb !== null;
