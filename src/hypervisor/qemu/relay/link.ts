@@ -16,6 +16,7 @@
  * pause and recover (source-relay.ts).
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { tlsCreateConnection, tlsServerOptions, type ChannelTls } from '../../../dataplane/tls';
@@ -214,4 +215,14 @@ export function splice(qemu: net.Socket, link: net.Socket, o: { toLink?: (bytes:
   link.pipe(qemu);
   qemu.resume();
   link.resume();
+}
+
+/** Have `server` listen on the unix socket `p` (an old one removed first), readable by this user only: QEMU's side of a relay. */
+export async function listenUnix(server: net.Server, p: string): Promise<void> {
+  fs.rmSync(p, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(p, () => resolve());
+  });
+  fs.chmodSync(p, 0o600);
 }

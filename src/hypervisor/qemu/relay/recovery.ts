@@ -17,10 +17,9 @@
  * QEMU opens its post-copy preempt channel again after the main channel's handshake; it is the
  * second connection on both ends, carried untouched.
  */
-import fs from 'node:fs';
 import net from 'node:net';
 import { Bitmap } from '../../../dataplane/bitmap';
-import { splice, type RelayChannel, type RelayListener } from './link';
+import { listenUnix, splice, type RelayChannel, type RelayListener } from './link';
 
 /** Return-path message types (`enum mig_rp_message_type`, §5). */
 export const RpMessage = { SHUT: 1, PONG: 2, REQ_PAGES_ID: 3, REQ_PAGES: 4, RECV_BITMAP: 5, RESUME_ACK: 6, SWITCHOVER_ACK: 7 } as const;
@@ -288,13 +287,8 @@ export class RecoverySource {
   }
 
   static async listen(opts: { listenPath: string; connect: (channel: RelayChannel) => Promise<net.Socket>; log?: (line: string) => void }): Promise<RecoverySource> {
-    fs.rmSync(opts.listenPath, { force: true });
     const r = new RecoverySource(opts);
-    await new Promise<void>((resolve, reject) => {
-      r.server.once('error', reject);
-      r.server.listen(opts.listenPath, () => resolve());
-    });
-    fs.chmodSync(opts.listenPath, 0o600);
+    await listenUnix(r.server, opts.listenPath);
     return r;
   }
 

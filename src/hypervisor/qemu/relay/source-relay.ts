@@ -34,7 +34,7 @@ import { QemuStreamError, VmCommand, type PageEvent, type StreamEvent } from '..
 import { StreamReader } from '../stream/reader';
 import { StreamWriter } from '../stream/writer';
 import { RamLayout } from './layout';
-import { splice } from './link';
+import { listenUnix, splice } from './link';
 
 /** Commands after which the target needs every page it will ever get before post-copy: stop diverting. */
 const SWITCH_COMMANDS = new Set<number>([VmCommand.POSTCOPY_RAM_DISCARD, VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.PACKAGED, VmCommand.SWITCHOVER_START]);
@@ -184,13 +184,8 @@ export class SourceRelay {
   }
 
   static async listen(opts: SourceRelayOptions): Promise<SourceRelay> {
-    fs.rmSync(opts.listenPath, { force: true });
     const r = new SourceRelay(opts);
-    await new Promise<void>((resolve, reject) => {
-      r.server.once('error', reject);
-      r.server.listen(opts.listenPath, () => resolve());
-    });
-    fs.chmodSync(opts.listenPath, 0o600);
+    await listenUnix(r.server, opts.listenPath);
     return r;
   }
 
