@@ -37,6 +37,8 @@ const MAX_RECOVERIES = 5;
 export const TARGET_FINISHED_PATCH = 'ferry-qemu-target-finished';
 /** How long to wait for the target to complete once the source has nothing left to send. */
 const TARGET_FINISH_WAIT_MS = 30_000;
+/** How long to wait for the target to complete once the source's migration failed after the switch. */
+const TARGET_FAILED_SOURCE_WAIT_MS = 10_000;
 
 function steps(host: string, startToCloseTimeout: string, attempts: number, w: AgentWaits) {
   return proxyActivities<QemuActivities>({
@@ -200,8 +202,9 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
         });
         if (!asksTarget && (c.kind === 'failed' || recoveries.length >= MAX_RECOVERIES)) return split(c.why);
         if (asksTarget && c.kind === 'failed') {
-          // The source may have failed after its last page: the target can still have it all.
-          return (await targetFinished(c.why, 0)) ?? split(c.why);
+          // The source may have failed after its last page (its return path broke while it waited
+          // for the target's word): the target can still have it all, or be about to.
+          return (await targetFinished(c.why, TARGET_FAILED_SOURCE_WAIT_MS)) ?? split(c.why);
         }
         if (asksTarget && recoveries.length >= MAX_RECOVERIES) return split(c.why);
         const atMs = Date.now() - workflowStartedAt;

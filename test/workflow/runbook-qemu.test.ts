@@ -225,7 +225,7 @@ describe('qemu: after the switch only forward', () => {
       );
       // The target is asked once whether it completed anyway (it did not).
       expect(c.names().slice(-2)).toEqual(['qemuAwaitCompletion', 'qemuIncomingStatus']);
-      expect(c.called('qemuIncomingStatus').map((x) => [x.side, x.input.waitMs])).toEqual([['target', 0]]);
+      expect(c.called('qemuIncomingStatus').map((x) => [x.side, x.input.waitMs])).toEqual([['target', 10_000]]);
       for (const n of ['qemuVerifyTarget', 'qemuRelease', 'qemuRollback', 'qemuAbortTarget', 'qemuPause']) expect(c.called(n)).toEqual([]);
       expect(r.verification).toBeNull();
     });
