@@ -178,12 +178,12 @@ export async function verifyOn(ctx: QemuContext, vm: string, passes: number, tim
   }
 }
 
-/** Activities the workflow runs on both the source and the target. */
 /**
- * `sentAll(migrationId)`: this host's relay saw the source QEMU send the end of its RAM (it then
- * waits for the target's word and cannot be paused); false where nothing says so.
+ * Activities the workflow runs on both the source and the target. `relays.sourceSentAll(id)`:
+ * this host's relay saw the source QEMU send the end of its RAM (it then waits for the target's
+ * word and cannot be paused); false where nothing says so.
  */
-export function createQemuSharedActivities(ctx: QemuContext, sentAll: (migrationId: string) => boolean = () => false) {
+export function createQemuSharedActivities(ctx: QemuContext, relays: { sourceSentAll(migrationId: string): boolean }) {
   return {
     /**
      * Pause a post-copy whose stream is broken (either side); no-op when already paused (or
@@ -192,14 +192,13 @@ export function createQemuSharedActivities(ctx: QemuContext, sentAll: (migration
      */
     async qemuPause(input: StepRef & { side?: 'source' | 'target' }): Promise<{ status: string }> {
       const v = vmOf(ctx, input.vm);
-      const info = await query(v);
-      const st = info.status;
+      const st = (await query(v)).status;
       if (st === 'postcopy-paused' || st === 'postcopy-recover-setup' || st === 'completed' || st === 'failed' || st === 'cancelled') return { status: st };
       // A source whose relay saw the end of its RAM is in its completion, waiting for the
       // target's last word; QEMU cannot pause there (migrate-pause would fail the migration), and
       // the word may still come: say so, and leave it be. (Without that knowledge ferry pauses:
       // QEMU blocked on a write with nothing left in its bitmap still pauses, and recovers.)
-      if (st === 'postcopy-active' && input.side === 'source' && sentAll(input.migrationId)) return { status: 'completing' };
+      if (st === 'postcopy-active' && input.side === 'source' && relays.sourceSentAll(input.migrationId)) return { status: 'completing' };
       await v.qmp.execute('migrate-pause').catch(async (e: Error) => {
         if (/paused|not.*postcopy/i.test(e.message)) return;
         const now = (await query(v).catch(() => null))?.status ?? 'unknown';

@@ -62,6 +62,10 @@ export class Relays {
   set(migrationId: string, e: RelayEnds): void {
     this.byId.set(migrationId, e);
   }
+  /** The source QEMU of this migration sent the end of its RAM into this host's relay (SourceRelay.qemuSentAll). */
+  sourceSentAll(migrationId: string): boolean {
+    return this.byId.get(migrationId)?.source?.qemuSentAll ?? false;
+  }
   /** Stop and forget the relays of a migration (idempotent). */
   close(migrationId: string): void {
     const e = this.byId.get(migrationId);

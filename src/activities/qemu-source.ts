@@ -85,7 +85,7 @@ async function outcomeOf(v: QemuVm, since: number): Promise<QemuOutcome> {
 export function createQemuSourceActivities(ctx: QemuContext, sessions: QemuSessions = new QemuSessions(ctx.hostId), relays: Relays = new Relays()) {
   const d = ctx.driver;
   return {
-    ...createQemuSharedActivities(ctx, (id) => relays.get(id)?.source?.qemuSentAll ?? false),
+    ...createQemuSharedActivities(ctx, relays),
 
     async qemuDescribe(
       input: { vm: string },

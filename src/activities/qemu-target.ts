@@ -63,7 +63,7 @@ export function createQemuTargetActivities(ctx: QemuContext, sessions: QemuSessi
     return known;
   };
   return {
-    ...createQemuSharedActivities(ctx, (id) => relays.get(id)?.source?.qemuSentAll ?? false),
+    ...createQemuSharedActivities(ctx, relays),
 
     async qemuPrepareTarget(input: QemuPrepareTargetInput): Promise<{ uri: string; atMs: number; tls: boolean; relay?: RelayAddress }> {
       if (input.relay) requireLocalQemu(ctx, input.strategy ?? 'par-migrate');

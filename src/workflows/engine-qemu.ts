@@ -200,13 +200,12 @@ export function qemuEngine({ ref, source, target, strategy, options }: EngineArg
           done: false,
           why: `post-copy of ${ref.vm} could not finish (${why}) after ${recoveries.length} recover${recoveries.length === 1 ? 'y' : 'ies'}: the guest is split between ${source} and ${target}; both QEMUs are kept for an operator`,
         });
-        if (!asksTarget && (c.kind === 'failed' || recoveries.length >= MAX_RECOVERIES)) return split(c.why);
-        if (asksTarget && c.kind === 'failed') {
+        if (c.kind === 'failed') {
           // The source may have failed after its last page (its return path broke while it waited
           // for the target's word): the target can still have it all, or be about to.
-          return (await targetFinished(c.why, TARGET_FAILED_SOURCE_WAIT_MS)) ?? split(c.why);
+          return (asksTarget ? await targetFinished(c.why, TARGET_FAILED_SOURCE_WAIT_MS) : null) ?? split(c.why);
         }
-        if (asksTarget && recoveries.length >= MAX_RECOVERIES) return split(c.why);
+        if (recoveries.length >= MAX_RECOVERIES) return split(c.why);
         const atMs = Date.now() - workflowStartedAt;
         const paused = await fwdS.qemuPause(asksTarget ? { ...ref, side: 'source' } : ref);
         if (asksTarget && paused.status !== 'postcopy-paused' && paused.status !== 'completed') {
